@@ -1,0 +1,288 @@
+//! The per-channel content assembler, after RabbitMQ's `rabbit_command_assembler`: a method that
+//! carries content is followed by exactly one content header and then body frames until the
+//! announced size is reached. Anything else interleaved on that channel is 505 UNEXPECTED_FRAME.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::frame::FrameError;
+use crate::method;
+use crate::proto::{AMQPClass, AMQPProperties};
+use crate::MAX_BODY_SIZE;
+
+/// A decoded content header. `raw_properties` keeps the publisher's property bytes (flags and
+/// fields) verbatim, so deliveries forward them unchanged as RabbitMQ does with `properties_bin`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentHeader {
+    /// Class of the content (60 for basic).
+    pub class_id: u16,
+    /// Total body size announced by the header.
+    pub body_size: u64,
+    /// The decoded properties.
+    pub properties: Box<AMQPProperties>,
+    /// The property flags and fields as they arrived.
+    pub raw_properties: Bytes,
+}
+
+/// A complete command: a method alone, or a method with its content.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// A method without content.
+    Method(AMQPClass),
+    /// A content-carrying method with its header and whole body.
+    Content {
+        /// The method (e.g. `basic.publish`).
+        method: AMQPClass,
+        /// The content header.
+        header: ContentHeader,
+        /// The body: the body frame itself when it came in one frame, otherwise the frames joined.
+        body: Bytes,
+    },
+}
+
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Idle,
+    ExpectHeader(AMQPClass),
+    ExpectBody {
+        method: AMQPClass,
+        header: ContentHeader,
+        first: Option<Bytes>,
+        joined: Option<BytesMut>,
+        received: u64,
+    },
+}
+
+/// Assembles frames of one channel into [`Command`]s.
+#[derive(Debug, Default)]
+pub struct ContentAssembler {
+    state: State,
+}
+
+impl ContentAssembler {
+    /// A fresh assembler expecting a method frame.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the assembler is between commands.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Idle)
+    }
+
+    /// Forgets a half-assembled command (used when the channel closes).
+    pub fn reset(&mut self) {
+        self.state = State::Idle;
+    }
+
+    /// Feeds a method frame.
+    pub fn handle_method(&mut self, method: AMQPClass) -> Result<Option<Command>, FrameError> {
+        match &self.state {
+            State::Idle => {}
+            State::ExpectHeader(m) => {
+                return Err(FrameError::Unexpected(format!(
+                    "expected content header for class {}, got non content header frame instead",
+                    m.get_amqp_class_id()
+                )))
+            }
+            State::ExpectBody { .. } => {
+                return Err(FrameError::Unexpected(
+                    "expected content body, got non content body frame instead".into(),
+                ))
+            }
+        }
+        let (class_id, method_id) = method::ids(&method);
+        if method::has_content(class_id, method_id) {
+            self.state = State::ExpectHeader(method);
+            Ok(None)
+        } else {
+            Ok(Some(Command::Method(method)))
+        }
+    }
+
+    /// Feeds a content header frame.
+    pub fn handle_header(&mut self, header: ContentHeader) -> Result<Option<Command>, FrameError> {
+        let method = match std::mem::take(&mut self.state) {
+            State::ExpectHeader(m) => m,
+            State::Idle => {
+                return Err(FrameError::Unexpected(
+                    "expected method frame, got non method frame instead".into(),
+                ))
+            }
+            other @ State::ExpectBody { .. } => {
+                self.state = other;
+                return Err(FrameError::Unexpected(
+                    "expected content body, got non content body frame instead".into(),
+                ));
+            }
+        };
+        if header.class_id != method.get_amqp_class_id() {
+            return Err(FrameError::Unexpected(format!(
+                "expected content header for class {}, got one for class {} instead",
+                method.get_amqp_class_id(),
+                header.class_id
+            )));
+        }
+        if header.body_size > MAX_BODY_SIZE {
+            return Err(FrameError::BadContentSize(format!(
+                "content body size {} exceeds maximum allowed size {}",
+                header.body_size, MAX_BODY_SIZE
+            )));
+        }
+        if header.body_size == 0 {
+            return Ok(Some(Command::Content {
+                method,
+                header,
+                body: Bytes::new(),
+            }));
+        }
+        self.state = State::ExpectBody {
+            method,
+            header,
+            first: None,
+            joined: None,
+            received: 0,
+        };
+        Ok(None)
+    }
+
+    /// Feeds a content body frame.
+    pub fn handle_body(&mut self, payload: Bytes) -> Result<Option<Command>, FrameError> {
+        let State::ExpectBody {
+            header,
+            first,
+            joined,
+            received,
+            ..
+        } = &mut self.state
+        else {
+            return Err(match self.state {
+                State::ExpectHeader(ref m) => FrameError::Unexpected(format!(
+                    "expected content header for class {}, got non content header frame instead",
+                    m.get_amqp_class_id()
+                )),
+                _ => FrameError::Unexpected(
+                    "expected method frame, got non method frame instead".into(),
+                ),
+            });
+        };
+        *received += payload.len() as u64;
+        if *received > header.body_size {
+            return Err(FrameError::BadContentSize(format!(
+                "received {} bytes of content, more than the announced body size {}",
+                *received, header.body_size
+            )));
+        }
+        match (first.take(), joined.as_mut()) {
+            (None, None) => *first = Some(payload),
+            (Some(f), None) => {
+                // A second frame: from here on the body is joined into one buffer (one copy).
+                let mut b = BytesMut::with_capacity(header.body_size as usize);
+                b.extend_from_slice(&f);
+                b.extend_from_slice(&payload);
+                *joined = Some(b);
+            }
+            (_, Some(b)) => b.extend_from_slice(&payload),
+        }
+        if *received < header.body_size {
+            return Ok(None);
+        }
+        let State::ExpectBody {
+            method,
+            header,
+            first,
+            joined,
+            ..
+        } = std::mem::take(&mut self.state)
+        else {
+            unreachable!("state checked above")
+        };
+        let body = match (first, joined) {
+            (_, Some(b)) => b.freeze(),
+            (Some(f), None) => f,
+            (None, None) => Bytes::new(),
+        };
+        Ok(Some(Command::Content {
+            method,
+            header,
+            body,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::basic;
+
+    fn publish() -> AMQPClass {
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            mandatory: false,
+            immediate: false,
+        }))
+    }
+
+    fn header(size: u64) -> ContentHeader {
+        ContentHeader {
+            class_id: 60,
+            body_size: size,
+            properties: Box::default(),
+            raw_properties: Bytes::from_static(&[0, 0]),
+        }
+    }
+
+    #[test]
+    fn single_frame_body_is_not_copied() {
+        let mut a = ContentAssembler::new();
+        assert_eq!(a.handle_method(publish()), Ok(None));
+        assert_eq!(a.handle_header(header(5)), Ok(None));
+        let body = Bytes::from_static(b"hello");
+        let ptr = body.as_ptr();
+        match a.handle_body(body) {
+            Ok(Some(Command::Content { body, .. })) => assert_eq!(body.as_ptr(), ptr),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(a.is_idle());
+    }
+
+    #[test]
+    fn multi_frame_body_and_empty_body() {
+        let mut a = ContentAssembler::new();
+        a.handle_method(publish()).unwrap();
+        a.handle_header(header(6)).unwrap();
+        assert_eq!(a.handle_body(Bytes::from_static(b"ab")), Ok(None));
+        assert_eq!(a.handle_body(Bytes::from_static(b"cd")), Ok(None));
+        match a.handle_body(Bytes::from_static(b"ef")) {
+            Ok(Some(Command::Content { body, .. })) => assert_eq!(&body[..], b"abcdef"),
+            other => panic!("unexpected {other:?}"),
+        }
+        a.handle_method(publish()).unwrap();
+        assert!(matches!(
+            a.handle_header(header(0)),
+            Ok(Some(Command::Content { .. }))
+        ));
+    }
+
+    #[test]
+    fn interleaving_is_unexpected_frame() {
+        let mut a = ContentAssembler::new();
+        a.handle_method(publish()).unwrap();
+        let err = a.handle_method(publish()).unwrap_err();
+        assert_eq!(
+            err.reply_text(),
+            "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead"
+        );
+        let mut a = ContentAssembler::new();
+        let err = a.handle_body(Bytes::from_static(b"x")).unwrap_err();
+        assert_eq!(
+            err.reply_text(),
+            "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
+        );
+        let mut a = ContentAssembler::new();
+        a.handle_method(publish()).unwrap();
+        a.handle_header(header(2)).unwrap();
+        assert!(a.handle_body(Bytes::from_static(b"xyz")).is_err());
+    }
+}

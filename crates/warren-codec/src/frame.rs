@@ -1,0 +1,350 @@
+//! Frame layer: the protocol header and incremental frame decoding.
+//!
+//! [`decode_frame`] reads one frame from the front of a growing [`BytesMut`]. It looks at the
+//! 7-byte header first and refuses a payload larger than the negotiated `frame_max` before a
+//! single payload byte is buffered (amq-protocol's own parser would wait for up to 4 GiB). The
+//! frame is then split off the buffer and frozen, so bodies and raw properties are `Bytes`
+//! slices of the bytes read from the socket: nothing is copied.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::assembler::ContentHeader;
+use crate::proto::AMQPClass;
+use crate::{method, ChannelId, ReplyCode, FRAME_END, FRAME_MIN_SIZE, PROTOCOL_HEADER};
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A method frame.
+    Method {
+        /// Channel the method is on.
+        channel: ChannelId,
+        /// The decoded method.
+        method: AMQPClass,
+    },
+    /// A content header frame.
+    Header {
+        /// Channel the header is on.
+        channel: ChannelId,
+        /// The header, with its properties both decoded and raw.
+        header: ContentHeader,
+    },
+    /// A content body frame.
+    Body {
+        /// Channel the body is on.
+        channel: ChannelId,
+        /// The body bytes: a slice of the read buffer.
+        payload: Bytes,
+    },
+    /// A heartbeat frame (always on channel 0; another channel is an error).
+    Heartbeat,
+}
+
+/// A violation of the frame layer. Every variant is a connection-level (hard) error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The peer's first 8 bytes were not an AMQP 0-9-1 protocol header.
+    #[error("bad protocol header")]
+    BadProtocolHeader,
+    /// The frame announced a payload larger than the negotiated `frame_max`.
+    #[error(
+        "FRAME_ERROR - type {frame_type}, all octets = <<>>: {{frame_too_large,{size},{limit}}}"
+    )]
+    TooLarge {
+        /// Frame type octet.
+        frame_type: u8,
+        /// Announced payload size.
+        size: u32,
+        /// `frame_max - 8`, as RabbitMQ reports it.
+        limit: u32,
+    },
+    /// The octet after the payload was not 0xCE.
+    #[error(
+        "FRAME_ERROR - type {frame_type}, all octets = <<>>: {{invalid_frame_end_marker,{octet}}}"
+    )]
+    BadFrameEnd {
+        /// Frame type octet.
+        frame_type: u8,
+        /// The octet found instead of 0xCE.
+        octet: u8,
+    },
+    /// A frame type octet this protocol does not define.
+    #[error("FRAME_ERROR - type {0}, all octets = <<>>: unknown_frame")]
+    UnknownFrameType(u8),
+    /// A `(class, method)` pair the protocol does not define.
+    #[error("NOT_IMPLEMENTED - unknown method: class {class_id}, method {method_id}")]
+    UnknownMethod {
+        /// Class id read from the frame.
+        class_id: u16,
+        /// Method id read from the frame.
+        method_id: u16,
+    },
+    /// Method arguments or content properties that do not decode (truncated, bad types).
+    #[error("FRAME_ERROR - cannot decode {0}")]
+    CannotDecode(String),
+    /// A frame out of place (assembler state, heartbeat on a non-zero channel, ...).
+    #[error("UNEXPECTED_FRAME - {0}")]
+    Unexpected(String),
+    /// A valid method with arguments RabbitMQ does not implement (`basic.qos` with
+    /// `prefetch_size != 0`), which it refuses with 540 on the connection.
+    #[error("NOT_IMPLEMENTED - {0}")]
+    Unsupported(String),
+    /// A content header announcing a body over the hard cap, or body frames over the announced size.
+    #[error("FRAME_ERROR - {0}")]
+    BadContentSize(String),
+}
+
+impl FrameError {
+    /// The reply code to close the connection with.
+    pub fn reply_code(&self) -> ReplyCode {
+        match self {
+            FrameError::UnknownMethod { .. } | FrameError::Unsupported(_) => {
+                ReplyCode::NotImplemented
+            }
+            FrameError::Unexpected(_) => ReplyCode::UnexpectedFrame,
+            _ => ReplyCode::FrameError,
+        }
+    }
+
+    /// The reply text, already in RabbitMQ's `"NAME - explanation"` form and at most 255 bytes.
+    pub fn reply_text(&self) -> String {
+        let mut s = self.to_string();
+        crate::reply::truncate_to(&mut s, 255);
+        s
+    }
+}
+
+/// What the first bytes of a connection turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderOutcome {
+    /// Fewer than 8 bytes so far, all consistent with an acceptable header.
+    NeedMore,
+    /// A 0-9-1 header (or the 0-9 one, which RabbitMQ also accepts as 0-9-1); 8 bytes consumed.
+    Accepted,
+    /// Anything else. The server must write [`PROTOCOL_HEADER`] and close, as the spec says.
+    Rejected,
+}
+
+/// The 0-9 header `AMQP 1 1 0 9`, which RabbitMQ treats as 0-9-1.
+const PROTOCOL_HEADER_0_9: [u8; 8] = *b"AMQP\x01\x01\x00\x09";
+
+/// Checks the protocol header at the front of `buf`, consuming it when accepted.
+pub fn decode_protocol_header(buf: &mut BytesMut) -> HeaderOutcome {
+    let n = buf.len().min(8);
+    let prefix = &buf[..n];
+    let plausible = [PROTOCOL_HEADER, PROTOCOL_HEADER_0_9]
+        .iter()
+        .any(|h| h[..n] == *prefix);
+    if !plausible {
+        return HeaderOutcome::Rejected;
+    }
+    if n < 8 {
+        return HeaderOutcome::NeedMore;
+    }
+    buf.advance(8);
+    HeaderOutcome::Accepted
+}
+
+/// Decodes one frame from the front of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed (and reserves room for the rest of the frame).
+/// `frame_max` is the negotiated maximum frame size including the 8 bytes of overhead; like
+/// RabbitMQ we allow a payload of up to `frame_max` bytes (an 8-byte fudge for clients that count
+/// the overhead wrongly).
+pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, FrameError> {
+    if buf.len() < 7 {
+        return Ok(None);
+    }
+    let frame_type = buf[0];
+    let channel = u16::from_be_bytes([buf[1], buf[2]]);
+    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
+    if !matches!(frame_type, 1 | 2 | 3 | 8) {
+        return Err(FrameError::UnknownFrameType(frame_type));
+    }
+    let frame_max = frame_max.max(FRAME_MIN_SIZE);
+    if size > frame_max {
+        return Err(FrameError::TooLarge {
+            frame_type,
+            size,
+            limit: frame_max - 8,
+        });
+    }
+    let total = 7 + size as usize + 1;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    let end = buf[total - 1];
+    if end != FRAME_END {
+        return Err(FrameError::BadFrameEnd {
+            frame_type,
+            octet: end,
+        });
+    }
+    let frame = buf.split_to(total).freeze();
+    let payload = frame.slice(7..total - 1);
+    match frame_type {
+        crate::FRAME_METHOD => {
+            decode_method(&payload).map(|method| Some(Frame::Method { channel, method }))
+        }
+        crate::FRAME_HEADER => {
+            decode_header(payload).map(|header| Some(Frame::Header { channel, header }))
+        }
+        crate::FRAME_BODY => Ok(Some(Frame::Body { channel, payload })),
+        _ => {
+            if channel != 0 {
+                Err(FrameError::Unexpected("type 8, all octets = <<>>".into()))
+            } else {
+                Ok(Some(Frame::Heartbeat))
+            }
+        }
+    }
+}
+
+/// Decodes a method payload: class id, method id and arguments.
+pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
+    if payload.len() < 4 {
+        return Err(FrameError::CannotDecode(erl_binary(payload)));
+    }
+    let class_id = u16::from_be_bytes([payload[0], payload[1]]);
+    let method_id = u16::from_be_bytes([payload[2], payload[3]]);
+    if !method::is_known(class_id, method_id) {
+        return Err(FrameError::UnknownMethod {
+            class_id,
+            method_id,
+        });
+    }
+    // amq-protocol drops basic.qos's prefetch-size; RabbitMQ refuses a non-zero one.
+    if (class_id, method_id) == (60, 10) && payload.len() >= 8 {
+        let prefetch_size = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+        if prefetch_size != 0 {
+            return Err(FrameError::Unsupported(format!(
+                "prefetch_size!=0 ({prefetch_size})"
+            )));
+        }
+    }
+    match amq_protocol::protocol::parse_class(payload) {
+        Ok((_, class)) => Ok(class),
+        Err(_) => Err(FrameError::CannotDecode(erl_binary(&payload[4..]))),
+    }
+}
+
+fn decode_header(payload: Bytes) -> Result<ContentHeader, FrameError> {
+    if payload.len() < 14 {
+        return Err(FrameError::CannotDecode(erl_binary(&payload)));
+    }
+    let class_id = u16::from_be_bytes([payload[0], payload[1]]);
+    let body_size = u64::from_be_bytes([
+        payload[4],
+        payload[5],
+        payload[6],
+        payload[7],
+        payload[8],
+        payload[9],
+        payload[10],
+        payload[11],
+    ]);
+    let raw = payload.slice(12..);
+    let properties = match amq_protocol::protocol::basic::parse_properties(&raw[..]) {
+        Ok((_, p)) => p,
+        Err(_) => return Err(FrameError::CannotDecode(erl_binary(&raw))),
+    };
+    Ok(ContentHeader {
+        class_id,
+        body_size,
+        properties: Box::new(properties),
+        raw_properties: raw,
+    })
+}
+
+/// Renders bytes the way Erlang prints a binary (`<<0,1,2>>`), cut after 32 bytes.
+fn erl_binary(bytes: &[u8]) -> String {
+    let shown: Vec<String> = bytes.iter().take(32).map(|b| b.to_string()).collect();
+    let more = if bytes.len() > 32 { ",..." } else { "" };
+    format!("<<{}{}>>", shown.join(","), more)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_header_outcomes() {
+        let mut b = BytesMut::from(&b"AMQ"[..]);
+        assert_eq!(decode_protocol_header(&mut b), HeaderOutcome::NeedMore);
+        b.extend_from_slice(b"P\x00\x00\x09\x01rest");
+        assert_eq!(decode_protocol_header(&mut b), HeaderOutcome::Accepted);
+        assert_eq!(&b[..], b"rest");
+        let mut b = BytesMut::from(&b"GET / HTTP/1.1"[..]);
+        assert_eq!(decode_protocol_header(&mut b), HeaderOutcome::Rejected);
+        let mut b = BytesMut::from(&b"AMQP\x00\x00\x09\x02"[..]);
+        assert_eq!(decode_protocol_header(&mut b), HeaderOutcome::Rejected);
+        let mut b = BytesMut::from(&b"AMQP\x01\x01\x00\x09"[..]);
+        assert_eq!(decode_protocol_header(&mut b), HeaderOutcome::Accepted);
+    }
+
+    #[test]
+    fn partial_frames_need_more() {
+        let full = [8u8, 0, 0, 0, 0, 0, 0, 0xCE];
+        for cut in 0..full.len() {
+            let mut b = BytesMut::from(&full[..cut]);
+            assert_eq!(decode_frame(&mut b, 131072), Ok(None));
+            assert_eq!(b.len(), cut, "nothing consumed on a partial frame");
+        }
+        let mut b = BytesMut::from(&full[..]);
+        assert_eq!(decode_frame(&mut b, 131072), Ok(Some(Frame::Heartbeat)));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_from_the_header_alone() {
+        // Only the 7-byte header: the 200000-byte payload is never waited for.
+        let mut b = BytesMut::from(&[1u8, 0, 1, 0, 3, 0x0d, 0x40][..]);
+        let err = decode_frame(&mut b, 131072).unwrap_err();
+        assert_eq!(err.reply_code(), ReplyCode::FrameError);
+        assert_eq!(
+            err.reply_text(),
+            "FRAME_ERROR - type 1, all octets = <<>>: {frame_too_large,200000,131064}"
+        );
+    }
+
+    #[test]
+    fn bad_frame_end() {
+        let mut b = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0][..]);
+        let err = decode_frame(&mut b, 131072).unwrap_err();
+        assert_eq!(
+            err.reply_text(),
+            "FRAME_ERROR - type 8, all octets = <<>>: {invalid_frame_end_marker,0}"
+        );
+    }
+
+    #[test]
+    fn heartbeat_on_channel_is_unexpected() {
+        let mut b = BytesMut::from(&[8u8, 0, 1, 0, 0, 0, 0, 0xCE][..]);
+        let err = decode_frame(&mut b, 131072).unwrap_err();
+        assert_eq!(err.reply_code(), ReplyCode::UnexpectedFrame);
+        assert_eq!(
+            err.reply_text(),
+            "UNEXPECTED_FRAME - type 8, all octets = <<>>"
+        );
+    }
+
+    #[test]
+    fn unknown_method_and_truncated_args() {
+        let mut b = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 4, 0, 99, 0, 1, 0xCE][..]);
+        let err = decode_frame(&mut b, 131072).unwrap_err();
+        assert_eq!(err.reply_code(), ReplyCode::NotImplemented);
+        // channel.open (20.10) with its short-string argument missing
+        let mut b = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 4, 0, 20, 0, 10, 0xCE][..]);
+        let err = decode_frame(&mut b, 131072).unwrap_err();
+        assert_eq!(err.reply_code(), ReplyCode::FrameError);
+        assert_eq!(err.reply_text(), "FRAME_ERROR - cannot decode <<>>");
+    }
+
+    #[test]
+    fn unknown_frame_type() {
+        let mut b = BytesMut::from(&b"garbage!garbage!"[..]);
+        let err = decode_frame(&mut b, 131072).unwrap_err();
+        assert_eq!(err.reply_code(), ReplyCode::FrameError);
+    }
+}
