@@ -1,1 +1,103 @@
+//! Helpers for black-box tests: start a Warren broker in-process on an ephemeral loopback port
+//! and connect real AMQP clients to it over TCP.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warren_core::{Broker, Config};
+
+/// A running broker; shut down when dropped.
+pub struct TestBroker {
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    /// The broker state (for white-box checks).
+    pub broker: Arc<Broker>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestBroker {
+    /// Starts a broker with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(Config::default()).await
+    }
+
+    /// Starts a broker with `config` (its bind address and port are replaced by 127.0.0.1:0).
+    pub async fn start_with(mut config: Config) -> Self {
+        init_tracing();
+        config.amqp.bind = "127.0.0.1".into();
+        config.amqp.port = 0;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let broker = Broker::new(config);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(warren_core::server::run_broker(
+            broker.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        Self {
+            addr,
+            broker,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// An `amqp://` URI for this broker.
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Connects lapin.
+    pub async fn connect(&self) -> lapin::Connection {
+        lapin::Connection::connect(&self.uri(), lapin::ConnectionProperties::default())
+            .await
+            .expect("lapin connects")
+    }
+
+    /// Connects lapin and opens one channel.
+    pub async fn channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let c = self.connect().await;
+        let ch = c.create_channel().await.expect("channel opens");
+        (c, ch)
+    }
+
+    /// Stops the broker and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Waits until `f` is true or `timeout` passes; returns the last value of `f`.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -61,3 +61,16 @@ pub const FRAME_HEARTBEAT: u8 = 8;
 pub const FRAME_END: u8 = 0xCE;
 /// RabbitMQ's hard cap on a message body announced by a content header (`?MAX_MSG_SIZE`).
 pub const MAX_BODY_SIZE: u64 = 512 * 1024 * 1024;
+
+/// Decodes the entries of a field table that arrives without its 4-byte length prefix (the
+/// AMQPLAIN response). `None` when the bytes are not a valid table.
+pub fn decode_table_entries(bytes: &[u8]) -> Option<proto::FieldTable> {
+    let len = u32::try_from(bytes.len()).ok()?;
+    let mut framed = Vec::with_capacity(bytes.len() + 4);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(bytes);
+    match amq_protocol::types::parsing::parse_field_table(&framed[..]) {
+        Ok((&[], table)) => Some(table),
+        _ => None,
+    }
+}

@@ -1,8 +1,14 @@
 //! Accept loop and broker-wide shutdown.
 
-use crate::Config;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::connection;
+use crate::Config;
 
 /// Binds the AMQP listener configured in `config.amqp`.
 pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
@@ -16,7 +22,39 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let _ = (config, listener);
-    shutdown.cancelled().await;
+    run_broker(Broker::new(config), listener, shutdown).await
+}
+
+/// Like [`run`], with a broker built by the caller (tests inspect it).
+pub async fn run_broker(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let broker = broker.clone();
+                    let shutdown = shutdown.clone();
+                    tracker.spawn(connection::serve(broker, stream, peer, shutdown));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    info!(
+        connections = tracker.len(),
+        "shutting down: closing client connections"
+    );
+    tracker.wait().await;
     Ok(())
 }

@@ -1,0 +1,235 @@
+//! The connection handshake: `start`/`start-ok` (authentication), `tune`/`tune-ok`, `open`.
+//! Mirrors `rabbit_reader`'s behaviour in RabbitMQ 3.10.8 (see `rabbitmq-reference.md` §1.3).
+
+use tracing::{debug, info};
+
+use super::{Connection, Ctx, State};
+use crate::broker::AuthFailure;
+use crate::error::AmqpError;
+use warren_codec::proto::{connection, AMQPClass, AMQPValue, FieldTable, LongString, ShortString};
+use warren_codec::FRAME_MIN_SIZE;
+
+/// The capabilities RabbitMQ advertises (`rabbit_reader:server_capabilities/1`).
+const CAPABILITIES: &[&str] = &[
+    "publisher_confirms",
+    "exchange_exchange_bindings",
+    "basic.nack",
+    "consumer_cancel_notify",
+    "connection.blocked",
+    "consumer_priorities",
+    "authentication_failure_close",
+    "per_consumer_qos",
+    "direct_reply_to",
+];
+
+fn long_str(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+pub(super) fn send_start(ctx: &mut Ctx) {
+    let mut caps = FieldTable::default();
+    for c in CAPABILITIES {
+        caps.insert(ShortString::from(*c), AMQPValue::Boolean(true));
+    }
+    let mut props = FieldTable::default();
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    props.insert("cluster_name".into(), long_str("warren@localhost"));
+    props.insert(
+        "copyright".into(),
+        long_str("Copyright (c) the Warren authors"),
+    );
+    props.insert(
+        "information".into(),
+        long_str("Warren: an AMQP 0-9-1 broker compatible with RabbitMQ"),
+    );
+    props.insert("platform".into(), long_str("Rust"));
+    props.insert("product".into(), long_str("Warren"));
+    props.insert("version".into(), long_str(env!("CARGO_PKG_VERSION")));
+    ctx.send_method(
+        0,
+        &AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: props,
+            mechanisms: LongString::from(b"PLAIN AMQPLAIN".to_vec()),
+            locales: LongString::from(b"en_US".to_vec()),
+        })),
+    );
+}
+
+fn capability(props: &FieldTable, name: &str) -> bool {
+    match props.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(t)) => {
+            matches!(t.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
+        _ => false,
+    }
+}
+
+/// Extracts `(user, password)` from a PLAIN (`[authzid]\0user\0pass`) or AMQPLAIN response.
+fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
+    match mechanism {
+        "PLAIN" => {
+            let mut parts = response.split(|b| *b == 0);
+            let _authzid = parts.next()?;
+            let user = parts.next()?;
+            let pass = parts.next()?;
+            if parts.next().is_some() {
+                return None;
+            }
+            Some((
+                String::from_utf8(user.to_vec()).ok()?,
+                String::from_utf8(pass.to_vec()).ok()?,
+            ))
+        }
+        "AMQPLAIN" => {
+            let t = warren_codec::decode_table_entries(response)?;
+            let get = |k: &str| match t.inner().get(k) {
+                Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).ok(),
+                Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+                _ => None,
+            };
+            Some((get("LOGIN")?, get("PASSWORD")?))
+        }
+        _ => None,
+    }
+}
+
+pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), AmqpError> {
+    let ids = warren_codec::method::ids(&method);
+    let unexpected = |state: State| {
+        AmqpError::channel_error(format!(
+            "unexpected method in connection state {}",
+            state.rabbit_name()
+        ))
+        .on(ids)
+    };
+    let AMQPClass::Connection(m) = method else {
+        return Err(unexpected(conn.state));
+    };
+    match (conn.state, m) {
+        (_, connection::AMQPMethod::Close(_)) => {
+            conn.ctx.send_method(
+                0,
+                &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+            );
+            conn.state = State::Done;
+            Ok(())
+        }
+        (State::Starting, connection::AMQPMethod::StartOk(s)) => {
+            conn.ctx.cap_consumer_cancel_notify =
+                capability(&s.client_properties, "consumer_cancel_notify");
+            conn.ctx.cap_auth_failure_close =
+                capability(&s.client_properties, "authentication_failure_close");
+            let mechanism = s.mechanism.as_str();
+            if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+                return Err(AmqpError::command_invalid(format!(
+                    "unknown authentication mechanism '{mechanism}'"
+                ))
+                .on(ids));
+            }
+            let refused = |text: String| -> Result<(), AmqpError> {
+                Err(AmqpError::access_refused(text).on(ids))
+            };
+            let Some((user, pass)) = credentials(mechanism, s.response.as_bytes()) else {
+                return refused(format!(
+                    "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                ))
+                .or_else(|e| conn.auth_failed(e));
+            };
+            match conn.ctx.broker.authenticate(&user, &pass, conn.ctx.peer) {
+                Ok(()) => {}
+                Err(AuthFailure::BadCredentials) => {
+                    info!(user = %user, "login refused: invalid credentials");
+                    return refused(format!(
+                        "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                    ))
+                    .or_else(|e| conn.auth_failed(e));
+                }
+                Err(AuthFailure::LoopbackOnly(u)) => {
+                    info!(user = %u, "login refused: user may only connect via localhost");
+                    return refused(format!("user '{u}' can only connect via localhost"))
+                        .or_else(|e| conn.auth_failed(e));
+                }
+            }
+            conn.ctx.user = user;
+            let cfg = &conn.ctx.broker.config.amqp;
+            let tune = connection::Tune {
+                channel_max: cfg.channel_max,
+                frame_max: cfg.frame_max,
+                heartbeat: cfg.heartbeat,
+            };
+            conn.ctx.send_method(
+                0,
+                &AMQPClass::Connection(connection::AMQPMethod::Tune(tune)),
+            );
+            conn.state = State::Tuning;
+            Ok(())
+        }
+        (State::Tuning, connection::AMQPMethod::TuneOk(t)) => {
+            let cfg = &conn.ctx.broker.config.amqp;
+            // rabbit_reader:validate_negotiated_integer_value: 0 means "no limit", which is
+            // higher than ours; values below the minimum are refused too.
+            if t.frame_max == 0 || t.frame_max > cfg.frame_max {
+                return Err(AmqpError::not_allowed(format!(
+                    "negotiated frame_max = {} is higher than the maximum allowed value ({})",
+                    t.frame_max, cfg.frame_max
+                ))
+                .on(ids));
+            }
+            if t.frame_max < FRAME_MIN_SIZE {
+                return Err(AmqpError::not_allowed(format!(
+                    "negotiated frame_max = {} is lower than the minimum allowed value ({})",
+                    t.frame_max, FRAME_MIN_SIZE
+                ))
+                .on(ids));
+            }
+            if t.channel_max == 0 || t.channel_max > cfg.channel_max {
+                return Err(AmqpError::not_allowed(format!(
+                    "negotiated channel_max = {} is higher than the maximum allowed value ({})",
+                    t.channel_max, cfg.channel_max
+                ))
+                .on(ids));
+            }
+            conn.ctx.frame_max = t.frame_max;
+            conn.ctx.channel_max = t.channel_max;
+            conn.ctx.heartbeat = t.heartbeat;
+            debug!(
+                frame_max = t.frame_max,
+                channel_max = t.channel_max,
+                heartbeat = t.heartbeat,
+                "tuned"
+            );
+            conn.state = State::Opening;
+            Ok(())
+        }
+        (State::Opening, connection::AMQPMethod::Open(o)) => {
+            let name = o.virtual_host.as_str();
+            let Some(vh) = conn.ctx.broker.vhost(name) else {
+                return Err(AmqpError::not_allowed(format!("vhost {name} not found")).on(ids));
+            };
+            conn.ctx.vhost = Some(vh);
+            conn.ctx.send_method(
+                0,
+                &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+            );
+            conn.state = State::Running;
+            info!(user = %conn.ctx.user, vhost = name, "connection open");
+            Ok(())
+        }
+        (state, _) => Err(unexpected(state)),
+    }
+}
+
+impl Connection {
+    /// RabbitMQ sends `connection.close` 403 on a failed login only to clients that advertise
+    /// `authentication_failure_close`; others just see the socket close.
+    fn auth_failed(&mut self, e: AmqpError) -> Result<(), AmqpError> {
+        if self.ctx.cap_auth_failure_close {
+            Err(e)
+        } else {
+            self.state = State::Done;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! One client connection: the reader loop, the handshake, heartbeats and close handling.
+//!
+//! A connection is two tasks. The *connection task* (this module) reads the socket, decodes
+//! frames, runs the handshake state machine and every channel's methods, and receives
+//! [`ConnEvent`]s (deliveries from queues, consumer cancellations). Everything it sends goes into
+//! one output buffer that is handed, once per loop turn, to the *writer task* ([`writer`]), so
+//! frames produced together leave in one `write` and a client that does not read never blocks
+//! the reading side.
+//!
+//! Channels are plain state machines owned by the connection task (see `channel.rs`): no broker
+//! operation awaits, so there is nothing a channel could block its siblings on.
+
+mod channel;
+mod handshake;
+mod writer;
+
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::error::AmqpError;
+use crate::queue::Delivery;
+use crate::vhost::VHost;
+use channel::Channel;
+use warren_codec::proto::{connection, AMQPClass};
+use warren_codec::{decode_frame, encode, ChannelId, Frame, ReplyCode};
+use writer::WriterMsg;
+
+/// Sender half of a connection's event channel.
+pub type ConnSender = mpsc::UnboundedSender<ConnEvent>;
+
+/// Something another part of the broker tells a connection.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// A queue delivers a message to one of this connection's consumers.
+    Deliver(Delivery),
+    /// A queue was deleted under one of this connection's consumers.
+    ConsumerCancelled {
+        /// Channel of the consumer.
+        channel: u16,
+        /// Its tag.
+        tag: Arc<str>,
+    },
+}
+
+/// Where the handshake or the connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the 8-byte protocol header.
+    AwaitHeader,
+    /// `connection.start` sent, waiting for `start-ok`.
+    Starting,
+    /// `connection.tune` sent, waiting for `tune-ok`.
+    Tuning,
+    /// Waiting for `connection.open`.
+    Opening,
+    /// Open for channels.
+    Running,
+    /// `connection.close` sent, waiting for `close-ok` (until the deadline).
+    Closing,
+    /// Finished: flush and drop the socket.
+    Done,
+}
+
+impl State {
+    fn rabbit_name(self) -> &'static str {
+        match self {
+            State::AwaitHeader | State::Starting => "starting",
+            State::Tuning => "tuning",
+            State::Opening => "opening",
+            State::Running => "running",
+            State::Closing | State::Done => "closing",
+        }
+    }
+}
+
+/// How long we wait for `close-ok` after sending `connection.close`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Read buffer starting size.
+const READ_BUF: usize = 64 * 1024;
+
+/// Connection-wide context the channels work in.
+pub(crate) struct Ctx {
+    pub broker: Arc<Broker>,
+    pub conn_id: u64,
+    pub peer: SocketAddr,
+    pub vhost: Option<Arc<VHost>>,
+    pub user: String,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    /// Client capabilities from `start-ok`.
+    pub cap_consumer_cancel_notify: bool,
+    pub cap_auth_failure_close: bool,
+    /// Frames waiting to be handed to the writer.
+    pub out: BytesMut,
+    /// Our own event sender, given to consumers.
+    pub events: ConnSender,
+    /// Channels with confirms to flush at the end of this turn.
+    pub confirms_dirty: Vec<ChannelId>,
+}
+
+impl Ctx {
+    pub fn send_method(&mut self, channel: ChannelId, method: &AMQPClass) {
+        encode::encode_method(&mut self.out, channel, method);
+    }
+}
+
+/// A client connection.
+pub(crate) struct Connection {
+    ctx: Ctx,
+    state: State,
+    channels: HashMap<ChannelId, Channel>,
+    events_rx: mpsc::UnboundedReceiver<ConnEvent>,
+    writer: mpsc::UnboundedSender<WriterMsg>,
+    started: Instant,
+    last_recv: Instant,
+    last_sent: Instant,
+    close_deadline: Option<Instant>,
+}
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, write_half) = stream.into_split();
+    let (wtx, wrx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(writer::run(write_half, wrx));
+    let (etx, erx) = mpsc::unbounded_channel();
+    let conn_id = broker.next_conn_id();
+    let frame_max = broker.config.amqp.frame_max;
+    let channel_max = broker.config.amqp.channel_max;
+    let now = Instant::now();
+    let mut conn = Connection {
+        ctx: Ctx {
+            broker,
+            conn_id,
+            peer,
+            vhost: None,
+            user: String::new(),
+            frame_max,
+            channel_max,
+            heartbeat: 0,
+            cap_consumer_cancel_notify: false,
+            cap_auth_failure_close: false,
+            out: BytesMut::with_capacity(4096),
+            events: etx,
+            confirms_dirty: Vec::new(),
+        },
+        state: State::AwaitHeader,
+        channels: HashMap::new(),
+        events_rx: erx,
+        writer: wtx,
+        started: now,
+        last_recv: now,
+        last_sent: now,
+        close_deadline: None,
+    };
+    let span = tracing::info_span!("conn", id = conn_id, peer = %peer);
+    let _enter = span.enter();
+    debug!("accepted");
+    conn.run(&mut reader, shutdown).await;
+    conn.teardown();
+    let _ = conn.writer.send(WriterMsg::Shutdown);
+    drop(conn);
+    let _ = writer_task.await;
+    debug!("closed");
+}
+
+impl Connection {
+    async fn run(
+        &mut self,
+        reader: &mut tokio::net::tcp::OwnedReadHalf,
+        shutdown: CancellationToken,
+    ) {
+        let mut inbuf = BytesMut::with_capacity(READ_BUF);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutting_down = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    if self.state == State::Running || self.state == State::Opening {
+                        self.close_connection(AmqpError::new(
+                            ReplyCode::ConnectionForced,
+                            "broker forced connection closure with reason 'shutdown'",
+                        ));
+                    } else if self.state != State::Closing {
+                        self.state = State::Done;
+                    }
+                }
+                ev = self.events_rx.recv() => {
+                    if let Some(ev) = ev {
+                        self.handle_event(ev);
+                        for _ in 0..1024 {
+                            match self.events_rx.try_recv() {
+                                Ok(ev) => self.handle_event(ev),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                r = reader.read_buf(&mut inbuf) => {
+                    match r {
+                        Ok(0) | Err(_) => {
+                            if self.state != State::Closing && self.state != State::Done {
+                                debug!("client closed the socket");
+                            }
+                            return;
+                        }
+                        Ok(_) => {
+                            self.last_recv = Instant::now();
+                            self.handle_input(&mut inbuf);
+                        }
+                    }
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+            self.flush();
+            if self.state == State::Done {
+                return;
+            }
+            if inbuf.capacity() - inbuf.len() < 4096 && inbuf.len() < READ_BUF {
+                inbuf.reserve(READ_BUF);
+            }
+        }
+    }
+
+    /// Hands the output buffer to the writer.
+    fn flush(&mut self) {
+        for id in std::mem::take(&mut self.ctx.confirms_dirty) {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.flush_confirms(&mut self.ctx);
+            }
+        }
+        if !self.ctx.out.is_empty() {
+            let chunk = self.ctx.out.split().freeze();
+            let _ = self.writer.send(WriterMsg::Data(chunk));
+            self.last_sent = Instant::now();
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        match self.state {
+            State::AwaitHeader | State::Starting | State::Tuning | State::Opening => {
+                let limit = Duration::from_secs(self.ctx.broker.config.amqp.handshake_timeout);
+                if now.duration_since(self.started) > limit {
+                    info!("handshake timeout");
+                    self.state = State::Done;
+                }
+            }
+            State::Closing => {
+                if self.close_deadline.is_some_and(|d| now >= d) {
+                    self.state = State::Done;
+                }
+            }
+            State::Running | State::Done => {}
+        }
+        let hb = u64::from(self.ctx.heartbeat);
+        if hb > 0 && matches!(self.state, State::Running | State::Opening | State::Closing) {
+            if now.duration_since(self.last_recv) > Duration::from_secs(2 * hb) {
+                warn!(
+                    timeout_s = hb,
+                    "missed heartbeats from client, closing connection"
+                );
+                self.state = State::Done;
+                return;
+            }
+            let interval = Duration::from_millis((hb * 1000 / 2).max(500));
+            if now.duration_since(self.last_sent) >= interval {
+                encode::encode_heartbeat(&mut self.ctx.out);
+            }
+        }
+    }
+
+    fn handle_input(&mut self, inbuf: &mut BytesMut) {
+        if self.state == State::AwaitHeader {
+            match warren_codec::decode_protocol_header(inbuf) {
+                warren_codec::HeaderOutcome::NeedMore => return,
+                warren_codec::HeaderOutcome::Rejected => {
+                    // The spec: answer with the header we speak, then close.
+                    self.ctx
+                        .out
+                        .extend_from_slice(&warren_codec::PROTOCOL_HEADER);
+                    self.state = State::Done;
+                    return;
+                }
+                warren_codec::HeaderOutcome::Accepted => {
+                    handshake::send_start(&mut self.ctx);
+                    self.state = State::Starting;
+                }
+            }
+        }
+        while self.state != State::Done {
+            match decode_frame(inbuf, self.ctx.frame_max) {
+                Ok(Some(frame)) => self.handle_frame(frame),
+                Ok(None) => break,
+                Err(e) => {
+                    let err = AmqpError::from(e);
+                    if self.state == State::Closing {
+                        self.state = State::Done;
+                    } else {
+                        warn!(error = %err.text, "frame error");
+                        self.close_connection(err);
+                        // The rest of the buffer cannot be framed any more.
+                        inbuf.clear();
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Frame) {
+        if self.state == State::Closing {
+            // After connection.close only close/close-ok matter (spec 4.2.2).
+            if let Frame::Method {
+                channel: 0,
+                method: AMQPClass::Connection(m),
+            } = frame
+            {
+                match m {
+                    connection::AMQPMethod::CloseOk(_) => self.state = State::Done,
+                    connection::AMQPMethod::Close(_) => {
+                        self.ctx.send_method(
+                            0,
+                            &AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )),
+                        );
+                        self.state = State::Done;
+                    }
+                    _ => {}
+                }
+            }
+            return;
+        }
+        if self.state != State::Running {
+            let r = match frame {
+                Frame::Method { channel: 0, method } => handshake::handle(self, method),
+                Frame::Heartbeat => Ok(()),
+                _ => Err(AmqpError::channel_error(format!(
+                    "unexpected method in connection state {}",
+                    self.state.rabbit_name()
+                ))),
+            };
+            if let Err(e) = r {
+                self.close_connection(e);
+            }
+            return;
+        }
+        let r = match frame {
+            Frame::Heartbeat => Ok(()),
+            Frame::Method { channel: 0, method } => self.handle_channel0(method),
+            Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => {
+                Err(AmqpError::new(
+                    ReplyCode::UnexpectedFrame,
+                    "expected method frame, got non method frame instead",
+                ))
+            }
+            Frame::Method { channel, method } => self.handle_channel_method(channel, method),
+            Frame::Header { channel, header } => {
+                self.with_channel(channel, |ch, ctx| ch.handle_header(ctx, header))
+            }
+            Frame::Body { channel, payload } => {
+                self.with_channel(channel, |ch, ctx| ch.handle_body(ctx, payload))
+            }
+        };
+        if let Err(e) = r {
+            self.close_connection(e);
+        }
+    }
+
+    fn handle_channel0(&mut self, method: AMQPClass) -> Result<(), AmqpError> {
+        let ids = warren_codec::method::ids(&method);
+        match method {
+            AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
+                debug!(code = c.reply_code, text = %c.reply_text, "client closed the connection");
+                self.teardown();
+                self.ctx.send_method(
+                    0,
+                    &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                self.state = State::Done;
+                Ok(())
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(()),
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                self.ctx.send_method(
+                    0,
+                    &AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
+                );
+                Ok(())
+            }
+            _ => Err(
+                AmqpError::channel_error("unexpected method in connection state running").on(ids),
+            ),
+        }
+    }
+
+    /// Runs `f` on an open channel; frames for a closing channel are dropped, and frames for an
+    /// unknown channel are 504 CHANNEL_ERROR.
+    fn with_channel(
+        &mut self,
+        id: ChannelId,
+        f: impl FnOnce(&mut Channel, &mut Ctx) -> Result<(), AmqpError>,
+    ) -> Result<(), AmqpError> {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Err(AmqpError::channel_error("expected 'channel.open'"));
+        };
+        if ch.is_closing() {
+            return Ok(());
+        }
+        match f(ch, &mut self.ctx) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_hard() => Err(e),
+            Err(e) => {
+                ch.close_with(&mut self.ctx, e);
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_channel_method(&mut self, id: ChannelId, method: AMQPClass) -> Result<(), AmqpError> {
+        use warren_codec::proto::channel as ch;
+        let ids = warren_codec::method::ids(&method);
+        if let AMQPClass::Connection(_) = method {
+            return Err(AmqpError::command_invalid("unimplemented method").on(ids));
+        }
+        match (&method, self.channels.get(&id)) {
+            (AMQPClass::Channel(ch::AMQPMethod::Open(_)), None) => {
+                if self.channels.len() >= usize::from(self.ctx.channel_max) {
+                    return Err(AmqpError::not_allowed(format!(
+                        "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                        self.channels.len(),
+                        self.ctx.channel_max
+                    ))
+                    .on(ids));
+                }
+                self.channels.insert(id, Channel::new(id));
+                self.ctx.send_method(
+                    id,
+                    &AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})),
+                );
+                Ok(())
+            }
+            (AMQPClass::Channel(ch::AMQPMethod::Open(_)), Some(c)) if !c.is_closing() => {
+                Err(AmqpError::channel_error("second 'channel.open' seen").on(ids))
+            }
+            (_, None) => Err(AmqpError::channel_error("expected 'channel.open'").on(ids)),
+            (AMQPClass::Channel(ch::AMQPMethod::Close(_)), Some(_)) => {
+                if let Some(mut c) = self.channels.remove(&id) {
+                    c.teardown(&mut self.ctx);
+                }
+                self.ctx.send_method(
+                    id,
+                    &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+                );
+                Ok(())
+            }
+            (AMQPClass::Channel(ch::AMQPMethod::CloseOk(_)), Some(c)) if c.is_closing() => {
+                self.channels.remove(&id);
+                Ok(())
+            }
+            (_, Some(_)) => self.with_channel(id, |c, ctx| c.handle_method(ctx, method)),
+        }
+    }
+
+    fn handle_event(&mut self, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Deliver(d) => match self.channels.get_mut(&d.channel) {
+                Some(ch) => ch.deliver(&mut self.ctx, d),
+                None => channel::return_undelivered(d),
+            },
+            ConnEvent::ConsumerCancelled { channel, tag } => {
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.consumer_cancelled(&mut self.ctx, &tag);
+                }
+            }
+        }
+    }
+
+    /// Sends `connection.close` for a hard error and releases every channel's resources.
+    fn close_connection(&mut self, err: AmqpError) {
+        if matches!(self.state, State::Closing | State::Done) {
+            return;
+        }
+        if err.code != ReplyCode::ConnectionForced {
+            info!(code = err.code.code(), text = %err.text, "closing connection");
+        }
+        self.teardown();
+        self.ctx.send_method(
+            0,
+            &AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: err.code.code(),
+                reply_text: err.text.as_str().into(),
+                class_id: err.class_id,
+                method_id: err.method_id,
+            })),
+        );
+        self.state = State::Closing;
+        self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+    }
+
+    /// Releases every channel (requeue unacked, cancel consumers) and exclusive queues.
+    fn teardown(&mut self) {
+        for (_, mut ch) in self.channels.drain() {
+            ch.teardown(&mut self.ctx);
+        }
+        if let Some(vh) = &self.ctx.vhost {
+            vh.delete_exclusive_queues(self.ctx.conn_id);
+        }
+        // Deliveries already queued to us go back to their queues.
+        while let Ok(ev) = self.events_rx.try_recv() {
+            if let ConnEvent::Deliver(d) = ev {
+                channel::return_undelivered(d);
+            }
+        }
+    }
+}

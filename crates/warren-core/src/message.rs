@@ -1,0 +1,78 @@
+//! Messages as queues hold them: one [`Message`] shared (`Arc`) by every queue it was routed to.
+//!
+//! Only what the broker needs is decoded out of the content header (persistence, priority); the
+//! publisher's property bytes are kept verbatim and forwarded on delivery, as RabbitMQ forwards
+//! `properties_bin`. Small messages are copied into one compact allocation so a long-lived
+//! message never pins the (much larger) socket read buffer it arrived in.
+
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use warren_codec::proto::AMQPProperties;
+
+/// Messages whose properties and body together are smaller than this are compacted.
+const COMPACT_BELOW: usize = 4096;
+
+/// A published message.
+#[derive(Debug)]
+pub struct Message {
+    /// The exchange it was published to.
+    pub exchange: Arc<str>,
+    /// The routing key it was published with.
+    pub routing_key: Box<str>,
+    /// Content property flags and fields exactly as the publisher sent them.
+    pub raw_properties: Bytes,
+    /// The body.
+    pub body: Bytes,
+    /// `delivery_mode == 2`.
+    pub persistent: bool,
+    /// The `priority` property (0 when absent).
+    pub priority: u8,
+}
+
+impl Message {
+    /// Builds a message from an assembled publish.
+    pub fn new(
+        exchange: Arc<str>,
+        routing_key: &str,
+        properties: &AMQPProperties,
+        raw_properties: Bytes,
+        body: Bytes,
+    ) -> Self {
+        let (raw_properties, body) = if raw_properties.len() + body.len() < COMPACT_BELOW {
+            let mut b = BytesMut::with_capacity(raw_properties.len() + body.len());
+            b.extend_from_slice(&raw_properties);
+            b.extend_from_slice(&body);
+            let all = b.freeze();
+            (
+                all.slice(..raw_properties.len()),
+                all.slice(raw_properties.len()..),
+            )
+        } else {
+            (raw_properties, body)
+        };
+        Self {
+            exchange,
+            routing_key: routing_key.into(),
+            raw_properties,
+            body,
+            persistent: *properties.delivery_mode() == Some(2),
+            priority: properties.priority().unwrap_or(0),
+        }
+    }
+
+    /// Body size in bytes.
+    pub fn size(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// A message in a queue: its position (`seq`, which requeues restore) and redelivery flag.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    /// Position in the queue; lower is older.
+    pub seq: u64,
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+}

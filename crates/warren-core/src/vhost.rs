@@ -1,0 +1,669 @@
+//! A virtual host: its exchanges, queues and bindings (the "topology"), and routing.
+//!
+//! The topology sits behind one `RwLock`: publishes take the read side to compute their target
+//! queues and drop it before touching any queue; declare/bind/delete take the write side
+//! briefly. No guard is ever held across an `.await`. Texts of the errors mirror RabbitMQ 3.10.8.
+
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::queue::{Queue, QueueOptions};
+use warren_codec::proto::{AMQPValue, FieldTable};
+
+/// Exchanges RabbitMQ pre-declares in every vhost (`rabbit_vhost:declare_default_exchanges`).
+const DEFAULT_EXCHANGES: &[(&str, ExchangeKind, bool)] = &[
+    ("", ExchangeKind::Direct, false),
+    ("amq.direct", ExchangeKind::Direct, false),
+    ("amq.fanout", ExchangeKind::Fanout, false),
+    ("amq.topic", ExchangeKind::Topic, false),
+    ("amq.headers", ExchangeKind::Headers, false),
+    ("amq.match", ExchangeKind::Headers, false),
+    ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
+];
+
+#[derive(Debug, Default)]
+struct Topology {
+    exchanges: HashMap<String, Exchange>,
+    queues: HashMap<String, Arc<Queue>>,
+}
+
+/// `exchange.declare` arguments.
+#[derive(Debug, Clone)]
+pub struct ExchangeDeclare {
+    /// Name.
+    pub name: String,
+    /// Type name as sent.
+    pub kind: String,
+    /// Passive.
+    pub passive: bool,
+    /// Durable.
+    pub durable: bool,
+    /// Auto-delete.
+    pub auto_delete: bool,
+    /// Internal.
+    pub internal: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// `queue.declare` arguments (with the name already resolved).
+#[derive(Debug, Clone)]
+pub struct QueueDeclare {
+    /// Name; empty means "server-named".
+    pub name: String,
+    /// Passive.
+    pub passive: bool,
+    /// Durable.
+    pub durable: bool,
+    /// Exclusive to the declaring connection.
+    pub exclusive: bool,
+    /// Auto-delete.
+    pub auto_delete: bool,
+    /// Arguments.
+    pub arguments: FieldTable,
+}
+
+/// What `queue.declare-ok` reports.
+#[derive(Debug, Clone)]
+pub struct DeclaredQueue {
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// Ready messages.
+    pub message_count: u32,
+    /// Consumers.
+    pub consumer_count: u32,
+}
+
+/// A virtual host.
+#[derive(Debug)]
+pub struct VHost {
+    /// Name, e.g. `/`.
+    pub name: Arc<str>,
+    topo: RwLock<Topology>,
+}
+
+fn bool_str(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+fn reserved(name: &str) -> bool {
+    name.starts_with("amq.")
+}
+
+impl VHost {
+    /// A vhost with RabbitMQ's pre-declared exchanges.
+    pub fn new(name: &str) -> Self {
+        let mut topo = Topology::default();
+        for (n, kind, internal) in DEFAULT_EXCHANGES {
+            topo.exchanges.insert(
+                (*n).to_string(),
+                Exchange::new(n, *kind, true, false, *internal, FieldTable::default()),
+            );
+        }
+        Self {
+            name: name.into(),
+            topo: RwLock::new(topo),
+        }
+    }
+
+    fn inequivalent(
+        &self,
+        what: &str,
+        arg: &str,
+        name: &str,
+        received: &str,
+        current: &str,
+    ) -> AmqpError {
+        AmqpError::precondition_failed(format!(
+            "inequivalent arg '{arg}' for {what} '{name}' in vhost '{}': received '{received}' but current is '{current}'",
+            self.name
+        ))
+    }
+
+    /// `exchange.declare`.
+    pub fn declare_exchange(&self, d: &ExchangeDeclare) -> AmqpResult<()> {
+        if d.passive {
+            let topo = self.topo.read();
+            return if topo.exchanges.contains_key(&d.name) {
+                Ok(())
+            } else {
+                Err(AmqpError::no_exchange(&d.name, &self.name))
+            };
+        }
+        let Some(kind) = ExchangeKind::parse(&d.kind) else {
+            // RabbitMQ 3.10.8 closes the connection here (4.x: channel 406).
+            return Err(AmqpError::command_invalid(format!(
+                "invalid exchange type '{}'",
+                d.kind
+            )));
+        };
+        if d.name.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let mut topo = self.topo.write();
+        if let Some(x) = topo.exchanges.get(&d.name) {
+            if x.kind != kind {
+                return Err(self.inequivalent(
+                    "exchange",
+                    "type",
+                    &d.name,
+                    kind.as_str(),
+                    x.kind.as_str(),
+                ));
+            }
+            for (arg, new, old) in [
+                ("durable", d.durable, x.durable),
+                ("auto_delete", d.auto_delete, x.auto_delete),
+                ("internal", d.internal, x.internal),
+            ] {
+                if new != old {
+                    return Err(self.inequivalent(
+                        "exchange",
+                        arg,
+                        &d.name,
+                        bool_str(new),
+                        bool_str(old),
+                    ));
+                }
+            }
+            let new_ae = arg_display(d.arguments.inner().get("alternate-exchange"));
+            let old_ae = arg_display(x.arguments.inner().get("alternate-exchange"));
+            if new_ae != old_ae {
+                return Err(self.inequivalent(
+                    "exchange",
+                    "alternate-exchange",
+                    &d.name,
+                    &new_ae,
+                    &old_ae,
+                ));
+            }
+            return Ok(());
+        }
+        if reserved(&d.name) {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        topo.exchanges.insert(
+            d.name.clone(),
+            Exchange::new(
+                &d.name,
+                kind,
+                d.durable,
+                d.auto_delete,
+                d.internal,
+                d.arguments.clone(),
+            ),
+        );
+        Ok(())
+    }
+
+    /// `exchange.delete`. Deleting a missing exchange succeeds, as on RabbitMQ 3.10.8.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if reserved(name) {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let mut topo = self.topo.write();
+        let Some(x) = topo.exchanges.get(name) else {
+            return Ok(());
+        };
+        if if_unused && !x.bindings().is_empty() {
+            return Err(AmqpError::precondition_failed(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        Self::remove_exchange(&mut topo, name);
+        Ok(())
+    }
+
+    /// Removes an exchange and every binding to it, then auto-deletes exchanges left unbound.
+    fn remove_exchange(topo: &mut Topology, name: &str) {
+        topo.exchanges.remove(name);
+        Self::remove_destination(topo, &Destination::Exchange(name.into()));
+    }
+
+    /// Removes every binding to `dest`; auto-delete exchanges that lose their last binding go too.
+    fn remove_destination(topo: &mut Topology, dest: &Destination) {
+        let mut emptied = Vec::new();
+        for x in topo.exchanges.values_mut() {
+            if x.unbind_destination(dest) > 0 && x.auto_delete && x.bindings().is_empty() {
+                emptied.push(x.name.to_string());
+            }
+        }
+        for name in emptied {
+            Self::remove_exchange(topo, &name);
+        }
+    }
+
+    /// `exchange.bind` / `exchange.unbind` (destination <- source).
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+        bind: bool,
+    ) -> AmqpResult<()> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let mut topo = self.topo.write();
+        for n in [source, destination] {
+            if !topo.exchanges.contains_key(n) {
+                if !bind {
+                    return Ok(());
+                }
+                return Err(AmqpError::no_exchange(n, &self.name));
+            }
+        }
+        let b = Binding {
+            destination: Destination::Exchange(destination.into()),
+            routing_key: routing_key.to_string(),
+            arguments: arguments.clone(),
+        };
+        self.apply_binding(&mut topo, source, b, bind)
+    }
+
+    fn apply_binding(
+        &self,
+        topo: &mut Topology,
+        source: &str,
+        b: Binding,
+        bind: bool,
+    ) -> AmqpResult<()> {
+        let Some(x) = topo.exchanges.get_mut(source) else {
+            return Err(AmqpError::no_exchange(source, &self.name));
+        };
+        if bind {
+            x.validate_binding(&b.arguments)
+                .map_err(AmqpError::precondition_failed)?;
+            x.bind(b);
+        } else if x.unbind(&b) && x.auto_delete && x.bindings().is_empty() {
+            let name = x.name.to_string();
+            Self::remove_exchange(topo, &name);
+        }
+        Ok(())
+    }
+
+    /// `queue.declare`. `conn_id` owns the queue when it is exclusive.
+    pub fn declare_queue(&self, conn_id: u64, d: &QueueDeclare) -> AmqpResult<DeclaredQueue> {
+        if d.passive {
+            let topo = self.topo.read();
+            let q = topo
+                .queues
+                .get(&d.name)
+                .ok_or_else(|| AmqpError::no_queue(&d.name, &self.name))?;
+            q.check_access(conn_id)?;
+            return Ok(Self::declared(q));
+        }
+        let name = if d.name.is_empty() {
+            server_named()
+        } else if reserved(&d.name) {
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        } else {
+            d.name.clone()
+        };
+        let owner = d.exclusive.then_some(conn_id);
+        let mut topo = self.topo.write();
+        if let Some(q) = topo.queues.get(&name) {
+            if q.options.exclusive_owner != owner {
+                return Err(AmqpError::queue_locked(&name, &self.name));
+            }
+            if q.options.durable != d.durable {
+                return Err(self.inequivalent(
+                    "queue",
+                    "durable",
+                    &name,
+                    bool_str(d.durable),
+                    bool_str(q.options.durable),
+                ));
+            }
+            if q.options.auto_delete != d.auto_delete {
+                return Err(self.inequivalent(
+                    "queue",
+                    "auto_delete",
+                    &name,
+                    bool_str(d.auto_delete),
+                    bool_str(q.options.auto_delete),
+                ));
+            }
+            self.check_queue_args_equivalent(&name, &q.options.arguments, &d.arguments)?;
+            return Ok(Self::declared(q));
+        }
+        let q = Queue::new(
+            name.as_str().into(),
+            self.name.clone(),
+            QueueOptions {
+                durable: d.durable,
+                exclusive_owner: owner,
+                auto_delete: d.auto_delete,
+                arguments: d.arguments.clone(),
+            },
+        );
+        topo.queues.insert(name, q.clone());
+        Ok(DeclaredQueue {
+            queue: q,
+            message_count: 0,
+            consumer_count: 0,
+        })
+    }
+
+    fn declared(q: &Arc<Queue>) -> DeclaredQueue {
+        DeclaredQueue {
+            queue: q.clone(),
+            message_count: q.message_count(),
+            consumer_count: q.consumer_count(),
+        }
+    }
+
+    /// Arguments RabbitMQ compares on redeclare (`rabbit_amqqueue:declare_args/0`); others are
+    /// stored and ignored.
+    fn check_queue_args_equivalent(
+        &self,
+        name: &str,
+        old: &FieldTable,
+        new: &FieldTable,
+    ) -> AmqpResult<()> {
+        const COMPARED: &[&str] = &[
+            "x-expires",
+            "x-message-ttl",
+            "x-dead-letter-exchange",
+            "x-dead-letter-routing-key",
+            "x-dead-letter-strategy",
+            "x-max-length",
+            "x-max-length-bytes",
+            "x-max-in-memory-length",
+            "x-max-in-memory-bytes",
+            "x-max-priority",
+            "x-overflow",
+            "x-queue-mode",
+            "x-queue-version",
+            "x-single-active-consumer",
+            "x-queue-type",
+            "x-quorum-initial-group-size",
+            "x-max-age",
+            "x-initial-cluster-size",
+            "x-queue-leader-locator",
+        ];
+        for key in COMPARED {
+            let a = old.inner().get(*key);
+            let b = new.inner().get(*key);
+            let same = match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => values_equivalent(a, b),
+                // A missing x-queue-type means classic.
+                (None, Some(v)) | (Some(v), None) if *key == "x-queue-type" => {
+                    arg_display(Some(v)) == "classic"
+                }
+                _ => false,
+            };
+            if !same {
+                return Err(self.inequivalent(
+                    "queue",
+                    key,
+                    name,
+                    &arg_display(b),
+                    &arg_display(a),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks up a queue.
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.topo.read().queues.get(name).cloned()
+    }
+
+    /// Looks up a queue that `conn_id` may use: 404 if missing, 405 if someone else's exclusive.
+    pub fn usable_queue(&self, conn_id: u64, name: &str) -> AmqpResult<Arc<Queue>> {
+        let q = self
+            .queue(name)
+            .ok_or_else(|| AmqpError::no_queue(name, &self.name))?;
+        q.check_access(conn_id)?;
+        Ok(q)
+    }
+
+    /// `queue.bind` / `queue.unbind`.
+    pub fn bind_queue(
+        &self,
+        conn_id: u64,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+        bind: bool,
+    ) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let mut topo = self.topo.write();
+        match topo.queues.get(queue) {
+            Some(q) => q.check_access(conn_id)?,
+            None if bind => return Err(AmqpError::no_queue(queue, &self.name)),
+            None => return Ok(()),
+        }
+        if !topo.exchanges.contains_key(exchange) {
+            if !bind {
+                return Ok(());
+            }
+            return Err(AmqpError::no_exchange(exchange, &self.name));
+        }
+        let b = Binding {
+            destination: Destination::Queue(queue.into()),
+            routing_key: routing_key.to_string(),
+            arguments: arguments.clone(),
+        };
+        self.apply_binding(&mut topo, exchange, b, bind)
+    }
+
+    /// `queue.delete`. Deleting a missing queue succeeds with 0 messages, as on RabbitMQ 3.10.8.
+    pub fn delete_queue(
+        &self,
+        conn_id: u64,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> AmqpResult<u32> {
+        let mut topo = self.topo.write();
+        let Some(q) = topo.queues.get(name).cloned() else {
+            return Ok(0);
+        };
+        q.check_access(conn_id)?;
+        q.check_delete(if_unused, if_empty)?;
+        Ok(Self::remove_queue(&mut topo, &q))
+    }
+
+    fn remove_queue(topo: &mut Topology, q: &Arc<Queue>) -> u32 {
+        match topo.queues.get(&*q.name) {
+            Some(cur) if Arc::ptr_eq(cur, q) => {
+                topo.queues.remove(&*q.name);
+            }
+            _ => return 0,
+        }
+        Self::remove_destination(topo, &Destination::Queue(q.name.clone()));
+        q.mark_deleted()
+    }
+
+    /// Deletes `q` if it is still the queue of that name (auto-delete, exclusive cleanup).
+    pub fn delete_queue_instance(&self, q: &Arc<Queue>) {
+        let mut topo = self.topo.write();
+        Self::remove_queue(&mut topo, q);
+    }
+
+    /// Deletes every exclusive queue owned by `conn_id` (the connection closed).
+    pub fn delete_exclusive_queues(&self, conn_id: u64) {
+        let mut topo = self.topo.write();
+        let owned: Vec<Arc<Queue>> = topo
+            .queues
+            .values()
+            .filter(|q| q.options.exclusive_owner == Some(conn_id))
+            .cloned()
+            .collect();
+        for q in owned {
+            Self::remove_queue(&mut topo, &q);
+        }
+    }
+
+    /// Finds the queues a message published to `exchange` with `routing_key` goes to, following
+    /// exchange-to-exchange bindings (each exchange visited once, so loops terminate) and
+    /// alternate exchanges (used by an exchange that routes nowhere).
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> AmqpResult<Vec<Arc<Queue>>> {
+        let topo = self.topo.read();
+        if exchange.is_empty() {
+            return Ok(topo.queues.get(routing_key).cloned().into_iter().collect());
+        }
+        let x = topo
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| AmqpError::no_exchange(exchange, &self.name))?;
+        if x.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                self.name
+            )));
+        }
+        let mut visited: Vec<&str> = Vec::new();
+        let mut pending: Vec<&Exchange> = vec![x];
+        let mut dests: Vec<Destination> = Vec::new();
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        while let Some(x) = pending.pop() {
+            if visited.contains(&&*x.name) {
+                continue;
+            }
+            visited.push(&x.name);
+            dests.clear();
+            x.route(routing_key, headers, &mut dests);
+            if dests.is_empty() {
+                if let Some(ae) = x.alternate_exchange().and_then(|n| topo.exchanges.get(&n)) {
+                    pending.push(ae);
+                }
+                continue;
+            }
+            for d in &dests {
+                match d {
+                    Destination::Queue(n) => {
+                        if let Some(q) = topo.queues.get(&**n) {
+                            queues.push(q.clone());
+                        }
+                    }
+                    Destination::Exchange(n) => {
+                        if let Some(x) = topo.exchanges.get(&**n) {
+                            pending.push(x);
+                        }
+                    }
+                }
+            }
+        }
+        if queues.len() > 1 {
+            queues.sort_by_key(|q| Arc::as_ptr(q) as usize);
+            queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+        Ok(queues)
+    }
+
+    /// Names of all exchanges (for tests and introspection).
+    pub fn exchange_names(&self) -> Vec<String> {
+        self.topo.read().exchanges.keys().cloned().collect()
+    }
+
+    /// Number of queues.
+    pub fn queue_count(&self) -> usize {
+        self.topo.read().queues.len()
+    }
+}
+
+/// A server-generated queue name like RabbitMQ's `amq.gen-eFzZ1Yk8TMaZc-hwoXyfiA`.
+fn server_named() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let suffix: String = (0..22)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("amq.gen-{suffix}")
+}
+
+/// Integers compare by value whatever their width or signedness (RabbitMQ's `type_class`).
+fn as_integer(v: &AMQPValue) -> Option<i128> {
+    Some(match v {
+        AMQPValue::ShortShortInt(x) => i128::from(*x),
+        AMQPValue::ShortShortUInt(x) => i128::from(*x),
+        AMQPValue::ShortInt(x) => i128::from(*x),
+        AMQPValue::ShortUInt(x) => i128::from(*x),
+        AMQPValue::LongInt(x) => i128::from(*x),
+        AMQPValue::LongUInt(x) => i128::from(*x),
+        AMQPValue::LongLongInt(x) => i128::from(*x),
+        AMQPValue::Timestamp(x) => i128::from(*x),
+        _ => return None,
+    })
+}
+
+fn as_text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Argument equivalence as RabbitMQ judges it: integers by value, strings by content.
+pub(crate) fn values_equivalent(a: &AMQPValue, b: &AMQPValue) -> bool {
+    match (as_integer(a), as_integer(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => match (as_text(a), as_text(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => a == b,
+        },
+    }
+}
+
+/// How an argument value appears in an "inequivalent arg" text.
+pub(crate) fn arg_display(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".into(),
+        Some(v) => {
+            if let Some(i) = as_integer(v) {
+                i.to_string()
+            } else if let Some(s) = as_text(v) {
+                s
+            } else {
+                match v {
+                    AMQPValue::Boolean(b) => bool_str(*b).into(),
+                    other => format!("{other:?}"),
+                }
+            }
+        }
+    }
+}
