@@ -25,13 +25,26 @@ impl TestBroker {
     }
 
     /// Starts a broker with `config` (its bind address and port are replaced by 127.0.0.1:0).
-    pub async fn start_with(mut config: Config) -> Self {
+    /// Nothing is kept on disk.
+    pub async fn start_with(config: Config) -> Self {
+        Self::launch(Broker::new(config)).await
+    }
+
+    /// Starts a broker that keeps durable state in `data_dir` (recovering what is there).
+    pub async fn start_durable(data_dir: &std::path::Path) -> Self {
+        let mut config = Config::default();
+        config.storage.data_dir = data_dir.to_path_buf();
+        let broker = tokio::task::spawn_blocking(move || Broker::open(config))
+            .await
+            .expect("join")
+            .expect("broker opens its data dir");
+        Self::launch(broker).await
+    }
+
+    async fn launch(broker: Arc<Broker>) -> Self {
         init_tracing();
-        config.amqp.bind = "127.0.0.1".into();
-        config.amqp.port = 0;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let broker = Broker::new(config);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(warren_core::server::run_broker(
             broker.clone(),

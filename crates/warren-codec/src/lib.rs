@@ -74,3 +74,11 @@ pub fn decode_table_entries(bytes: &[u8]) -> Option<proto::FieldTable> {
         _ => None,
     }
 }
+
+/// Decodes raw content properties (property flags and fields, as in a content header after
+/// the body size). `None` when they do not decode.
+pub fn decode_properties(raw: &[u8]) -> Option<proto::AMQPProperties> {
+    amq_protocol::protocol::basic::parse_properties(raw)
+        .ok()
+        .map(|(_, p)| p)
+}

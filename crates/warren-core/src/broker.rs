@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::vhost::VHost;
+use crate::store::sync::Syncer;
+use crate::vhost::{Persistence, VHost};
 
 /// Why a login was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +26,43 @@ pub struct Broker {
     vhosts: HashMap<String, Arc<VHost>>,
     users: HashMap<String, String>,
     next_conn_id: AtomicU64,
+    /// The group-commit service, when durable state is kept on disk.
+    pub syncer: Option<Arc<Syncer>>,
 }
 
 impl Broker {
-    /// A broker with the default vhost `/` and the configured default user.
+    /// A broker that keeps nothing on disk (durable entities live as long as the process):
+    /// for tests and embedding.
     pub fn new(config: Config) -> Arc<Self> {
         let mut vhosts = HashMap::new();
         vhosts.insert("/".to_string(), Arc::new(VHost::new("/")));
+        Self::assemble(config, vhosts, None)
+    }
+
+    /// A broker that keeps durable entities and persistent messages under
+    /// `config.storage.data_dir` (already opened and locked by the caller), recovering what a
+    /// previous run left there.
+    pub fn open(config: Config) -> std::io::Result<Arc<Self>> {
+        let syncer = Syncer::start();
+        let dir = config.storage.data_dir.join("vhosts").join(hex("/"));
+        let vh = VHost::open(
+            "/",
+            Persistence {
+                dir,
+                syncer: syncer.clone(),
+                segment_size: config.storage.segment_size,
+            },
+        )?;
+        let mut vhosts = HashMap::new();
+        vhosts.insert("/".to_string(), Arc::new(vh));
+        Ok(Self::assemble(config, vhosts, Some(syncer)))
+    }
+
+    fn assemble(
+        config: Config,
+        vhosts: HashMap<String, Arc<VHost>>,
+        syncer: Option<Arc<Syncer>>,
+    ) -> Arc<Self> {
         let mut users = HashMap::new();
         users.insert(
             config.auth.default_user.clone(),
@@ -42,7 +73,15 @@ impl Broker {
             vhosts,
             users,
             next_conn_id: AtomicU64::new(1),
+            syncer,
         })
+    }
+
+    /// Flushes pending writes and stops background threads.
+    pub fn shutdown(&self) {
+        if let Some(s) = &self.syncer {
+            s.stop();
+        }
     }
 
     /// A vhost by name.
@@ -73,4 +112,8 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
 }

@@ -58,6 +58,8 @@ pub struct AuthConfig {
 pub struct StorageConfig {
     /// Data directory (created if missing).
     pub data_dir: PathBuf,
+    /// Size in bytes at which a queue's message segment file is rotated.
+    pub segment_size: u64,
 }
 
 /// Logging.
@@ -109,6 +111,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./warren-data"),
+            segment_size: 16 * 1024 * 1024,
         }
     }
 }

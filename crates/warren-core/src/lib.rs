@@ -21,6 +21,7 @@ pub mod exchange;
 pub mod message;
 pub mod queue;
 pub mod server;
+pub mod store;
 pub mod vhost;
 
 pub use broker::Broker;

@@ -13,7 +13,7 @@ use warren_codec::proto::AMQPProperties;
 const COMPACT_BELOW: usize = 4096;
 
 /// A published message.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Message {
     /// The exchange it was published to.
     pub exchange: Arc<str>,
@@ -60,6 +60,24 @@ impl Message {
         }
     }
 
+    /// Rebuilds a message read back from storage (the broker only stores persistent ones).
+    pub fn recovered(
+        exchange: &str,
+        routing_key: &str,
+        raw_properties: Bytes,
+        body: Bytes,
+    ) -> Self {
+        let props = amq_props(&raw_properties);
+        Self {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            raw_properties,
+            body,
+            persistent: true,
+            priority: props.and_then(|p| *p.priority()).unwrap_or(0),
+        }
+    }
+
     /// Body size in bytes.
     pub fn size(&self) -> usize {
         self.body.len()
@@ -75,4 +93,9 @@ pub struct QueuedMessage {
     pub msg: Arc<Message>,
     /// Whether it was delivered before.
     pub redelivered: bool,
+}
+
+/// Decodes raw content properties (flags and fields).
+pub fn amq_props(raw: &[u8]) -> Option<AMQPProperties> {
+    warren_codec::decode_properties(raw)
 }

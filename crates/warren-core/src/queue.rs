@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::connection::{ConnEvent, ConnSender};
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Message, QueuedMessage};
+use crate::store::{Recovered, StoreRef};
 use warren_codec::proto::FieldTable;
 
 /// A prefetch window: `limit` messages may be unacknowledged at once (0 = unlimited).
@@ -136,6 +137,8 @@ pub struct Queue {
     pub vhost: Arc<str>,
     /// Declared properties.
     pub options: QueueOptions,
+    /// Where persistent messages of a durable queue are stored (none: not persisted).
+    store: Option<StoreRef>,
     state: Mutex<QueueState>,
 }
 
@@ -151,12 +154,54 @@ pub enum AfterCancel {
 impl Queue {
     /// A new, empty queue.
     pub fn new(name: Arc<str>, vhost: Arc<str>, options: QueueOptions) -> Arc<Self> {
+        Self::with_store(name, vhost, options, None)
+    }
+
+    /// A queue whose persistent messages go to `store`; messages the store recovered are
+    /// loaded (delivered ones come back with `redelivered=true`).
+    pub fn with_store(
+        name: Arc<str>,
+        vhost: Arc<str>,
+        options: QueueOptions,
+        store: Option<StoreRef>,
+    ) -> Arc<Self> {
+        let mut st = QueueState::default();
+        if let Some(s) = &store {
+            for Recovered {
+                id,
+                message,
+                delivered,
+            } in s.take_recovered()
+            {
+                st.next_seq = st.next_seq.max(id + 1);
+                st.ready.push_back(QueuedMessage {
+                    seq: id,
+                    msg: Arc::new(message),
+                    redelivered: delivered,
+                });
+            }
+        }
         Arc::new(Self {
             name,
             vhost,
             options,
-            state: Mutex::new(QueueState::default()),
+            store,
+            state: Mutex::new(st),
         })
+    }
+
+    /// The store of a persistent message of this queue, if it has one.
+    fn store_for(&self, m: &QueuedMessage) -> Option<&StoreRef> {
+        self.store.as_ref().filter(|_| m.msg.persistent)
+    }
+
+    /// Forgets settled messages in the store.
+    fn store_ack(&self, msgs: &[QueuedMessage]) {
+        for m in msgs {
+            if let Some(s) = self.store_for(m) {
+                s.ack(m.seq);
+            }
+        }
     }
 
     /// Whether `conn_id` may use this queue (exclusive queues belong to one connection).
@@ -184,22 +229,27 @@ impl Queue {
         self.state.lock().unacked
     }
 
-    /// Enqueues a message and delivers what can be delivered. Returns false if the queue was
-    /// deleted meanwhile (the message was not enqueued).
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> bool {
+    /// Enqueues a message and delivers what can be delivered. Returns `None` if the queue was
+    /// deleted meanwhile (nothing enqueued), else the sync epoch after which the message is
+    /// on disk (0: nothing to wait for).
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Option<u64> {
         let mut st = self.state.lock();
         if st.deleted {
-            return false;
+            return None;
         }
         let seq = st.next_seq;
         st.next_seq += 1;
+        let epoch = match &self.store {
+            Some(s) if msg.persistent => s.append(seq, &msg),
+            _ => 0,
+        };
         st.ready.push_back(QueuedMessage {
             seq,
             msg,
             redelivered: false,
         });
         self.dispatch(&mut st);
-        true
+        Some(epoch)
     }
 
     /// Adds a consumer. 403 when the queue has an exclusive consumer, or when an exclusive
@@ -247,19 +297,36 @@ impl Queue {
     pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, u32)> {
         let mut st = self.state.lock();
         let m = st.ready.pop_front()?;
-        if !no_ack {
+        if no_ack {
+            self.store_ack(std::slice::from_ref(&m));
+        } else {
             st.unacked += 1;
+            self.mark_delivered(&m);
         }
         let left = u32::try_from(st.ready.len()).unwrap_or(u32::MAX);
         Some((m, left))
     }
 
-    /// Settles `n` delivered messages (ack, or reject/nack without requeue), then delivers
+    /// Settles delivered messages (ack, or reject/nack without requeue), then delivers
     /// whatever the freed credit allows.
-    pub fn settle(self: &Arc<Self>, n: u64) {
+    pub fn settle(self: &Arc<Self>, msgs: &[QueuedMessage]) {
+        self.store_ack(msgs);
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(n);
+        st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
         self.dispatch(&mut st);
+    }
+
+    /// A message delivered to a no-ack consumer reached its client: it is gone.
+    pub fn forget(&self, m: &QueuedMessage) {
+        self.store_ack(std::slice::from_ref(m));
+    }
+
+    fn mark_delivered(&self, m: &QueuedMessage) {
+        if !m.redelivered {
+            if let Some(s) = self.store_for(m) {
+                s.delivered(m.seq);
+            }
+        }
     }
 
     /// Puts delivered messages back at their original positions, marked redelivered.
@@ -300,7 +367,8 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
         let n = st.ready.len();
-        st.ready.clear();
+        let purged: Vec<QueuedMessage> = st.ready.drain(..).collect();
+        self.store_ack(&purged);
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -332,6 +400,9 @@ impl Queue {
         st.deleted = true;
         let n = u32::try_from(st.ready.len()).unwrap_or(u32::MAX);
         st.ready.clear();
+        if let Some(s) = &self.store {
+            s.destroy();
+        }
         for c in st.consumers.drain(..) {
             let _ = c.tx.send(ConnEvent::ConsumerCancelled {
                 channel: c.channel,
@@ -365,6 +436,7 @@ impl Queue {
             if !c.no_ack {
                 c.credit.take();
                 c.channel_credit.take();
+                self.mark_delivered(&message);
             }
             let delivery = Delivery {
                 channel: c.channel,

@@ -56,5 +56,7 @@ pub async fn run_broker(
         "shutting down: closing client connections"
     );
     tracker.wait().await;
+    let b = broker.clone();
+    let _ = tokio::task::spawn_blocking(move || b.shutdown()).await;
     Ok(())
 }

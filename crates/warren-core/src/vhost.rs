@@ -6,11 +6,17 @@
 
 use parking_lot::RwLock;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::{error, info, warn};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::queue::{Queue, QueueOptions};
+use crate::store::definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
+use crate::store::segment::SegmentStore;
+use crate::store::sync::Syncer;
+use crate::store::StoreRef;
 use warren_codec::proto::{AMQPValue, FieldTable};
 
 /// Exchanges RabbitMQ pre-declares in every vhost (`rabbit_vhost:declare_default_exchanges`).
@@ -28,6 +34,19 @@ const DEFAULT_EXCHANGES: &[(&str, ExchangeKind, bool)] = &[
 struct Topology {
     exchanges: HashMap<String, Exchange>,
     queues: HashMap<String, Arc<Queue>>,
+    /// Store directory of each durable queue.
+    store_dirs: HashMap<String, String>,
+}
+
+/// Where a vhost keeps durable state.
+#[derive(Debug, Clone)]
+pub struct Persistence {
+    /// The vhost's directory.
+    pub dir: PathBuf,
+    /// The group-commit service.
+    pub syncer: Arc<Syncer>,
+    /// Size at which a queue's segment file is rotated.
+    pub segment_size: u64,
 }
 
 /// `exchange.declare` arguments.
@@ -83,6 +102,7 @@ pub struct VHost {
     /// Name, e.g. `/`.
     pub name: Arc<str>,
     topo: RwLock<Topology>,
+    persistence: Option<Persistence>,
 }
 
 fn bool_str(b: bool) -> &'static str {
@@ -110,7 +130,173 @@ impl VHost {
         Self {
             name: name.into(),
             topo: RwLock::new(topo),
+            persistence: None,
         }
+    }
+
+    /// A vhost that keeps durable entities and persistent messages in `p.dir`, recovering
+    /// whatever a previous run left there.
+    pub fn open(name: &str, p: Persistence) -> std::io::Result<Self> {
+        let mut vh = Self::new(name);
+        let defs = Definitions::load(&p.dir)?;
+        let queues_dir = p.dir.join("queues");
+        std::fs::create_dir_all(&queues_dir)?;
+        {
+            let topo = vh.topo.get_mut();
+            for x in &defs.exchanges {
+                let Some(kind) = ExchangeKind::parse(&x.kind) else {
+                    warn!(exchange = %x.name, kind = %x.kind, "skipping exchange of unknown type");
+                    continue;
+                };
+                topo.exchanges.insert(
+                    x.name.clone(),
+                    Exchange::new(
+                        &x.name,
+                        kind,
+                        true,
+                        x.auto_delete,
+                        x.internal,
+                        x.arguments.clone(),
+                    ),
+                );
+            }
+            for q in &defs.queues {
+                let store = SegmentStore::open(
+                    &queues_dir.join(&q.store_dir),
+                    p.syncer.clone(),
+                    p.segment_size,
+                )?;
+                let queue = Queue::with_store(
+                    q.name.as_str().into(),
+                    vh.name.clone(),
+                    QueueOptions {
+                        durable: true,
+                        exclusive_owner: None,
+                        auto_delete: q.auto_delete,
+                        arguments: q.arguments.clone(),
+                    },
+                    Some(store as StoreRef),
+                );
+                topo.queues.insert(q.name.clone(), queue);
+                topo.store_dirs.insert(q.name.clone(), q.store_dir.clone());
+            }
+            for b in &defs.bindings {
+                let dest = match b.destination_type.as_str() {
+                    "queue" => Destination::Queue(b.destination.as_str().into()),
+                    _ => Destination::Exchange(b.destination.as_str().into()),
+                };
+                if let Some(x) = topo.exchanges.get_mut(&b.source) {
+                    x.bind(Binding {
+                        destination: dest,
+                        routing_key: b.routing_key.clone(),
+                        arguments: b.arguments.clone(),
+                    });
+                }
+            }
+            // Stores of queues that are no longer declared (deleted before a crash finished
+            // removing them) are garbage.
+            let live: std::collections::HashSet<&String> = topo.store_dirs.values().collect();
+            for e in std::fs::read_dir(&queues_dir)?.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if !live.contains(&n) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+            info!(
+                vhost = name,
+                exchanges = defs.exchanges.len(),
+                queues = defs.queues.len(),
+                bindings = defs.bindings.len(),
+                "recovered durable definitions"
+            );
+        }
+        vh.persistence = Some(p);
+        Ok(vh)
+    }
+
+    /// Writes the durable topology, if this vhost persists anything. Called with the write lock
+    /// held so that saves are ordered like the changes.
+    fn save(&self, topo: &Topology) {
+        let Some(p) = &self.persistence else { return };
+        let mut defs = Definitions::default();
+        let default_names: Vec<&str> = DEFAULT_EXCHANGES.iter().map(|(n, _, _)| *n).collect();
+        let durable_queue = |n: &str| topo.store_dirs.contains_key(n);
+        let durable_exchange = |n: &str| topo.exchanges.get(n).is_some_and(|x| x.durable);
+        for x in topo.exchanges.values() {
+            if x.durable && !default_names.contains(&&*x.name) {
+                defs.exchanges.push(ExchangeDef {
+                    name: x.name.to_string(),
+                    kind: x.kind.as_str().into(),
+                    auto_delete: x.auto_delete,
+                    internal: x.internal,
+                    arguments: x.arguments.clone(),
+                });
+            }
+            if !x.durable {
+                continue;
+            }
+            for b in x.bindings() {
+                let (dest, ty, durable) = match &b.destination {
+                    Destination::Queue(q) => (q, "queue", durable_queue(q)),
+                    Destination::Exchange(e) => (e, "exchange", durable_exchange(e)),
+                };
+                if durable {
+                    defs.bindings.push(BindingDef {
+                        source: x.name.to_string(),
+                        destination: dest.to_string(),
+                        destination_type: ty.into(),
+                        routing_key: b.routing_key.clone(),
+                        arguments: b.arguments.clone(),
+                    });
+                }
+            }
+        }
+        for (name, dir) in &topo.store_dirs {
+            if let Some(q) = topo.queues.get(name) {
+                defs.queues.push(QueueDef {
+                    name: name.clone(),
+                    auto_delete: q.options.auto_delete,
+                    arguments: q.options.arguments.clone(),
+                    store_dir: dir.clone(),
+                });
+            }
+        }
+        defs.exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        defs.queues.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Err(e) = defs.save(&p.dir) {
+            error!(error = %e, dir = %p.dir.display(), "cannot save durable definitions");
+        }
+    }
+
+    /// Opens a message store for a new durable queue.
+    fn new_store(
+        &self,
+        topo: &mut Topology,
+        name: &str,
+        durable: bool,
+        exclusive: bool,
+    ) -> AmqpResult<Option<StoreRef>> {
+        let Some(p) = &self.persistence else {
+            return Ok(None);
+        };
+        if !durable || exclusive {
+            return Ok(None);
+        }
+        // A fresh directory per queue incarnation: a queue deleted and declared again never
+        // sees its predecessor's files, even before the syncer has removed them.
+        let dir = format!(
+            "{:016x}-{}",
+            fnv1a(name.as_bytes()),
+            server_named().trim_start_matches("amq.gen-")
+        );
+        let store = SegmentStore::open(
+            &p.dir.join("queues").join(&dir),
+            p.syncer.clone(),
+            p.segment_size,
+        )
+        .map_err(|e| AmqpError::internal(format!("cannot create queue store: {e}")))?;
+        topo.store_dirs.insert(name.to_string(), dir);
+        Ok(Some(store as StoreRef))
     }
 
     fn inequivalent(
@@ -205,6 +391,9 @@ impl VHost {
                 d.arguments.clone(),
             ),
         );
+        if d.durable {
+            self.save(&topo);
+        }
         Ok(())
     }
 
@@ -232,6 +421,7 @@ impl VHost {
             )));
         }
         Self::remove_exchange(&mut topo, name);
+        self.save(&topo);
         Ok(())
     }
 
@@ -282,7 +472,9 @@ impl VHost {
             routing_key: routing_key.to_string(),
             arguments: arguments.clone(),
         };
-        self.apply_binding(&mut topo, source, b, bind)
+        self.apply_binding(&mut topo, source, b, bind)?;
+        self.save(&topo);
+        Ok(())
     }
 
     fn apply_binding(
@@ -354,7 +546,8 @@ impl VHost {
             self.check_queue_args_equivalent(&name, &q.options.arguments, &d.arguments)?;
             return Ok(Self::declared(q));
         }
-        let q = Queue::new(
+        let store = self.new_store(&mut topo, &name, d.durable, d.exclusive)?;
+        let q = Queue::with_store(
             name.as_str().into(),
             self.name.clone(),
             QueueOptions {
@@ -363,8 +556,12 @@ impl VHost {
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
             },
+            store,
         );
         topo.queues.insert(name, q.clone());
+        if d.durable {
+            self.save(&topo);
+        }
         Ok(DeclaredQueue {
             queue: q,
             message_count: 0,
@@ -480,7 +677,9 @@ impl VHost {
             routing_key: routing_key.to_string(),
             arguments: arguments.clone(),
         };
-        self.apply_binding(&mut topo, exchange, b, bind)
+        self.apply_binding(&mut topo, exchange, b, bind)?;
+        self.save(&topo);
+        Ok(())
     }
 
     /// `queue.delete`. Deleting a missing queue succeeds with 0 messages, as on RabbitMQ 3.10.8.
@@ -497,24 +696,29 @@ impl VHost {
         };
         q.check_access(conn_id)?;
         q.check_delete(if_unused, if_empty)?;
-        Ok(Self::remove_queue(&mut topo, &q))
+        let n = self.remove_queue(&mut topo, &q);
+        Ok(n)
     }
 
-    fn remove_queue(topo: &mut Topology, q: &Arc<Queue>) -> u32 {
+    fn remove_queue(&self, topo: &mut Topology, q: &Arc<Queue>) -> u32 {
         match topo.queues.get(&*q.name) {
             Some(cur) if Arc::ptr_eq(cur, q) => {
                 topo.queues.remove(&*q.name);
             }
             _ => return 0,
         }
+        let was_durable = topo.store_dirs.remove(&*q.name).is_some();
         Self::remove_destination(topo, &Destination::Queue(q.name.clone()));
+        if was_durable {
+            self.save(topo);
+        }
         q.mark_deleted()
     }
 
     /// Deletes `q` if it is still the queue of that name (auto-delete, exclusive cleanup).
     pub fn delete_queue_instance(&self, q: &Arc<Queue>) {
         let mut topo = self.topo.write();
-        Self::remove_queue(&mut topo, q);
+        self.remove_queue(&mut topo, q);
     }
 
     /// Deletes every exclusive queue owned by `conn_id` (the connection closed).
@@ -527,7 +731,7 @@ impl VHost {
             .cloned()
             .collect();
         for q in owned {
-            Self::remove_queue(&mut topo, &q);
+            self.remove_queue(&mut topo, &q);
         }
     }
 
@@ -602,6 +806,13 @@ impl VHost {
     pub fn queue_count(&self) -> usize {
         self.topo.read().queues.len()
     }
+}
+
+/// FNV-1a, for short stable directory names.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A server-generated queue name like RabbitMQ's `amq.gen-eFzZ1Yk8TMaZc-hwoXyfiA`.

@@ -5,7 +5,7 @@
 //! [`ConnEvent::Deliver`](super::ConnEvent) and get their delivery tags here.
 
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use tracing::debug;
 
@@ -52,8 +52,10 @@ struct TxState {
 #[derive(Debug, Default)]
 struct ConfirmState {
     next_seq: u64,
-    /// (sequence number, ack?) waiting to be sent at the end of this turn.
+    /// (sequence number, ack?) decided and waiting to be sent at the end of this turn.
     pending: Vec<(u64, bool)>,
+    /// Persistent messages waiting for their sync epoch: (sequence number, epoch), in order.
+    waiting: VecDeque<(u64, u64)>,
 }
 
 /// One channel.
@@ -166,6 +168,7 @@ impl Channel {
         requeue_grouped(all.into_values());
         if let Some(c) = &mut self.confirm {
             c.pending.clear();
+            c.waiting.clear();
         }
     }
 
@@ -261,7 +264,7 @@ impl Channel {
                 if self.confirm.is_none() {
                     self.confirm = Some(ConfirmState {
                         next_seq: 1,
-                        pending: Vec::new(),
+                        ..ConfirmState::default()
                     });
                 }
                 if !s.nowait {
@@ -712,7 +715,9 @@ impl Channel {
             &m.msg.body,
             ctx.frame_max,
         );
-        if !d.no_ack {
+        if d.no_ack {
+            d.queue.forget(&d.message);
+        } else {
             let credit = Some(c.credit.clone());
             self.unacked.insert(
                 tag,
@@ -866,8 +871,12 @@ impl Channel {
         mandatory: bool,
     ) {
         let mut routed = false;
+        let mut epoch = 0;
         for q in &queues {
-            routed |= q.publish(message.clone());
+            if let Some(e) = q.publish(message.clone()) {
+                routed = true;
+                epoch = epoch.max(e);
+            }
         }
         if !routed && mandatory {
             let ret = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
@@ -888,6 +897,12 @@ impl Channel {
         if let Some(c) = &mut self.confirm {
             let seq = c.next_seq;
             c.next_seq += 1;
+            if epoch > ctx.durable_epoch() {
+                // On disk only after that sync round: confirm then (persistent + durable).
+                c.waiting.push_back((seq, epoch));
+                ctx.wait_for_sync(epoch);
+                return;
+            }
             if c.pending.is_empty() {
                 ctx.confirms_dirty.push(self.id);
             }
@@ -895,23 +910,46 @@ impl Channel {
         }
     }
 
-    /// Sends the confirms gathered this turn, coalescing a run of acks into one `multiple` ack.
+    /// A sync round finished: confirms whose messages are now on disk become sendable.
+    pub fn on_synced(&mut self, ctx: &mut Ctx, durable: u64) {
+        let Some(c) = &mut self.confirm else { return };
+        let before = c.pending.len();
+        while let Some(&(seq, epoch)) = c.waiting.front() {
+            if epoch > durable {
+                ctx.wait_for_sync(epoch);
+                break;
+            }
+            c.waiting.pop_front();
+            c.pending.push((seq, true));
+        }
+        if before == 0 && !c.pending.is_empty() {
+            ctx.confirms_dirty.push(self.id);
+        }
+    }
+
+    /// Sends the confirms gathered this turn. Acks below the oldest still-waiting message are
+    /// coalesced into one `multiple` ack (which must not cover anything unconfirmed).
     pub fn flush_confirms(&mut self, ctx: &mut Ctx) {
         let Some(c) = &mut self.confirm else { return };
         if c.pending.is_empty() {
             return;
         }
-        let pending = std::mem::take(&mut c.pending);
-        if pending.iter().all(|(_, ack)| *ack) {
+        let mut pending = std::mem::take(&mut c.pending);
+        pending.sort_unstable_by_key(|(seq, _)| *seq);
+        let oldest_waiting = c.waiting.front().map_or(u64::MAX, |(s, _)| *s);
+        let split = pending.partition_point(|(seq, _)| *seq < oldest_waiting);
+        let mut rest: Vec<(u64, bool)> = pending.split_off(split);
+        if pending.len() > 1 && pending.iter().all(|(_, ack)| *ack) {
             let (last, _) = pending[pending.len() - 1];
             let ack = basic::Ack {
                 delivery_tag: last,
-                multiple: pending.len() > 1,
+                multiple: true,
             };
             ctx.send_method(self.id, &AMQPClass::Basic(basic::AMQPMethod::Ack(ack)));
-            return;
+        } else {
+            rest.splice(0..0, pending);
         }
-        for (seq, is_ack) in pending {
+        for (seq, is_ack) in rest {
             let m = if is_ack {
                 basic::AMQPMethod::Ack(basic::Ack {
                     delivery_tag: seq,
@@ -950,6 +988,6 @@ fn requeue_grouped(entries: impl IntoIterator<Item = Unacked>) {
 
 fn settle_grouped(entries: impl IntoIterator<Item = Unacked>) {
     for (q, msgs) in group_by_queue(entries) {
-        q.settle(msgs.len() as u64);
+        q.settle(&msgs);
     }
 }

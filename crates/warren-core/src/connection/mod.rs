@@ -43,6 +43,8 @@ pub type ConnSender = mpsc::UnboundedSender<ConnEvent>;
 pub enum ConnEvent {
     /// A queue delivers a message to one of this connection's consumers.
     Deliver(Delivery),
+    /// A sync round completed: persistent messages may be confirmable now.
+    Synced,
     /// A queue was deleted under one of this connection's consumers.
     ConsumerCancelled {
         /// Channel of the consumer.
@@ -107,11 +109,31 @@ pub(crate) struct Ctx {
     pub events: ConnSender,
     /// Channels with confirms to flush at the end of this turn.
     pub confirms_dirty: Vec<ChannelId>,
+    /// Highest sync epoch we asked to be told about (0: none pending).
+    pub sync_waiting_for: u64,
 }
 
 impl Ctx {
     pub fn send_method(&mut self, channel: ChannelId, method: &AMQPClass) {
         encode::encode_method(&mut self.out, channel, method);
+    }
+
+    /// The highest durable sync epoch (everything is durable without a syncer).
+    pub fn durable_epoch(&self) -> u64 {
+        self.broker
+            .syncer
+            .as_ref()
+            .map_or(u64::MAX, |s| s.durable())
+    }
+
+    /// Asks the syncer for a [`ConnEvent::Synced`] once `epoch` is durable.
+    pub fn wait_for_sync(&mut self, epoch: u64) {
+        if epoch > self.sync_waiting_for {
+            if let Some(s) = &self.broker.syncer {
+                s.notify_when_durable(epoch, &self.events);
+                self.sync_waiting_for = epoch;
+            }
+        }
     }
 }
 
@@ -159,6 +181,7 @@ pub async fn serve(
             out: BytesMut::with_capacity(4096),
             events: etx,
             confirms_dirty: Vec::new(),
+            sync_waiting_for: 0,
         },
         state: State::AwaitHeader,
         channels: HashMap::new(),
@@ -490,6 +513,13 @@ impl Connection {
                 Some(ch) => ch.deliver(&mut self.ctx, d),
                 None => channel::return_undelivered(d),
             },
+            ConnEvent::Synced => {
+                self.ctx.sync_waiting_for = 0;
+                let durable = self.ctx.durable_epoch();
+                for ch in self.channels.values_mut() {
+                    ch.on_synced(&mut self.ctx, durable);
+                }
+            }
             ConnEvent::ConsumerCancelled { channel, tag } => {
                 if let Some(ch) = self.channels.get_mut(&channel) {
                     ch.consumer_cancelled(&mut self.ctx, &tag);

@@ -1,0 +1,351 @@
+//! [`SegmentStore`]: one durable queue's messages in append-only segment files.
+//!
+//! Files in the queue's directory: `msgs.NNNNNNNNNN` hold MESSAGE records in id order;
+//! `acks.NNNNNNNNNN` hold the ACK and DELIVERED records for the messages of the segment with the
+//! same number, so a segment and its acks are deleted together once every message in it is
+//! acked (an ack never outlives its message's file, so nothing acked can come back). A restart
+//! always starts a new segment. At open, every file is scanned: corrupt records are skipped,
+//! a torn tail is cut off, and the number of damaged spans is logged.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use tracing::{info, warn};
+
+use super::record::{self, kind};
+use super::sync::{Flush, Syncer};
+use super::{decode_id, decode_message, encode_message, MessageStore, Recovered};
+use crate::message::Message;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum FileKind {
+    Msgs,
+    Acks,
+}
+
+fn file_name(seg: u32, k: FileKind) -> String {
+    match k {
+        FileKind::Msgs => format!("msgs.{seg:010}"),
+        FileKind::Acks => format!("acks.{seg:010}"),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    head: u32,
+    head_size: u64,
+    /// segment -> live (unacked) messages
+    live: BTreeMap<u32, u64>,
+    /// first id -> segment
+    first_ids: BTreeMap<u64, u32>,
+    /// segment -> last id appended to it
+    last_ids: HashMap<u32, u64>,
+    pending: Vec<(u32, FileKind, Vec<u8>)>,
+    to_delete: Vec<u32>,
+    queued_for: u64,
+    destroyed: bool,
+}
+
+/// Segment-file message store of one queue.
+pub struct SegmentStore {
+    dir: PathBuf,
+    segment_size: u64,
+    inner: Mutex<Inner>,
+    files: Mutex<HashMap<(u32, FileKind), File>>,
+    syncer: Arc<Syncer>,
+    me: Weak<SegmentStore>,
+    recovered: Mutex<Vec<Recovered>>,
+}
+
+impl std::fmt::Debug for SegmentStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentStore")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+fn read_all(path: &Path) -> std::io::Result<Bytes> {
+    Ok(Bytes::from(fs::read(path)?))
+}
+
+/// Scans one file; cuts a torn tail off on disk. Returns the intact records.
+fn scan_file(path: &Path, dropped: &mut usize) -> std::io::Result<Vec<(u8, Bytes)>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let data = read_all(path)?;
+    let len = data.len();
+    let s = record::scan(data);
+    if s.bad_spans > 0 {
+        warn!(file = %path.display(), damaged_spans = s.bad_spans, kept = s.records.len(),
+            "damaged records skipped during recovery");
+        *dropped += s.bad_spans;
+    }
+    if s.valid_end < len {
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(s.valid_end as u64)?;
+        f.sync_all()?;
+    }
+    Ok(s.records)
+}
+
+impl SegmentStore {
+    /// Opens (creating if needed) the store in `dir` and recovers its messages.
+    pub fn open(dir: &Path, syncer: Arc<Syncer>, segment_size: u64) -> std::io::Result<Arc<Self>> {
+        fs::create_dir_all(dir)?;
+        let mut segs: Vec<u32> = Vec::new();
+        for e in fs::read_dir(dir)? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name
+                .strip_prefix("msgs.")
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                segs.push(n);
+            }
+        }
+        segs.sort_unstable();
+        let mut inner = Inner::default();
+        let mut recovered = Vec::new();
+        let mut damaged = 0usize;
+        for &seg in &segs {
+            let msgs = scan_file(&dir.join(file_name(seg, FileKind::Msgs)), &mut damaged)?;
+            let acks = scan_file(&dir.join(file_name(seg, FileKind::Acks)), &mut damaged)?;
+            let mut acked = HashSet::new();
+            let mut delivered = HashSet::new();
+            for (k, p) in acks {
+                match (k, decode_id(p)) {
+                    (kind::ACK, Some(id)) => {
+                        acked.insert(id);
+                    }
+                    (kind::DELIVERED, Some(id)) => {
+                        delivered.insert(id);
+                    }
+                    _ => damaged += 1,
+                }
+            }
+            let mut live = 0u64;
+            let mut first: Option<u64> = None;
+            let mut last = 0u64;
+            for (k, p) in msgs {
+                let Some((id, message)) = (k == kind::MESSAGE).then(|| decode_message(p)).flatten()
+                else {
+                    damaged += 1;
+                    continue;
+                };
+                first = Some(first.map_or(id, |f: u64| f.min(id)));
+                last = last.max(id);
+                if acked.contains(&id) {
+                    continue;
+                }
+                live += 1;
+                recovered.push(Recovered {
+                    id,
+                    message,
+                    delivered: delivered.contains(&id),
+                });
+            }
+            match (live, first) {
+                (0, _) | (_, None) => {
+                    let _ = fs::remove_file(dir.join(file_name(seg, FileKind::Msgs)));
+                    let _ = fs::remove_file(dir.join(file_name(seg, FileKind::Acks)));
+                }
+                (n, Some(f)) => {
+                    inner.live.insert(seg, n);
+                    inner.first_ids.insert(f, seg);
+                    inner.last_ids.insert(seg, last);
+                }
+            }
+        }
+        recovered.sort_by_key(|r| r.id);
+        if !recovered.is_empty() || damaged > 0 {
+            info!(dir = %dir.display(), messages = recovered.len(), damaged_records = damaged, "recovered queue store");
+        }
+        inner.head = segs.last().map_or(0, |s| s + 1);
+        Ok(Arc::new_cyclic(|me| Self {
+            dir: dir.to_path_buf(),
+            segment_size,
+            inner: Mutex::new(inner),
+            files: Mutex::new(HashMap::new()),
+            syncer,
+            me: me.clone(),
+            recovered: Mutex::new(recovered),
+        }))
+    }
+
+    fn register(&self, inner: &mut Inner) -> u64 {
+        match self.me.upgrade() {
+            Some(me) => {
+                let me: Arc<dyn Flush> = me;
+                self.syncer.register(&me, &mut inner.queued_for)
+            }
+            None => 0,
+        }
+    }
+
+    fn push(inner: &mut Inner, seg: u32, k: FileKind, f: impl FnOnce(&mut Vec<u8>)) {
+        match inner.pending.last_mut() {
+            Some((s, kk, buf)) if *s == seg && *kk == k => f(buf),
+            _ => {
+                let mut buf = Vec::new();
+                f(&mut buf);
+                inner.pending.push((seg, k, buf));
+            }
+        }
+    }
+
+    fn segment_of(inner: &Inner, id: u64) -> Option<u32> {
+        let seg = inner.first_ids.range(..=id).next_back().map(|(_, s)| *s)?;
+        (inner.last_ids.get(&seg).copied().unwrap_or(0) >= id).then_some(seg)
+    }
+
+    fn retire(inner: &mut Inner, seg: u32) {
+        inner.live.remove(&seg);
+        inner.first_ids.retain(|_, s| *s != seg);
+        inner.last_ids.remove(&seg);
+        inner.pending.retain(|(s, _, _)| *s != seg);
+        inner.to_delete.push(seg);
+    }
+
+    fn id_record(&self, id: u64, k: u8) {
+        let mut inner = self.inner.lock();
+        if inner.destroyed {
+            return;
+        }
+        let Some(seg) = Self::segment_of(&inner, id) else {
+            return;
+        };
+        Self::push(&mut inner, seg, FileKind::Acks, |b| {
+            record::put_record(b, k, &[&id.to_be_bytes()])
+        });
+        if k == kind::ACK {
+            let live = inner.live.entry(seg).or_insert(1);
+            *live = live.saturating_sub(1);
+            if *live == 0 && seg != inner.head {
+                Self::retire(&mut inner, seg);
+            }
+        }
+        self.register(&mut inner);
+    }
+}
+
+impl MessageStore for SegmentStore {
+    fn append(&self, id: u64, message: &Message) -> u64 {
+        let mut inner = self.inner.lock();
+        if inner.destroyed {
+            return 0;
+        }
+        if inner.head_size >= self.segment_size {
+            let old = inner.head;
+            inner.head += 1;
+            inner.head_size = 0;
+            if inner.live.get(&old).copied().unwrap_or(0) == 0 {
+                Self::retire(&mut inner, old);
+            }
+        }
+        let head = inner.head;
+        if !inner.live.contains_key(&head) {
+            inner.live.insert(head, 0);
+            inner.first_ids.insert(id, head);
+        }
+        let mut written = 0;
+        Self::push(&mut inner, head, FileKind::Msgs, |b| {
+            written = encode_message(id, message, b).1
+        });
+        inner.head_size += written as u64;
+        inner.last_ids.insert(head, id);
+        *inner.live.entry(head).or_insert(0) += 1;
+        self.register(&mut inner)
+    }
+
+    fn delivered(&self, id: u64) {
+        self.id_record(id, kind::DELIVERED);
+    }
+
+    fn ack(&self, id: u64) {
+        self.id_record(id, kind::ACK);
+    }
+
+    fn destroy(&self) {
+        let mut inner = self.inner.lock();
+        inner.destroyed = true;
+        inner.pending.clear();
+        self.register(&mut inner);
+    }
+
+    fn take_recovered(&self) -> Vec<Recovered> {
+        std::mem::take(&mut *self.recovered.lock())
+    }
+}
+
+impl Flush for SegmentStore {
+    fn flush(&self) -> std::io::Result<()> {
+        let (pending, to_delete, destroyed) = {
+            let mut inner = self.inner.lock();
+            (
+                std::mem::take(&mut inner.pending),
+                std::mem::take(&mut inner.to_delete),
+                inner.destroyed,
+            )
+        };
+        let mut files = self.files.lock();
+        if destroyed {
+            files.clear();
+            return match fs::remove_dir_all(&self.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let mut touched: Vec<(u32, FileKind)> = Vec::new();
+        let mut created = false;
+        for (seg, k, bytes) in pending {
+            let key = (seg, k);
+            if !files.contains_key(&key) {
+                let path = self.dir.join(file_name(seg, k));
+                created |= !path.exists();
+                let f = OpenOptions::new().create(true).append(true).open(path)?;
+                files.insert(key, f);
+            }
+            if let Some(f) = files.get_mut(&key) {
+                f.write_all(&bytes)?;
+            }
+            if !touched.contains(&key) {
+                touched.push(key);
+            }
+        }
+        for key in &touched {
+            if let Some(f) = files.get(key) {
+                f.sync_data()?;
+            }
+        }
+        if created {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        for seg in to_delete {
+            for k in [FileKind::Msgs, FileKind::Acks] {
+                files.remove(&(seg, k));
+                match fs::remove_file(self.dir.join(file_name(seg, k))) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Number of segment files in `dir` (for tests and diagnostics).
+pub fn segment_count(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("msgs."))
+                .count()
+        })
+        .unwrap_or(0)
+}
