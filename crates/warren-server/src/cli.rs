@@ -158,27 +158,26 @@ impl ServeArgs {
 
     /// The flag and variable that set `key`, when one did.
     fn source_of(&self, key: &str) -> Option<&'static str> {
-        let set = match key {
-            "amqp.bind" => self.bind.is_some(),
-            "amqp.port" => self.port.is_some(),
-            "storage.data_dir" => self.data_dir.is_some(),
-            "log.level" => self.log_level.is_some(),
-            "log.format" => self.log_format.is_some(),
-            "auth.default_user" => self.default_user.is_some(),
-            "auth.default_pass" => self.default_pass.is_some(),
-            _ => false,
-        };
-        let flag = match key {
-            "amqp.bind" => "--bind or WARREN_BIND",
-            "amqp.port" => "--port or WARREN_PORT",
-            "storage.data_dir" => "--data-dir or WARREN_DATA_DIR",
-            "log.level" => "--log-level or WARREN_LOG_LEVEL",
-            "log.format" => "--log-format or WARREN_LOG_FORMAT",
-            "auth.default_user" => "--default-user or WARREN_DEFAULT_USER",
-            "auth.default_pass" => "--default-pass or WARREN_DEFAULT_PASS",
+        let (set, source) = match key {
+            "amqp.bind" => (self.bind.is_some(), "--bind or WARREN_BIND"),
+            "amqp.port" => (self.port.is_some(), "--port or WARREN_PORT"),
+            "storage.data_dir" => (self.data_dir.is_some(), "--data-dir or WARREN_DATA_DIR"),
+            "log.level" => (self.log_level.is_some(), "--log-level or WARREN_LOG_LEVEL"),
+            "log.format" => (
+                self.log_format.is_some(),
+                "--log-format or WARREN_LOG_FORMAT",
+            ),
+            "auth.default_user" => (
+                self.default_user.is_some(),
+                "--default-user or WARREN_DEFAULT_USER",
+            ),
+            "auth.default_pass" => (
+                self.default_pass.is_some(),
+                "--default-pass or WARREN_DEFAULT_PASS",
+            ),
             _ => return None,
         };
-        set.then_some(flag)
+        set.then_some(source)
     }
 }
 
