@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The AMQP listener.
@@ -72,17 +72,6 @@ pub struct LogConfig {
     pub format: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            amqp: AmqpConfig::default(),
-            auth: AuthConfig::default(),
-            storage: StorageConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
@@ -125,12 +114,23 @@ impl Default for LogConfig {
     }
 }
 
-/// A configuration that cannot be used, naming the key at fault.
+/// Longest `amqp.handshake_timeout` accepted, in seconds.
+pub const HANDSHAKE_TIMEOUT_MAX: u64 = 3600;
+
+/// A configuration that cannot be used, naming the key at fault. Every message is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file is not valid TOML or has unknown keys or wrongly typed values.
+    /// The document is not valid TOML, or a value has the wrong type.
     #[error("invalid configuration: {0}")]
     Parse(String),
+    /// A key that Warren does not know (a typo, or a RabbitMQ key Warren does not have).
+    #[error("unknown configuration key `{key}` (known keys here: {known})")]
+    UnknownKey {
+        /// Dotted key, e.g. `amqp.frame_mx`.
+        key: String,
+        /// The keys allowed at that level, comma separated.
+        known: String,
+    },
     /// A value out of range.
     #[error("invalid value for `{key}`: {reason}")]
     Invalid {
@@ -141,28 +141,526 @@ pub enum ConfigError {
     },
 }
 
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
 impl Config {
     /// Parses a TOML document (missing keys take their defaults) and validates it.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let cfg = Self::parse_toml(text)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Checks value ranges.
+    /// Parses a TOML document, rejecting unknown keys and wrongly typed values, without checking
+    /// value ranges: for callers that override some keys before calling [`Config::validate`].
+    pub fn parse_toml(text: &str) -> Result<Self, ConfigError> {
+        let doc: toml::Table = text.parse().map_err(|e| parse_error(text, &e))?;
+        check_known_keys(&doc, &default_table()?, "")?;
+        toml::from_str(text).map_err(|e| parse_error(text, &e))
+    }
+
+    /// Checks every value, returning the first one out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.amqp.frame_max < warren_codec::FRAME_MIN_SIZE {
-            return Err(ConfigError::Invalid {
-                key: "amqp.frame_max",
-                reason: format!("must be at least {}", warren_codec::FRAME_MIN_SIZE),
-            });
+        self.amqp.validate()?;
+        self.auth.validate()?;
+        self.storage.validate()?;
+        self.log.validate()
+    }
+}
+
+impl AmqpConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_bind(&self.bind).map_err(|r| invalid("amqp.bind", r))?;
+        // `port`: every u16 is fine; 0 asks the OS for an ephemeral port.
+        if self.frame_max < warren_codec::FRAME_MIN_SIZE {
+            return Err(invalid(
+                "amqp.frame_max",
+                format!("must be at least {}", warren_codec::FRAME_MIN_SIZE),
+            ));
         }
-        if self.amqp.channel_max == 0 {
-            return Err(ConfigError::Invalid {
-                key: "amqp.channel_max",
-                reason: "must be between 1 and 65535".into(),
-            });
+        if self.channel_max == 0 {
+            return Err(invalid("amqp.channel_max", "must be between 1 and 65535"));
+        }
+        // `heartbeat`: every u16 is fine; 0 disables heartbeats.
+        // RabbitMQ refuses a `max_message_size` above its hard cap, 512 MiB.
+        let cap = warren_codec::MAX_BODY_SIZE;
+        if self.max_message_size == 0 || self.max_message_size > cap {
+            return Err(invalid(
+                "amqp.max_message_size",
+                format!("must be between 1 and {cap} bytes (512 MiB)"),
+            ));
+        }
+        if self.handshake_timeout == 0 || self.handshake_timeout > HANDSHAKE_TIMEOUT_MAX {
+            return Err(invalid(
+                "amqp.handshake_timeout",
+                format!("must be between 1 and {HANDSHAKE_TIMEOUT_MAX} seconds"),
+            ));
         }
         Ok(())
+    }
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_credential(&self.default_user).map_err(|r| invalid("auth.default_user", r))?;
+        // RabbitMQ refuses to log anyone in with a blank password, so a blank default
+        // password would make the default user unusable.
+        check_credential(&self.default_pass).map_err(|r| invalid("auth.default_pass", r))?;
+        for (i, user) in self.loopback_users.iter().enumerate() {
+            check_credential(user)
+                .map_err(|r| invalid("auth.loopback_users", format!("entry {}: {r}", i + 1)))?;
+        }
+        Ok(())
+    }
+}
+
+impl StorageConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let raw = self.data_dir.as_os_str();
+        if raw.is_empty() {
+            return Err(invalid("storage.data_dir", "must not be empty"));
+        }
+        if raw.as_encoded_bytes().contains(&0) {
+            return Err(invalid(
+                "storage.data_dir",
+                "must not contain a NUL character",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LogConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_log_filter(&self.level).map_err(|r| invalid("log.level", r))?;
+        match self.format.as_str() {
+            "text" | "json" => Ok(()),
+            other => Err(invalid(
+                "log.format",
+                format!("`{other}` is neither `text` nor `json`"),
+            )),
+        }
+    }
+}
+
+/// An IP address or a host name, as `TcpListener::bind((bind, port))` takes it.
+fn check_bind(bind: &str) -> Result<(), String> {
+    if bind.is_empty() {
+        return Err("must not be empty (`0.0.0.0` listens on every IPv4 interface, `::` on every interface)".into());
+    }
+    if bind.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if bind.starts_with('[') {
+        return Err(format!(
+            "`{bind}`: write an IPv6 address without brackets, e.g. `::1`"
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if bind.len() <= 253 && bind.trim_end_matches('.').split('.').all(label_ok) {
+        return Ok(());
+    }
+    Err(format!(
+        "`{bind}` is neither an IP address nor a host name (the port is set by `amqp.port`)"
+    ))
+}
+
+/// A user name or password: non-empty, and free of control characters (SASL PLAIN separates
+/// its fields with NUL).
+fn check_credential(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// Words people write for a level that `tracing` would silently take as a target name.
+const LEVEL_TYPOS: &[(&str, &str)] = &[
+    ("warning", "warn"),
+    ("err", "error"),
+    ("critical", "error"),
+    ("fatal", "error"),
+    ("notice", "info"),
+    ("information", "info"),
+    ("verbose", "debug"),
+    ("all", "trace"),
+    ("none", "off"),
+];
+
+/// A level (`info`) or a `tracing` filter (`warn,warren_core=debug`), in the syntax of
+/// `tracing_subscriber::EnvFilter`, except that a target needs its level: `warren_core=trace`.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    use std::str::FromStr;
+    use tracing::level_filters::LevelFilter;
+
+    let is_level = |s: &str| LevelFilter::from_str(s).is_ok();
+    let target_ok = |t: &str| {
+        let name = t.split('[').next().unwrap_or(t);
+        let name_ok = name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'));
+        let span_ok = !t.contains('[') || t.ends_with(']');
+        !t.is_empty() && name_ok && span_ok
+    };
+    let mut directives = 0;
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        directives += 1;
+        if let Some((_, right)) = LEVEL_TYPOS
+            .iter()
+            .find(|(typo, _)| d.eq_ignore_ascii_case(typo))
+        {
+            return Err(format!("`{d}` is not a level; did you mean `{right}`?"));
+        }
+        // `target[span{field=value}]=level`: the level is after the last `]`.
+        let tail = d.rfind(']').map_or(0, |i| i + 1);
+        let (target, level) = match d[tail..].find('=') {
+            Some(eq) => (&d[..tail + eq], Some(&d[tail + eq + 1..])),
+            None => (d, None),
+        };
+        match level {
+            Some(level) if !is_level(level) => {
+                return Err(format!(
+                    "`{level}` in `{d}` is not one of off, error, warn, info, debug, trace"
+                ));
+            }
+            Some(_) if !target_ok(target) => {
+                return Err(format!("`{target}` in `{d}` is not a valid target"));
+            }
+            // EnvFilter would take a bare word as a target to trace; a typo is likelier.
+            None if !is_level(d) => {
+                return Err(format!(
+                    "`{d}` is not one of off, error, warn, info, debug, trace \
+                     (write `target=level` to filter by target)"
+                ));
+            }
+            _ => {}
+        }
+    }
+    if directives == 0 {
+        return Err("must not be empty (e.g. `info`, or `warn,warren_core=debug`)".into());
+    }
+    Ok(())
+}
+
+/// The default configuration as a TOML table: the set of known keys.
+fn default_table() -> Result<toml::Table, ConfigError> {
+    toml::Table::try_from(Config::default())
+        .map_err(|e| ConfigError::Parse(format!("cannot serialize the defaults: {e}")))
+}
+
+/// Rejects the first key of `doc` that `known` does not have, naming it with its full path.
+/// (serde's `deny_unknown_fields` would reject it too, but without the section.)
+fn check_known_keys(
+    doc: &toml::Table,
+    known: &toml::Table,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    for (key, value) in doc {
+        let path = format!("{prefix}{key}");
+        match (known.get(key), value) {
+            (None, _) => {
+                let names: Vec<&str> = known.keys().map(String::as_str).collect();
+                return Err(ConfigError::UnknownKey {
+                    key: path,
+                    known: names.join(", "),
+                });
+            }
+            (Some(toml::Value::Table(k)), toml::Value::Table(v)) => {
+                check_known_keys(v, k, &format!("{path}."))?;
+            }
+            // A wrong type (e.g. a table where a number belongs) is reported by the typed parse.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One line: where in the document, which key, and what is wrong.
+fn parse_error(text: &str, err: &toml::de::Error) -> ConfigError {
+    let mut message = err.message().trim().replace('\n', " ");
+    if let Some(i) = message.find("expected struct ") {
+        message.replace_range(i.., "expected a table");
+    }
+    let Some(span) = err.span() else {
+        return ConfigError::Parse(message);
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    match key_at(before) {
+        Some(key) => {
+            ConfigError::Parse(format!("line {line}, column {column}, `{key}`: {message}"))
+        }
+        None => ConfigError::Parse(format!("line {line}, column {column}: {message}")),
+    }
+}
+
+/// The dotted key whose value starts where `before` ends, for a plain `key = value` line under
+/// a `[section]` header (the only shape Warren's configuration has); `None` when unsure.
+fn key_at(before: &str) -> Option<String> {
+    let mut lines = before.rsplit('\n');
+    let (key, _) = lines.next()?.split_once('=')?;
+    let key = key.trim();
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+    };
+    if !bare(key) {
+        return None;
+    }
+    let section = lines
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(|l| l.strip_prefix('[')?.split(']').next())
+        .map(str::trim);
+    match section {
+        None => Some(key.to_owned()),
+        Some(section) if bare(section) => Some(format!("{section}.{key}")),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::from_toml(text) {
+            Ok(cfg) => panic!("accepted {text:?} as {cfg:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn invalid_key(text: &str) -> &'static str {
+        match Config::from_toml(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{text:?}: expected an invalid value, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_document_gives_the_defaults() {
+        assert_eq!(Config::from_toml("").expect("empty"), Config::default());
+        Config::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn missing_keys_take_their_defaults() {
+        let cfg = Config::from_toml("[amqp]\nport = 5673\n").expect("valid");
+        assert_eq!(cfg.amqp.port, 5673);
+        assert_eq!(cfg.amqp.frame_max, 131_072);
+        assert_eq!(cfg.auth, AuthConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_section() {
+        let e = err("[amqp]\nport = 5672\nframe_mx = 4096\n");
+        assert!(e.contains("`amqp.frame_mx`"), "{e}");
+        assert!(e.contains("frame_max"), "lists the known keys: {e}");
+        let e = err("vm_memory_high_watermark = 0.4\n");
+        assert!(e.contains("`vm_memory_high_watermark`"), "{e}");
+        let e = err("[managment]\nport = 15672\n");
+        assert!(e.contains("`managment`"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn syntax_and_type_errors_give_a_line() {
+        let e = err("[amqp]\nport = \"five\"\n");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(e.contains("`amqp.port`"), "names the key: {e}");
+        let e = err("[amqp]\nport = 70000\n");
+        assert!(e.contains("line 2") && e.contains("`amqp.port`"), "{e}");
+        let e = err("log.level = 3\n");
+        assert!(e.contains("`log.level`"), "{e}");
+        let e = err("amqp = 5\n");
+        assert!(
+            e.contains("`amqp`") && e.contains("expected a table"),
+            "{e}"
+        );
+        let e = err("[amqp\n");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn bind_must_be_an_address_or_host_name() {
+        for ok in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "::",
+            "::1",
+            "localhost",
+            "warren.example.org",
+        ] {
+            Config::from_toml(&format!("amqp.bind = \"{ok}\"")).expect(ok);
+        }
+        for bad in ["", "[::1]", "0.0.0.0:5672", "my host", "-bad-", "a..b"] {
+            assert_eq!(
+                invalid_key(&format!("amqp.bind = \"{bad}\"")),
+                "amqp.bind",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn port_zero_is_ephemeral_and_allowed() {
+        assert_eq!(Config::from_toml("amqp.port = 0").expect("0").amqp.port, 0);
+    }
+
+    #[test]
+    fn frame_max_has_a_floor() {
+        let e = err("[amqp]\nframe_max = 10\n");
+        assert_eq!(
+            e,
+            "invalid value for `amqp.frame_max`: must be at least 4096"
+        );
+        assert_eq!(invalid_key("amqp.frame_max = 0"), "amqp.frame_max");
+        Config::from_toml("amqp.frame_max = 4096").expect("the minimum");
+    }
+
+    #[test]
+    fn channel_max_must_not_be_zero() {
+        assert_eq!(invalid_key("amqp.channel_max = 0"), "amqp.channel_max");
+        Config::from_toml("amqp.channel_max = 65535").expect("max");
+    }
+
+    #[test]
+    fn heartbeat_zero_disables() {
+        assert_eq!(
+            Config::from_toml("amqp.heartbeat = 0")
+                .expect("0")
+                .amqp
+                .heartbeat,
+            0
+        );
+    }
+
+    #[test]
+    fn max_message_size_is_bounded() {
+        assert_eq!(
+            invalid_key("amqp.max_message_size = 0"),
+            "amqp.max_message_size"
+        );
+        assert_eq!(
+            invalid_key("amqp.max_message_size = 536870913"),
+            "amqp.max_message_size"
+        );
+        Config::from_toml("amqp.max_message_size = 536870912").expect("512 MiB");
+    }
+
+    #[test]
+    fn handshake_timeout_is_bounded() {
+        assert_eq!(
+            invalid_key("amqp.handshake_timeout = 0"),
+            "amqp.handshake_timeout"
+        );
+        assert_eq!(
+            invalid_key("amqp.handshake_timeout = 3601"),
+            "amqp.handshake_timeout"
+        );
+        Config::from_toml("amqp.handshake_timeout = 1").expect("1 s");
+    }
+
+    #[test]
+    fn credentials_must_be_non_empty_and_printable() {
+        assert_eq!(invalid_key("auth.default_user = \"\""), "auth.default_user");
+        assert_eq!(
+            invalid_key("auth.default_user = \"a\\u0000b\""),
+            "auth.default_user"
+        );
+        assert_eq!(invalid_key("auth.default_pass = \"\""), "auth.default_pass");
+        assert_eq!(
+            invalid_key("auth.loopback_users = [\"guest\", \"\"]"),
+            "auth.loopback_users"
+        );
+        let e = err("auth.loopback_users = [\"guest\", \"\"]");
+        assert!(e.contains("entry 2"), "{e}");
+    }
+
+    #[test]
+    fn a_non_guest_default_user_is_not_loopback_only() {
+        let cfg =
+            Config::from_toml("[auth]\ndefault_user = \"admin\"\ndefault_pass = \"s3cret\"\n")
+                .expect("valid");
+        assert!(!cfg.auth.loopback_users.contains(&cfg.auth.default_user));
+        let cfg = Config::from_toml("auth.loopback_users = []").expect("valid");
+        assert!(cfg.auth.loopback_users.is_empty());
+    }
+
+    #[test]
+    fn data_dir_must_not_be_empty() {
+        assert_eq!(invalid_key("storage.data_dir = \"\""), "storage.data_dir");
+        assert_eq!(
+            invalid_key("storage.data_dir = \"a\\u0000b\""),
+            "storage.data_dir"
+        );
+        Config::from_toml("storage.data_dir = \"/var/lib/warren\"").expect("absolute");
+    }
+
+    #[test]
+    fn log_level_takes_levels_and_filters() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "off",
+            "warn,warren_core=debug",
+            "warren_core::server=trace",
+            "info,warren_core[conn{id=1}]=trace",
+            "info,",
+        ] {
+            Config::from_toml(&format!("log.level = \"{ok}\"")).expect(ok);
+        }
+        for bad in [
+            "",
+            " , ",
+            "warning",
+            "verbose",
+            "loud",
+            "warren_core",
+            "info,warren=loud",
+            "=info",
+            "a b=info",
+            "x[y=info",
+        ] {
+            assert_eq!(
+                invalid_key(&format!("log.level = \"{bad}\"")),
+                "log.level",
+                "{bad:?}"
+            );
+        }
+        let e = err("log.level = \"warning\"");
+        assert!(e.contains("did you mean `warn`"), "{e}");
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        Config::from_toml("log.format = \"json\"").expect("json");
+        Config::from_toml("log.format = \"text\"").expect("text");
+        let e = err("log.format = \"xml\"");
+        assert_eq!(
+            e,
+            "invalid value for `log.format`: `xml` is neither `text` nor `json`"
+        );
     }
 }

@@ -1,1 +1,150 @@
-fn main() {}
+//! The `warren` binary: parse the command line, load the configuration, start logging, lock the
+//! data directory, bind, and run the broker until SIGTERM or SIGINT.
+//!
+//! Exit status: 0 after a clean shutdown, 1 on a configuration, data directory, bind or runtime
+//! error (reported in one line on stderr), 2 on a command-line usage error.
+
+mod cli;
+mod healthcheck;
+
+use clap::Parser;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+use warren_core::config::LogConfig;
+use warren_core::datadir::DataDir;
+use warren_core::Config;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        Some(cli::Command::Healthcheck(args)) => healthcheck::run(&args),
+        None if cli.serve.print_default_config => print_default_config(),
+        None => serve(&cli.serve),
+    }
+}
+
+/// Reports an error that happens before logging is set up.
+fn report(message: &str) {
+    let _ = writeln!(std::io::stderr(), "warren: {message}");
+}
+
+fn print_default_config() -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out
+        .write_all(cli::DEFAULT_CONFIG.as_bytes())
+        .and_then(|()| out.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&format!("cannot write the default configuration: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &cli::ServeArgs) -> ExitCode {
+    let config = match args.load_config() {
+        Ok(config) => config,
+        Err(e) => {
+            report(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = init_tracing(&config.log) {
+        report(&e);
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (stdout is for `--print-default-config`), filtered by `log.level`.
+fn init_tracing(log: &LogConfig) -> Result<(), String> {
+    let filter = EnvFilter::try_new(&log.level)
+        .map_err(|e| format!("invalid value for `log.level`: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = if log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
+    installed.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
+    // Held until the broker has stopped: the lock keeps a second warren off this directory.
+    let data_dir = DataDir::open(&config.storage.data_dir).map_err(|e| e.to_string())?;
+    let listener = warren_core::server::bind(&config).await.map_err(|e| {
+        format!(
+            "cannot listen on {}:{}: {e}",
+            config.amqp.bind, config.amqp.port
+        )
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    info!(
+        %addr,
+        data_dir = %data_dir.path().display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
+    warren_core::server::run(config, listener, shutdown)
+        .await
+        .map_err(|e| format!("broker failed: {e}"))?;
+    drop(data_dir);
+    Ok(())
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
+fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutting down: closing client connections");
+        shutdown.cancel();
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        warn!(
+            signal = name,
+            "second signal: exiting without waiting for connections"
+        );
+        std::process::exit(1);
+    });
+    Ok(())
+}

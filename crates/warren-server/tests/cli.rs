@@ -1,0 +1,246 @@
+//! Runs the built `warren` binary: configuration errors, the data directory lock, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use warren_core::Config;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The binary with no `WARREN_*` variable inherited from the caller's environment.
+fn warren() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("WARREN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run warren")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn config_file(dir: &Path, text: &str) -> String {
+    let path = dir.join("warren.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
+/// A running broker, killed on drop if it is still there.
+struct Broker {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// The "listening" log line.
+    listening: String,
+}
+
+impl Broker {
+    /// Starts `warren` on an ephemeral loopback port and waits for its "listening" line.
+    fn start(data_dir: &Path, extra: &[&str]) -> Broker {
+        Broker::spawn(
+            warren()
+                .args(["--bind", "127.0.0.1", "--port", "0", "--data-dir"])
+                .arg(data_dir)
+                .args(extra),
+        )
+    }
+
+    /// Starts `cmd` and waits for its "listening" line.
+    fn spawn(cmd: &mut Command) -> Broker {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn warren");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut broker = Broker {
+            child,
+            lines,
+            listening: String::new(),
+        };
+        broker.listening = broker.wait_for_line("listening");
+        broker
+    }
+
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("no line containing {needle:?} from warren; got: {seen:#?}");
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        wait_timeout(&mut self.child)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_timeout(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("warren did not exit within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn print_default_config_parses_to_the_defaults() {
+    let out = run(warren().arg("--print-default-config"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(Config::from_toml(&text).expect("parses"), Config::default());
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = config_file(dir.path(), "[amqp]\nport = 5672\nfram_max = 8192\n");
+    let out = run(warren().args(["--config", &path]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("`amqp.fram_max`"), "{err}");
+    assert!(err.contains(&path), "names the file: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn bad_value_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = config_file(dir.path(), "[amqp]\nframe_max = 10\n");
+    let out = run(warren().args(["--config", &path]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("invalid value for `amqp.frame_max`: must be at least 4096"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn environment_is_checked_and_overridden_by_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let out = run(warren()
+        .env("WARREN_LOG_LEVEL", "loudest")
+        .arg("--data-dir")
+        .arg(&data));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("invalid value for `log.level`") && err.contains("WARREN_LOG_LEVEL"),
+        "{err}"
+    );
+
+    // Flag over variable, variable over file: the file says text, the variable json.
+    let path = config_file(dir.path(), "[log]\nformat = \"text\"\nlevel = \"off\"\n");
+    let broker = Broker::spawn(
+        warren()
+            .env("WARREN_LOG_LEVEL", "loudest")
+            .env("WARREN_LOG_FORMAT", "json")
+            .env("WARREN_BIND", "127.0.0.1")
+            .env("WARREN_PORT", "0")
+            .env("WARREN_DATA_DIR", &data)
+            .args(["--config", &path, "--log-level", "info"]),
+    );
+    let line = &broker.listening;
+    assert!(line.starts_with('{'), "json: {line}");
+    assert!(line.contains("\"addr\":\"127.0.0.1:"), "{line}");
+    assert!(data.join(".lock").is_file(), "WARREN_DATA_DIR used");
+}
+
+#[test]
+fn second_broker_on_the_same_data_dir_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut first = Broker::start(&data, &[]);
+    let mut second = warren()
+        .args(["--bind", "127.0.0.1", "--port", "0", "--data-dir"])
+        .arg(&data)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = wait_timeout(&mut second);
+    let out = second.wait_with_output().expect("output");
+    assert!(!status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "data directory {} is locked by another running warren (pid {})",
+            data.display(),
+            first.child.id()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    first.signal("TERM");
+    assert!(first.wait().success());
+}
+
+#[test]
+fn sigterm_and_sigint_exit_zero() {
+    for signal in ["TERM", "INT"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut broker = Broker::start(dir.path(), &[]);
+        broker.signal(signal);
+        broker.wait_for_line("shutting down");
+        let status = broker.wait();
+        assert!(status.success(), "SIG{signal}: {status:?}");
+    }
+}
+
+#[test]
+fn healthcheck_fails_without_a_broker() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let out = run(warren().args(["healthcheck", "--port", &port.to_string()]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("warren healthcheck: 127.0.0.1:"));
+}
