@@ -231,6 +231,9 @@ impl StorageConfig {
                 "must not contain a NUL character",
             ));
         }
+        if self.segment_size < 4096 {
+            return Err(invalid("storage.segment_size", "must be at least 4096"));
+        }
         Ok(())
     }
 }

@@ -249,8 +249,8 @@ impl MessageStore for SegmentStore {
             }
         }
         let head = inner.head;
-        if !inner.live.contains_key(&head) {
-            inner.live.insert(head, 0);
+        if let std::collections::btree_map::Entry::Vacant(e) = inner.live.entry(head) {
+            e.insert(0);
             inner.first_ids.insert(id, head);
         }
         let mut written = 0;
@@ -305,15 +305,15 @@ impl Flush for SegmentStore {
         let mut created = false;
         for (seg, k, bytes) in pending {
             let key = (seg, k);
-            if !files.contains_key(&key) {
-                let path = self.dir.join(file_name(seg, k));
-                created |= !path.exists();
-                let f = OpenOptions::new().create(true).append(true).open(path)?;
-                files.insert(key, f);
-            }
-            if let Some(f) = files.get_mut(&key) {
-                f.write_all(&bytes)?;
-            }
+            let f = match files.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let path = self.dir.join(file_name(seg, k));
+                    created |= !path.exists();
+                    e.insert(OpenOptions::new().create(true).append(true).open(path)?)
+                }
+            };
+            f.write_all(&bytes)?;
             if !touched.contains(&key) {
                 touched.push(key);
             }
