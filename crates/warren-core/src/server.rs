@@ -16,13 +16,17 @@ pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
 }
 
 /// Runs the broker on `listener` until `shutdown` is cancelled, then closes every client
-/// connection with 320 CONNECTION_FORCED and returns once they are gone.
+/// connection with 320 CONNECTION_FORCED and returns once they are gone. Durable state lives in
+/// `config.storage.data_dir`, which the caller has opened and locked.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    run_broker(Broker::new(config), listener, shutdown).await
+    let broker = tokio::task::spawn_blocking(move || Broker::open(config))
+        .await
+        .map_err(std::io::Error::other)??;
+    run_broker(broker, listener, shutdown).await
 }
 
 /// Like [`run`], with a broker built by the caller (tests inspect it).
