@@ -82,3 +82,13 @@ pub fn decode_properties(raw: &[u8]) -> Option<proto::AMQPProperties> {
         .ok()
         .map(|(_, p)| p)
 }
+
+/// Encodes content properties (property flags and fields), as a content header carries them.
+pub fn encode_properties(props: &proto::AMQPProperties) -> Vec<u8> {
+    amq_protocol::protocol::basic::gen_properties(props)(amq_protocol::frame::WriteContext::from(
+        Vec::with_capacity(64),
+    ))
+    .map(|ctx| ctx.write)
+    // Properties always encode (they are parsed values); an empty flag word is the safe fallback.
+    .unwrap_or_else(|_| vec![0, 0])
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::store::sync::Syncer;
+use crate::timer::Timers;
 use crate::vhost::{Persistence, VHost};
 
 /// Why a login was refused.
@@ -28,15 +29,18 @@ pub struct Broker {
     next_conn_id: AtomicU64,
     /// The group-commit service, when durable state is kept on disk.
     pub syncer: Option<Arc<Syncer>>,
+    /// Queue timers (TTL, `x-expires`); started by the server's run loop.
+    pub timers: Timers,
 }
 
 impl Broker {
     /// A broker that keeps nothing on disk (durable entities live as long as the process):
     /// for tests and embedding.
     pub fn new(config: Config) -> Arc<Self> {
+        let timers = Timers::new();
         let mut vhosts = HashMap::new();
-        vhosts.insert("/".to_string(), Arc::new(VHost::new("/")));
-        Self::assemble(config, vhosts, None)
+        vhosts.insert("/".to_string(), VHost::new("/", timers.clone()));
+        Self::assemble(config, vhosts, None, timers)
     }
 
     /// A broker that keeps durable entities and persistent messages under
@@ -45,6 +49,7 @@ impl Broker {
     pub fn open(config: Config) -> std::io::Result<Arc<Self>> {
         let syncer = Syncer::start();
         let dir = config.storage.data_dir.join("vhosts").join(hex("/"));
+        let timers = Timers::new();
         let vh = VHost::open(
             "/",
             Persistence {
@@ -52,16 +57,18 @@ impl Broker {
                 syncer: syncer.clone(),
                 segment_size: config.storage.segment_size,
             },
+            timers.clone(),
         )?;
         let mut vhosts = HashMap::new();
-        vhosts.insert("/".to_string(), Arc::new(vh));
-        Ok(Self::assemble(config, vhosts, Some(syncer)))
+        vhosts.insert("/".to_string(), vh);
+        Ok(Self::assemble(config, vhosts, Some(syncer), timers))
     }
 
     fn assemble(
         config: Config,
         vhosts: HashMap<String, Arc<VHost>>,
         syncer: Option<Arc<Syncer>>,
+        timers: Timers,
     ) -> Arc<Self> {
         let mut users = HashMap::new();
         users.insert(
@@ -74,6 +81,7 @@ impl Broker {
             users,
             next_conn_id: AtomicU64::new(1),
             syncer,
+            timers,
         })
     }
 

@@ -22,6 +22,7 @@ pub mod message;
 pub mod queue;
 pub mod server;
 pub mod store;
+pub mod timer;
 pub mod vhost;
 
 pub use broker::Broker;

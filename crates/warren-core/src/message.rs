@@ -27,6 +27,8 @@ pub struct Message {
     pub persistent: bool,
     /// The `priority` property (0 when absent).
     pub priority: u8,
+    /// The `expiration` property in ms, if it holds a valid one.
+    pub ttl: Option<u64>,
 }
 
 impl Message {
@@ -57,6 +59,10 @@ impl Message {
             body,
             persistent: *properties.delivery_mode() == Some(2),
             priority: properties.priority().unwrap_or(0),
+            ttl: properties
+                .expiration()
+                .as_ref()
+                .and_then(|e| e.as_str().parse().ok()),
         }
     }
 
@@ -74,7 +80,12 @@ impl Message {
             raw_properties,
             body,
             persistent: true,
-            priority: props.and_then(|p| *p.priority()).unwrap_or(0),
+            priority: props.as_ref().and_then(|p| *p.priority()).unwrap_or(0),
+            ttl: props.as_ref().and_then(|p| {
+                p.expiration()
+                    .as_ref()
+                    .and_then(|e| e.as_str().parse().ok())
+            }),
         }
     }
 
@@ -84,7 +95,8 @@ impl Message {
     }
 }
 
-/// A message in a queue: its position (`seq`, which requeues restore) and redelivery flag.
+/// A message in a queue: its position (`seq`, which requeues restore), redelivery flag,
+/// expiry and delivery count.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
     /// Position in the queue; lower is older.
@@ -93,6 +105,23 @@ pub struct QueuedMessage {
     pub msg: Arc<Message>,
     /// Whether it was delivered before.
     pub redelivered: bool,
+    /// When it expires ([`crate::timer::now_ms`] time; 0 = never).
+    pub expires_at: u64,
+    /// How many times it was handed to a client.
+    pub deliveries: u32,
+}
+
+impl QueuedMessage {
+    /// A message entering a queue at position `seq`.
+    pub fn new(seq: u64, msg: Arc<Message>, expires_at: u64) -> Self {
+        Self {
+            seq,
+            msg,
+            redelivered: false,
+            expires_at,
+            deliveries: 0,
+        }
+    }
 }
 
 /// Decodes raw content properties (flags and fields).

@@ -35,6 +35,7 @@ pub async fn run_broker(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    broker.timers.start();
     let tracker = TaskTracker::new();
     loop {
         tokio::select! {

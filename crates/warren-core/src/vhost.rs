@@ -7,16 +7,18 @@
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use tracing::{error, info, warn};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::queue::{Queue, QueueOptions};
+use crate::queue::deadletter::{is_cycle, DeadLetter};
+use crate::queue::{Queue, QueueArgs, QueueOptions, Reason};
 use crate::store::definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
 use crate::store::segment::SegmentStore;
 use crate::store::sync::Syncer;
 use crate::store::StoreRef;
+use crate::timer::Timers;
 use warren_codec::proto::{AMQPValue, FieldTable};
 
 /// Exchanges RabbitMQ pre-declares in every vhost (`rabbit_vhost:declare_default_exchanges`).
@@ -103,6 +105,8 @@ pub struct VHost {
     pub name: Arc<str>,
     topo: RwLock<Topology>,
     persistence: Option<Persistence>,
+    timers: Timers,
+    me: OnceLock<Weak<VHost>>,
 }
 
 fn bool_str(b: bool) -> &'static str {
@@ -118,8 +122,22 @@ fn reserved(name: &str) -> bool {
 }
 
 impl VHost {
-    /// A vhost with RabbitMQ's pre-declared exchanges.
-    pub fn new(name: &str) -> Self {
+    /// A vhost with RabbitMQ's pre-declared exchanges, kept in memory only.
+    pub fn new(name: &str, timers: Timers) -> Arc<Self> {
+        let vh = Arc::new(Self::build(name, timers));
+        vh.attach();
+        vh
+    }
+
+    /// Lets the vhost and its queues refer to the vhost (dead-lettering, `x-expires`).
+    fn attach(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+        for q in self.topo.read().queues.values() {
+            q.attach(Arc::downgrade(self));
+        }
+    }
+
+    fn build(name: &str, timers: Timers) -> Self {
         let mut topo = Topology::default();
         for (n, kind, internal) in DEFAULT_EXCHANGES {
             topo.exchanges.insert(
@@ -131,13 +149,15 @@ impl VHost {
             name: name.into(),
             topo: RwLock::new(topo),
             persistence: None,
+            timers,
+            me: OnceLock::new(),
         }
     }
 
     /// A vhost that keeps durable entities and persistent messages in `p.dir`, recovering
     /// whatever a previous run left there.
-    pub fn open(name: &str, p: Persistence) -> std::io::Result<Self> {
-        let mut vh = Self::new(name);
+    pub fn open(name: &str, p: Persistence, timers: Timers) -> std::io::Result<Arc<Self>> {
+        let mut vh = Self::build(name, timers);
         let defs = Definitions::load(&p.dir)?;
         let queues_dir = p.dir.join("queues");
         std::fs::create_dir_all(&queues_dir)?;
@@ -166,7 +186,8 @@ impl VHost {
                     p.syncer.clone(),
                     p.segment_size,
                 )?;
-                let queue = Queue::with_store(
+                let args = QueueArgs::parse(&q.arguments, &q.name, &vh.name).unwrap_or_default();
+                let queue = Queue::create(
                     q.name.as_str().into(),
                     vh.name.clone(),
                     QueueOptions {
@@ -175,7 +196,9 @@ impl VHost {
                         auto_delete: q.auto_delete,
                         arguments: q.arguments.clone(),
                     },
+                    args,
                     Some(store as StoreRef),
+                    vh.timers.clone(),
                 );
                 topo.queues.insert(q.name.clone(), queue);
                 topo.store_dirs.insert(q.name.clone(), q.store_dir.clone());
@@ -211,6 +234,8 @@ impl VHost {
             );
         }
         vh.persistence = Some(p);
+        let vh = Arc::new(vh);
+        vh.attach();
         Ok(vh)
     }
 
@@ -544,10 +569,12 @@ impl VHost {
                 ));
             }
             self.check_queue_args_equivalent(&name, &q.options.arguments, &d.arguments)?;
+            q.touch();
             return Ok(Self::declared(q));
         }
+        let args = QueueArgs::parse(&d.arguments, &name, &self.name)?;
         let store = self.new_store(&mut topo, &name, d.durable, d.exclusive)?;
-        let q = Queue::with_store(
+        let q = Queue::create(
             name.as_str().into(),
             self.name.clone(),
             QueueOptions {
@@ -556,8 +583,13 @@ impl VHost {
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
             },
+            args,
             store,
+            self.timers.clone(),
         );
+        if let Some(me) = self.me.get() {
+            q.attach(me.clone());
+        }
         topo.queues.insert(name, q.clone());
         if d.durable {
             self.save(&topo);
@@ -744,6 +776,37 @@ impl VHost {
         routing_key: &str,
         headers: Option<&FieldTable>,
     ) -> AmqpResult<Vec<Arc<Queue>>> {
+        self.route_from(exchange, routing_key, headers, true)
+    }
+
+    /// Publishes a dead-lettered message to its dead-letter exchange (dropped if that exchange
+    /// is missing), skipping target queues where it would cycle, as RabbitMQ does.
+    pub fn publish_dead_letter(&self, dl: DeadLetter, reason: Reason) {
+        let Ok(queues) = self.route_from(
+            &dl.message.exchange,
+            &dl.message.routing_key,
+            Some(&dl.headers),
+            false,
+        ) else {
+            return;
+        };
+        let msg = Arc::new(dl.message);
+        for q in queues {
+            if reason != Reason::Rejected && is_cycle(&q.name, &dl.deaths) {
+                warn!(queue = %q.name, "dead-letter cycle without a rejection: message dropped");
+                continue;
+            }
+            let _ = q.publish(msg.clone());
+        }
+    }
+
+    fn route_from(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        from_client: bool,
+    ) -> AmqpResult<Vec<Arc<Queue>>> {
         let topo = self.topo.read();
         if exchange.is_empty() {
             return Ok(topo.queues.get(routing_key).cloned().into_iter().collect());
@@ -752,7 +815,7 @@ impl VHost {
             .exchanges
             .get(exchange)
             .ok_or_else(|| AmqpError::no_exchange(exchange, &self.name))?;
-        if x.internal {
+        if x.internal && from_client {
             return Err(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{exchange}' in vhost '{}'",
                 self.name

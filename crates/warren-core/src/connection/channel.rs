@@ -12,12 +12,23 @@ use tracing::debug;
 use super::Ctx;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Message, QueuedMessage};
-use crate::queue::{AfterCancel, Consumer, Credit, Delivery, Queue};
+use crate::queue::{AfterCancel, Consumer, Credit, Delivery, Enqueued, Queue, Settle};
 use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use warren_codec::proto::{
     access, basic, channel, confirm, exchange, queue, tx, AMQPClass, AMQPProperties,
 };
 use warren_codec::{encode, method, Command, ContentAssembler, ContentHeader, ReplyCode};
+
+/// What a client did with delivered messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// `basic.ack`.
+    Ack,
+    /// `nack`/`reject`/`recover` with requeue.
+    Requeue,
+    /// `nack`/`reject` without requeue: dead-lettered (reason `rejected`) or dropped.
+    Reject,
+}
 
 /// A delivered, not yet settled message.
 #[derive(Debug)]
@@ -45,8 +56,8 @@ struct TxPublish {
 #[derive(Debug, Default)]
 struct TxState {
     publishes: Vec<TxPublish>,
-    /// Settlements held until commit: (entry, requeue).
-    settles: Vec<(u64, Unacked, bool)>,
+    /// Settlements held until commit.
+    settles: Vec<(u64, Unacked, Disposition)>,
 }
 
 #[derive(Debug, Default)]
@@ -488,17 +499,31 @@ impl Channel {
             basic::AMQPMethod::Get(g) => self.get(ctx, g),
             basic::AMQPMethod::Ack(a) => {
                 let taken = self.take_unacked(a.delivery_tag, a.multiple)?;
-                self.settle(taken, false);
+                self.settle(taken, Disposition::Ack);
                 Ok(())
             }
             basic::AMQPMethod::Nack(n) => {
                 let taken = self.take_unacked(n.delivery_tag, n.multiple)?;
-                self.settle(taken, n.requeue);
+                self.settle(
+                    taken,
+                    if n.requeue {
+                        Disposition::Requeue
+                    } else {
+                        Disposition::Reject
+                    },
+                );
                 Ok(())
             }
             basic::AMQPMethod::Reject(r) => {
                 let taken = self.take_unacked(r.delivery_tag, false)?;
-                self.settle(taken, r.requeue);
+                self.settle(
+                    taken,
+                    if r.requeue {
+                        Disposition::Requeue
+                    } else {
+                        Disposition::Reject
+                    },
+                );
                 Ok(())
             }
             basic::AMQPMethod::Recover(r) => {
@@ -542,19 +567,17 @@ impl Channel {
                 for p in state.publishes {
                     self.enqueue(ctx, p.queues, p.message, p.mandatory);
                 }
-                let mut requeue = Vec::new();
-                let mut settle = Vec::new();
-                for (_, u, rq) in state.settles {
-                    if rq {
-                        requeue.push(u)
-                    } else {
-                        settle.push(u)
+                let (mut acks, mut rejects, mut requeues) = (Vec::new(), Vec::new(), Vec::new());
+                for (_, u, how) in state.settles {
+                    match how {
+                        Disposition::Ack => acks.push(u),
+                        Disposition::Reject => rejects.push(u),
+                        Disposition::Requeue => requeues.push(u),
                     }
                 }
-                self.release_credit(&settle);
-                self.release_credit(&requeue);
-                settle_grouped(settle);
-                requeue_grouped(requeue);
+                self.dispose(acks, Disposition::Ack);
+                self.dispose(rejects, Disposition::Reject);
+                self.dispose(requeues, Disposition::Requeue);
                 self.kick_consumer_queues();
                 ok(
                     ctx,
@@ -602,6 +625,7 @@ impl Channel {
             channel: self.id,
             no_ack: c.no_ack,
             exclusive: c.exclusive,
+            priority: consumer_priority(&c.arguments)?,
             credit: credit.clone(),
             channel_credit: self.channel_credit.clone(),
             tx: ctx.events.clone(),
@@ -754,23 +778,29 @@ impl Channel {
         }
     }
 
-    /// Acks (requeue=false drops, requeue=true puts back) the taken entries, or holds them
-    /// until commit in a transaction.
-    fn settle(&mut self, taken: Vec<(u64, Unacked)>, requeue: bool) {
+    /// Settles the taken entries, or holds them until commit in a transaction.
+    fn settle(&mut self, taken: Vec<(u64, Unacked)>, how: Disposition) {
         if let Some(tx) = &mut self.tx {
             tx.settles
-                .extend(taken.into_iter().map(|(t, u)| (t, u, requeue)));
+                .extend(taken.into_iter().map(|(t, u)| (t, u, how)));
             return;
         }
         let entries: Vec<Unacked> = taken.into_iter().map(|(_, u)| u).collect();
-        self.release_credit(&entries);
-        if requeue {
-            requeue_grouped(entries);
-        } else {
-            settle_grouped(entries);
-        }
+        self.dispose(entries, how);
         if self.channel_credit_limited() {
             self.kick_consumer_queues();
+        }
+    }
+
+    fn dispose(&self, entries: Vec<Unacked>, how: Disposition) {
+        if entries.is_empty() {
+            return;
+        }
+        self.release_credit(&entries);
+        match how {
+            Disposition::Requeue => requeue_grouped(entries),
+            Disposition::Ack => settle_grouped(entries, Settle::Ack),
+            Disposition::Reject => settle_grouped(entries, Settle::Reject),
         }
     }
 
@@ -828,6 +858,9 @@ impl Channel {
             )));
         }
         let props: &AMQPProperties = &header.properties;
+        if let Some(exp) = props.expiration() {
+            check_expiration(exp.as_str())?;
+        }
         if let Some(uid) = props.user_id() {
             if uid.as_str() != ctx.user {
                 return Err(AmqpError::precondition_failed(format!(
@@ -871,13 +904,19 @@ impl Channel {
         mandatory: bool,
     ) {
         let mut routed = false;
+        let mut rejected = false;
         let mut epoch = 0;
         for q in &queues {
-            if let Some(e) = q.publish(message.clone()) {
-                routed = true;
-                epoch = epoch.max(e);
+            match q.publish(message.clone()) {
+                Enqueued::Yes(e) => {
+                    routed = true;
+                    epoch = epoch.max(e);
+                }
+                Enqueued::Rejected => rejected = true,
+                Enqueued::Gone => {}
             }
         }
+        let routed = routed || rejected;
         if !routed && mandatory {
             let ret = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                 reply_code: ReplyCode::NoRoute.code(),
@@ -897,6 +936,14 @@ impl Channel {
         if let Some(c) = &mut self.confirm {
             let seq = c.next_seq;
             c.next_seq += 1;
+            if rejected {
+                // x-overflow=reject-publish: the publisher learns through a nack.
+                if c.pending.is_empty() {
+                    ctx.confirms_dirty.push(self.id);
+                }
+                c.pending.push((seq, false));
+                return;
+            }
             if epoch > ctx.durable_epoch() {
                 // On disk only after that sync round: confirm then (persistent + durable).
                 c.waiting.push_back((seq, epoch));
@@ -986,8 +1033,39 @@ fn requeue_grouped(entries: impl IntoIterator<Item = Unacked>) {
     }
 }
 
-fn settle_grouped(entries: impl IntoIterator<Item = Unacked>) {
+fn settle_grouped(entries: impl IntoIterator<Item = Unacked>, how: Settle) {
     for (q, msgs) in group_by_queue(entries) {
-        q.settle(&msgs);
+        q.settle(msgs, how);
     }
+}
+
+/// `x-priority` of `basic.consume` (default 0); must be an integer.
+fn consumer_priority(args: &warren_codec::proto::FieldTable) -> AmqpResult<i64> {
+    match args.inner().get("x-priority") {
+        None => Ok(0),
+        Some(v) => crate::queue::args::int_value(v).ok_or_else(|| {
+            AmqpError::precondition_failed(format!(
+                "invalid arg 'x-priority': expected integer, got {v:?}"
+            ))
+        }),
+    }
+}
+
+/// The `expiration` property must hold a non-negative integer of milliseconds
+/// (`rabbit_basic:parse_expiration/1`); RabbitMQ's texts for the failures.
+fn check_expiration(exp: &str) -> AmqpResult<()> {
+    let digits_end = exp
+        .char_indices()
+        .find(|(i, c)| !(c.is_ascii_digit() || (*i == 0 && (*c == '-' || *c == '+'))))
+        .map_or(exp.len(), |(i, _)| i);
+    let (num, rest) = exp.split_at(digits_end);
+    let why = match num.parse::<i64>() {
+        Err(_) => "no_integer".to_string(),
+        Ok(_) if !rest.is_empty() => format!("{{leftover_string,\"{rest}\"}}"),
+        Ok(n) if n < 0 => format!("{{value_negative,{n}}}"),
+        Ok(_) => return Ok(()),
+    };
+    Err(AmqpError::precondition_failed(format!(
+        "invalid expiration '{exp}': {why}"
+    )))
 }

@@ -1,0 +1,255 @@
+//! `queue.declare` arguments: parsed once, validated with RabbitMQ's texts
+//! (`rabbit_amqqueue:declare_args/0` and its checkers), kept typed for the queue to use.
+//!
+//! Errors read `invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-1}`,
+//! the Erlang-term style RabbitMQ prints. Unknown `x-` arguments are accepted and ignored.
+
+use warren_codec::proto::{AMQPValue, FieldTable};
+
+use crate::error::AmqpError;
+
+/// What to do when a length limit is reached (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest message.
+    #[default]
+    DropHead,
+    /// Refuse the new message (`basic.nack` to confirming publishers).
+    RejectPublish,
+    /// Refuse and dead-letter the new message.
+    RejectPublishDlx,
+}
+
+/// Typed queue arguments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueArgs {
+    /// `x-message-ttl`, ms.
+    pub message_ttl: Option<u64>,
+    /// `x-expires`, ms.
+    pub expires: Option<u64>,
+    /// `x-max-length`.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<String>,
+    /// `x-max-priority`.
+    pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`.
+    pub single_active_consumer: bool,
+    /// `x-delivery-limit` (RabbitMQ has it on quorum queues; Warren on every queue).
+    pub delivery_limit: Option<u64>,
+}
+
+/// An integer argument of any AMQP integer type.
+pub(crate) fn int_value(v: &AMQPValue) -> Option<i64> {
+    Some(match v {
+        AMQPValue::ShortShortInt(x) => i64::from(*x),
+        AMQPValue::ShortShortUInt(x) => i64::from(*x),
+        AMQPValue::ShortInt(x) => i64::from(*x),
+        AMQPValue::ShortUInt(x) => i64::from(*x),
+        AMQPValue::LongInt(x) => i64::from(*x),
+        AMQPValue::LongUInt(x) => i64::from(*x),
+        AMQPValue::LongLongInt(x) => *x,
+        _ => return None,
+    })
+}
+
+/// RabbitMQ's name for a field type, as it appears in "expected integer, got longstr".
+fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+pub(crate) fn str_value(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+impl QueueArgs {
+    /// Parses and validates declare arguments for queue `queue` in `vhost`.
+    pub fn parse(args: &FieldTable, queue: &str, vhost: &str) -> Result<Self, AmqpError> {
+        let bad = |key: &str, why: String| {
+            AmqpError::precondition_failed(format!(
+                "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
+            ))
+        };
+        let t = args.inner();
+        let int = |key: &str, min: i64| -> Result<Option<i64>, AmqpError> {
+            let Some(v) = t.get(key) else { return Ok(None) };
+            let Some(i) = int_value(v) else {
+                return Err(bad(
+                    key,
+                    format!("\"expected integer, got {}\"", type_name(v)),
+                ));
+            };
+            if i < 0 && min >= 0 {
+                return Err(bad(key, format!("{{value_negative,{i}}}")));
+            }
+            if i < min {
+                return Err(bad(key, format!("{{value_zero,{i}}}")));
+            }
+            Ok(Some(i))
+        };
+        let text = |key: &str| -> Result<Option<String>, AmqpError> {
+            match t.get(key) {
+                None => Ok(None),
+                Some(v) => str_value(v)
+                    .map(Some)
+                    .ok_or_else(|| bad(key, format!("\"expected longstr, got {}\"", type_name(v)))),
+            }
+        };
+        let mut a = QueueArgs {
+            message_ttl: int("x-message-ttl", 0)?.map(|v| v as u64),
+            expires: int("x-expires", 1)?.map(|v| v as u64),
+            max_length: int("x-max-length", 0)?.map(|v| v as u64),
+            max_length_bytes: int("x-max-length-bytes", 0)?.map(|v| v as u64),
+            delivery_limit: int("x-delivery-limit", 0)?.map(|v| v as u64),
+            dead_letter_exchange: text("x-dead-letter-exchange")?,
+            dead_letter_routing_key: text("x-dead-letter-routing-key")?,
+            ..QueueArgs::default()
+        };
+        if let Some(p) = int("x-max-priority", 0)? {
+            if p > 255 {
+                return Err(bad(
+                    "x-max-priority",
+                    format!("{{value_out_of_range,{p},1,255}}"),
+                ));
+            }
+            a.max_priority = Some(p as u8);
+        }
+        if a.dead_letter_routing_key.is_some() && a.dead_letter_exchange.is_none() {
+            return Err(bad(
+                "x-dead-letter-routing-key",
+                "routing_key_but_no_dlx_defined".into(),
+            ));
+        }
+        if let Some(o) = text("x-overflow")? {
+            a.overflow = match o.as_str() {
+                "drop-head" => Overflow::DropHead,
+                "reject-publish" => Overflow::RejectPublish,
+                "reject-publish-dlx" => Overflow::RejectPublishDlx,
+                other => {
+                    return Err(bad(
+                        "x-overflow",
+                        format!("{{invalid_overflow,<<\"{other}\">>}}"),
+                    ))
+                }
+            };
+        }
+        match t.get("x-single-active-consumer") {
+            None => {}
+            Some(AMQPValue::Boolean(b)) => a.single_active_consumer = *b,
+            Some(v) => {
+                return Err(bad(
+                    "x-single-active-consumer",
+                    format!("\"expected bool, got {}\"", type_name(v)),
+                ))
+            }
+        }
+        if let Some(ty) = text("x-queue-type")? {
+            // Quorum queues are served as durable classic queues (no replication here).
+            if ty != "classic" && ty != "quorum" {
+                return Err(bad(
+                    "x-queue-type",
+                    format!("\"unsupported queue type '{ty}'\""),
+                ));
+            }
+        }
+        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_codec::proto::{LongString, ShortString};
+
+    fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in entries {
+            t.insert(ShortString::from(*k), v.clone());
+        }
+        t
+    }
+
+    fn err(entries: &[(&str, AMQPValue)]) -> String {
+        QueueArgs::parse(&table(entries), "q", "/")
+            .expect_err("invalid")
+            .text
+    }
+
+    #[test]
+    fn rabbitmq_texts() {
+        assert_eq!(
+            err(&[("x-max-length", AMQPValue::LongString(LongString::from("10")))]),
+            "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'q' in vhost '/': \"expected integer, got longstr\""
+        );
+        assert_eq!(
+            err(&[("x-max-length", AMQPValue::LongInt(-1))]),
+            "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-1}"
+        );
+        assert!(err(&[(
+            "x-overflow",
+            AMQPValue::LongString(LongString::from("bogus"))
+        )])
+        .contains("invalid_overflow"));
+        assert!(err(&[("x-message-ttl", AMQPValue::LongLongInt(-5))]).contains("value_negative"));
+        assert!(err(&[("x-expires", AMQPValue::LongInt(0))]).contains("value_zero"));
+        assert!(err(&[(
+            "x-queue-type",
+            AMQPValue::LongString(LongString::from("bogus"))
+        )])
+        .contains("unsupported queue type 'bogus'"));
+    }
+
+    #[test]
+    fn valid_arguments() {
+        let a = QueueArgs::parse(
+            &table(&[
+                ("x-message-ttl", AMQPValue::ShortShortUInt(0)),
+                ("x-max-priority", AMQPValue::LongInt(10)),
+                (
+                    "x-overflow",
+                    AMQPValue::LongString(LongString::from("reject-publish")),
+                ),
+                (
+                    "x-dead-letter-exchange",
+                    AMQPValue::LongString(LongString::from("dlx")),
+                ),
+                ("x-whatever", AMQPValue::Boolean(true)),
+            ]),
+            "q",
+            "/",
+        )
+        .expect("valid");
+        assert_eq!(a.message_ttl, Some(0));
+        assert_eq!(a.max_priority, Some(10));
+        assert_eq!(a.overflow, Overflow::RejectPublish);
+        assert_eq!(a.dead_letter_exchange.as_deref(), Some("dlx"));
+    }
+}
