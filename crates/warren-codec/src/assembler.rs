@@ -9,6 +9,10 @@ use crate::method;
 use crate::proto::{AMQPClass, AMQPProperties};
 use crate::MAX_BODY_SIZE;
 
+/// The most a multi-frame body reserves up front from the size its header announces; past it
+/// the buffer grows with the bytes actually received.
+const MAX_BODY_PREALLOC: u64 = 1024 * 1024;
+
 /// A decoded content header. `raw_properties` keeps the publisher's property bytes (flags and
 /// fields) verbatim, so deliveries forward them unchanged as RabbitMQ does with `properties_bin`.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,7 +181,10 @@ impl ContentAssembler {
             (None, None) => *first = Some(payload),
             (Some(f), None) => {
                 // A second frame: from here on the body is joined into one buffer (one copy).
-                let mut b = BytesMut::with_capacity(header.body_size as usize);
+                // The announced size is only trusted up to a bound: a peer could otherwise make
+                // us reserve 512 MiB per channel with a header and two 1-byte body frames.
+                let cap = header.body_size.min(MAX_BODY_PREALLOC) as usize;
+                let mut b = BytesMut::with_capacity(cap);
                 b.extend_from_slice(&f);
                 b.extend_from_slice(&payload);
                 *joined = Some(b);
@@ -263,6 +270,28 @@ mod tests {
             a.handle_header(header(0)),
             Ok(Some(Command::Content { .. }))
         ));
+    }
+
+    #[test]
+    fn announced_size_is_not_preallocated_beyond_a_bound() {
+        let mut a = ContentAssembler::new();
+        a.handle_method(publish()).unwrap();
+        a.handle_header(header(MAX_BODY_SIZE)).unwrap();
+        assert_eq!(a.handle_body(Bytes::from_static(b"a")), Ok(None));
+        assert_eq!(a.handle_body(Bytes::from_static(b"b")), Ok(None));
+        let State::ExpectBody {
+            joined: Some(ref b),
+            ..
+        } = a.state
+        else {
+            panic!("expected a joined body, got {:?}", a.state);
+        };
+        assert!(
+            b.capacity() as u64 <= MAX_BODY_PREALLOC,
+            "reserved {} bytes for 2 received",
+            b.capacity()
+        );
+        assert_eq!(&b[..], b"ab");
     }
 
     #[test]

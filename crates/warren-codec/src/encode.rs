@@ -102,7 +102,13 @@ pub fn encode_content(
 
 fn put_short_str(out: &mut BytesMut, s: &str) {
     // Short strings are at most 255 bytes; longer input is a caller bug, cut rather than corrupt.
-    let b = &s.as_bytes()[..s.len().min(255)];
+    // Cut on a char boundary: peers (amq-protocol among them) refuse a short string that is not
+    // UTF-8.
+    let mut len = s.len().min(255);
+    while !s.is_char_boundary(len) {
+        len -= 1;
+    }
+    let b = &s.as_bytes()[..len];
     out.put_u8(b.len() as u8);
     out.put_slice(b);
 }
@@ -205,6 +211,21 @@ mod tests {
             },
         ));
         assert_eq!(&out[..], &reference[..]);
+    }
+
+    #[test]
+    fn overlong_short_strings_are_cut_on_a_char_boundary() {
+        // 127 two-byte chars (254 bytes) then 'é' again: a byte cut at 255 would split it.
+        let tag = "é".repeat(130);
+        let mut out = BytesMut::new();
+        encode_deliver(&mut out, 1, &tag, 1, false, "", "");
+        match decode_frame(&mut out, 131072) {
+            Ok(Some(Frame::Method {
+                method: AMQPClass::Basic(basic::AMQPMethod::Deliver(d)),
+                ..
+            })) => assert_eq!(d.consumer_tag.as_str(), "é".repeat(127)),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
