@@ -727,3 +727,126 @@ async fn queue_delete_if_unused_with_consumer_is_406() {
     assert_channel_closed_connection_ok(&b, &c, &ch).await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn passive_declare_of_missing_exchange_is_404() {
+    let b = TestBroker::start().await;
+    let (c, ch) = b.channel().await;
+    let e = ch
+        .exchange_declare(
+            "nox".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("404");
+    assert_amqp(&e, 404, "NOT_FOUND - no exchange 'nox' in vhost '/'");
+    assert_channel_closed_connection_ok(&b, &c, &ch).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn bind_with_missing_queue_or_exchange_is_404() {
+    let b = TestBroker::start().await;
+    let (c, ch) = b.channel().await;
+    ch.queue_declare(
+        "q".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let e = ch
+        .queue_bind(
+            "q".into(),
+            "nox".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("404");
+    assert_amqp(&e, 404, "NOT_FOUND - no exchange 'nox' in vhost '/'");
+    assert_channel_closed_connection_ok(&b, &c, &ch).await;
+
+    let ch = c.create_channel().await.expect("channel");
+    let e = ch
+        .queue_bind(
+            "nq".into(),
+            "amq.direct".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("404");
+    assert_amqp(&e, 404, "NOT_FOUND - no queue 'nq' in vhost '/'");
+    assert_channel_closed_connection_ok(&b, &c, &ch).await;
+
+    let ch = c.create_channel().await.expect("channel");
+    let e = ch
+        .exchange_bind(
+            "nox".into(),
+            "amq.direct".into(),
+            "k".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("404");
+    assert_amqp(&e, 404, "NOT_FOUND - no exchange 'nox' in vhost '/'");
+    assert_channel_closed_connection_ok(&b, &c, &ch).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn publish_to_internal_exchange_is_403() {
+    let b = TestBroker::start().await;
+    let (c, ch) = b.channel().await;
+    ch.exchange_declare(
+        "ix".into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            internal: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare internal");
+    let mut events = Box::pin(c.events_listener());
+    ch.basic_publish(
+        "ix".into(),
+        "".into(),
+        BasicPublishOptions::default(),
+        b"x",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("sent");
+    let e = next_error(&mut events).await;
+    assert_amqp(
+        &e,
+        403,
+        "ACCESS_REFUSED - cannot publish to internal exchange 'ix' in vhost '/'",
+    );
+    assert_channel_closed_connection_ok(&b, &c, &ch).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn empty_queue_name_without_previous_declare_is_404() {
+    let b = TestBroker::start().await;
+    let (c, ch) = b.channel().await;
+    let e = ch
+        .basic_get("".into(), BasicGetOptions::default())
+        .await
+        .expect_err("404");
+    assert_amqp(&e, 404, "NOT_FOUND - no previously declared queue");
+    assert_channel_closed_connection_ok(&b, &c, &ch).await;
+    b.stop().await;
+}

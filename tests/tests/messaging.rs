@@ -34,6 +34,36 @@ async fn until_quiet(consumer: &mut Consumer) -> Vec<Delivery> {
     out
 }
 
+/// Exactly `n` deliveries (waiting up to [`WAIT`] for each), then nothing more for [`QUIET`].
+async fn take(consumer: &mut Consumer, n: usize) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(next(consumer).await);
+    }
+    let extra = until_quiet(consumer).await;
+    assert!(
+        extra.is_empty(),
+        "expected exactly {n} deliveries, got {} more",
+        extra.len()
+    );
+    out
+}
+
+/// Exactly `n` deliveries from two consumers together, then nothing more from either.
+async fn take_two(a: &mut Consumer, b: &mut Consumer, n: usize) -> (usize, usize) {
+    let (mut na, mut nb) = (0, 0);
+    while na + nb < n {
+        tokio::select! {
+            d = a.next() => { d.expect("stream open").expect("delivery ok"); na += 1; }
+            d = b.next() => { d.expect("stream open").expect("delivery ok"); nb += 1; }
+            _ = tokio::time::sleep(WAIT) => panic!("only {} of {n} deliveries", na + nb),
+        }
+    }
+    let extra = until_quiet(a).await.len() + until_quiet(b).await.len();
+    assert_eq!(extra, 0, "expected exactly {n} deliveries in all");
+    (na, nb)
+}
+
 fn body(d: &Delivery) -> String {
     String::from_utf8(d.data.clone()).expect("utf8 body")
 }
@@ -238,8 +268,7 @@ async fn closed_worker_unacked_tasks_redelivered_to_second_worker() {
             held.push(i);
         }
     }
-    let refill = until_quiet(&mut cons1).await;
-    assert_eq!(refill.len(), 2, "two acks free two slots");
+    let refill = take(&mut cons1, 2).await; // two acks free two slots
     held.extend(
         refill
             .iter()
@@ -469,14 +498,13 @@ async fn qos_per_consumer_applies_to_new_consumers() {
         .await
         .expect("qos 5");
     let mut bb = consume(&ch, "qb", "b", false).await;
-    let got_a = until_quiet(&mut a).await;
-    let got_b = until_quiet(&mut bb).await;
-    assert_eq!(got_a.len(), 2, "consumer created under qos 2 keeps it");
-    assert_eq!(got_b.len(), 5, "consumer created under qos 5");
+    // The consumer created under qos 2 keeps it; the one created under qos 5 gets 5.
+    let got_a = take(&mut a, 2).await;
+    take(&mut bb, 5).await;
     // Acking one frees exactly one slot for that consumer.
     got_a[0].ack(BasicAckOptions::default()).await.expect("ack");
-    assert_eq!(until_quiet(&mut a).await.len(), 1);
-    assert!(until_quiet(&mut bb).await.is_empty());
+    take(&mut a, 1).await;
+    take(&mut bb, 0).await;
     b.stop().await;
 }
 
@@ -495,22 +523,13 @@ async fn qos_global_is_shared_across_channel_consumers() {
         .expect("qos global");
     let mut a = consume(&ch, "ga", "a", false).await;
     let mut bb = consume(&ch, "gb", "b", false).await;
-    let got_a = until_quiet(&mut a).await;
-    let got_b = until_quiet(&mut bb).await;
-    assert_eq!(
-        got_a.len() + got_b.len(),
-        3,
-        "channel-wide window of 3 shared by both consumers ({} + {})",
-        got_a.len(),
-        got_b.len()
-    );
+    // A channel-wide window of 3 shared by both consumers.
+    take_two(&mut a, &mut bb, 3).await;
     // Acking everything refills the shared window to 3 again.
     ch.basic_ack(0, BasicAckOptions { multiple: true })
         .await
         .expect("ack all");
-    let more_a = until_quiet(&mut a).await;
-    let more_b = until_quiet(&mut bb).await;
-    assert_eq!(more_a.len() + more_b.len(), 3);
+    take_two(&mut a, &mut bb, 3).await;
 
     // Both limits at once: global 4 and per-consumer 1.
     let (_c2, ch2) = b.channel().await;
@@ -526,8 +545,8 @@ async fn qos_global_is_shared_across_channel_consumers() {
         .expect("qos per consumer");
     let mut c1 = consume(&ch2, "gc", "c1", false).await;
     let mut c2 = consume(&ch2, "gc", "c2", false).await;
-    assert_eq!(until_quiet(&mut c1).await.len(), 1);
-    assert_eq!(until_quiet(&mut c2).await.len(), 1);
+    take(&mut c1, 1).await;
+    take(&mut c2, 1).await;
     b.stop().await;
 }
 
@@ -548,7 +567,7 @@ async fn round_robin_across_three_consumers() {
     }
     let mut firsts = Vec::new();
     for c in &mut consumers {
-        let got: Vec<usize> = until_quiet(c)
+        let got: Vec<usize> = take(c, 3)
             .await
             .iter()
             .map(|d| body(d).parse().expect("numeric body"))
@@ -1256,5 +1275,284 @@ async fn content_properties_and_every_header_type_pass_through() {
         found |= m.delivery.data == b"via-get";
     }
     assert!(found);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn reject_and_nack_without_requeue_drop_and_nack_multiple_requeues_in_order() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    declare(&ch, "nk").await;
+    for i in 0..6 {
+        publish(&ch, "", "nk", format!("m{i}").as_bytes()).await;
+    }
+    let mut c = consume(&ch, "nk", "c", false).await;
+    let ds: Vec<Delivery> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(next(&mut c).await);
+        }
+        v
+    };
+    // m0 rejected and m1 nacked without requeue: gone.
+    ds[0]
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .expect("reject");
+    ds[1]
+        .nack(BasicNackOptions {
+            requeue: false,
+            multiple: false,
+        })
+        .await
+        .expect("nack");
+    // nack multiple up to m4 (tag 5) with requeue: m2, m3, m4 come back in order; m5 stays
+    // unacked.
+    ch.basic_nack(
+        ds[4].delivery_tag,
+        BasicNackOptions {
+            requeue: true,
+            multiple: true,
+        },
+    )
+    .await
+    .expect("nack multiple");
+    let again: Vec<(String, bool)> = take(&mut c, 3)
+        .await
+        .iter()
+        .map(|d| (body(d), d.redelivered))
+        .collect();
+    assert_eq!(
+        again,
+        vec![
+            ("m2".into(), true),
+            ("m3".into(), true),
+            ("m4".into(), true)
+        ]
+    );
+    let q = b
+        .broker
+        .vhost("/")
+        .expect("default vhost")
+        .queue("nk")
+        .expect("queue exists");
+    assert_eq!(q.unacked_count(), 4, "m5 and the three redeliveries");
+    ch.basic_ack(0, BasicAckOptions { multiple: true })
+        .await
+        .expect("ack all");
+    assert!(eventually(WAIT, || q.unacked_count() == 0).await);
+    assert_eq!(count(&ch, "nk").await, 0);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn deliveries_stay_ackable_after_consumer_cancel() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    declare(&ch, "ca").await;
+    for i in 0..2 {
+        publish(&ch, "", "ca", format!("{i}").as_bytes()).await;
+    }
+    let mut c = consume(&ch, "ca", "c", false).await;
+    let d0 = next(&mut c).await;
+    let d1 = next(&mut c).await;
+    ch.basic_cancel("c".into(), BasicCancelOptions::default())
+        .await
+        .expect("cancel");
+    d0.ack(BasicAckOptions::default()).await.expect("ack");
+    d1.nack(BasicNackOptions {
+        requeue: true,
+        multiple: false,
+    })
+    .await
+    .expect("nack");
+    // The channel is fine (no unknown-tag error) and the nacked one is back, redelivered.
+    let m = get(&ch, "ca", true).await.expect("requeued message");
+    assert_eq!(body(&m.delivery), "1");
+    assert!(m.delivery.redelivered);
+    assert!(ch.status().connected());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn purge_leaves_unacked_messages_alone() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    declare(&ch, "pu").await;
+    for i in 0..4 {
+        publish(&ch, "", "pu", format!("{i}").as_bytes()).await;
+    }
+    let held = get(&ch, "pu", false).await.expect("get-ok");
+    let n = ch
+        .queue_purge("pu".into(), QueuePurgeOptions::default())
+        .await
+        .expect("purge");
+    assert_eq!(n, 3, "only ready messages are purged");
+    held.delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
+        .expect("nack");
+    let m = get(&ch, "pu", true)
+        .await
+        .expect("the unacked one survives");
+    assert_eq!(body(&m.delivery), "0");
+    assert!(m.delivery.redelivered);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn mandatory_publish_in_transaction_is_returned_on_commit() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    declare(&ch, "txm").await;
+    ch.tx_select().await.expect("tx.select");
+    for (key, body) in [("txm", "routed"), ("nowhere", "unroutable")] {
+        ch.basic_publish(
+            "".into(),
+            key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    ch.tx_rollback().await.expect("rollback");
+    declare(&ch, "sync").await;
+    assert!(
+        ch.wait_for_confirms().await.expect("returns").is_empty(),
+        "a rolled-back publish is never returned"
+    );
+    ch.basic_publish(
+        "".into(),
+        "nowhere".into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        b"unroutable",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish");
+    ch.tx_commit().await.expect("commit");
+    let returned = ch.wait_for_confirms().await.expect("returns");
+    assert_eq!(returned.len(), 1);
+    assert_eq!(returned[0].reply_code, 312);
+    assert_eq!(returned[0].reply_text.as_str(), "NO_ROUTE");
+    assert_eq!(returned[0].delivery.routing_key.as_str(), "nowhere");
+    assert_eq!(count(&ch, "txm").await, 0);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn default_exchange_to_missing_queue_drops_or_returns() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    let plain = ch
+        .basic_publish(
+            "".into(),
+            "no-such-queue".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert_eq!(plain, Confirmation::Ack(None), "unroutable is still acked");
+    let mandatory = ch
+        .basic_publish(
+            "".into(),
+            "no-such-queue".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"y",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    let Confirmation::Ack(Some(r)) = mandatory else {
+        panic!("expected a return before the ack, got {mandatory:?}");
+    };
+    assert_eq!((r.reply_code, r.reply_text.as_str()), (312, "NO_ROUTE"));
+    assert_eq!(r.delivery.exchange.as_str(), "");
+    assert_eq!(r.delivery.routing_key.as_str(), "no-such-queue");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn headers_exchange_ignores_x_keys_and_matches_values_exactly() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = b.channel().await;
+    declare_x(&ch, "hx2", ExchangeKind::Headers, FieldTable::default()).await;
+    declare(&ch, "h-all").await;
+    declare(&ch, "h-any").await;
+    declare(&ch, "h-int").await;
+    // `x-` keys in the binding are not matched against (plain all/any).
+    bind(
+        &ch,
+        "h-all",
+        "hx2",
+        "",
+        table(&[("x-match", s("all")), ("x-foo", s("bar")), ("a", s("1"))]),
+    )
+    .await;
+    bind(
+        &ch,
+        "h-any",
+        "hx2",
+        "",
+        table(&[("x-match", s("any")), ("x-foo", s("bar"))]),
+    )
+    .await;
+    // No x-match means all.
+    bind(
+        &ch,
+        "h-int",
+        "hx2",
+        "",
+        table(&[("n", AMQPValue::LongInt(5))]),
+    )
+    .await;
+    let send = |name: &'static str, headers: FieldTable| {
+        let ch = ch.clone();
+        async move {
+            ch.basic_publish(
+                "hx2".into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                name.as_bytes(),
+                BasicProperties::default().with_headers(headers),
+            )
+            .await
+            .expect("publish");
+        }
+    };
+    send("a1", table(&[("a", s("1"))])).await;
+    send("a1-xfoo", table(&[("a", s("1")), ("x-foo", s("bar"))])).await;
+    send("a2", table(&[("a", s("2"))])).await;
+    send("n5", table(&[("n", AMQPValue::LongInt(5))])).await;
+    send("n6", table(&[("n", AMQPValue::LongInt(6))])).await;
+    assert_eq!(drain(&ch, "h-all").await, vec!["a1", "a1-xfoo"]);
+    assert!(
+        drain(&ch, "h-any").await.is_empty(),
+        "an any-binding with only x- keys matches nothing"
+    );
+    assert_eq!(drain(&ch, "h-int").await, vec!["n5"]);
     b.stop().await;
 }
