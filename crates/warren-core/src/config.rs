@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The AMQP listener.
@@ -68,17 +68,6 @@ pub struct LogConfig {
     pub level: String,
     /// `text` or `json`.
     pub format: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            amqp: AmqpConfig::default(),
-            auth: AuthConfig::default(),
-            storage: StorageConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 impl Default for AmqpConfig {
