@@ -1,6 +1,8 @@
 //! Helpers for black-box tests: start a Warren broker in-process on an ephemeral loopback port
 //! and connect real AMQP clients to it over TCP.
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -87,12 +87,14 @@ impl ContentAssembler {
                 return Err(FrameError::Unexpected(format!(
                     "expected content header for class {}, got non content header frame instead",
                     m.get_amqp_class_id()
-                )))
+                ))
+                .on_method(method::ids(m)))
             }
-            State::ExpectBody { .. } => {
+            State::ExpectBody { method: m, .. } => {
                 return Err(FrameError::Unexpected(
                     "expected content body, got non content body frame instead".into(),
-                ))
+                )
+                .on_method(method::ids(m)))
             }
         }
         let (class_id, method_id) = method::ids(&method);
@@ -114,10 +116,15 @@ impl ContentAssembler {
                 ))
             }
             other @ State::ExpectBody { .. } => {
+                let ids = match &other {
+                    State::ExpectBody { method: m, .. } => method::ids(m),
+                    _ => (0, 0),
+                };
                 self.state = other;
                 return Err(FrameError::Unexpected(
                     "expected content body, got non content body frame instead".into(),
-                ));
+                )
+                .on_method(ids));
             }
         };
         if header.class_id != method.get_amqp_class_id() {
@@ -125,7 +132,8 @@ impl ContentAssembler {
                 "expected content header for class {}, got one for class {} instead",
                 method.get_amqp_class_id(),
                 header.class_id
-            )));
+            ))
+            .on_method(method::ids(&method)));
         }
         if header.body_size > MAX_BODY_SIZE {
             return Err(FrameError::BadContentSize(format!(
@@ -164,7 +172,8 @@ impl ContentAssembler {
                 State::ExpectHeader(ref m) => FrameError::Unexpected(format!(
                     "expected content header for class {}, got non content header frame instead",
                     m.get_amqp_class_id()
-                )),
+                ))
+                .on_method(method::ids(m)),
                 _ => FrameError::Unexpected(
                     "expected method frame, got non method frame instead".into(),
                 ),

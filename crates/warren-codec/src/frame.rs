@@ -59,14 +59,15 @@ pub enum FrameError {
         limit: u32,
     },
     /// The octet after the payload was not 0xCE.
-    #[error(
-        "FRAME_ERROR - type {frame_type}, all octets = <<>>: {{invalid_frame_end_marker,{octet}}}"
-    )]
+    #[error("FRAME_ERROR - type {frame_type}, {snippet}: {{invalid_frame_end_marker,{octet}}}")]
     BadFrameEnd {
         /// Frame type octet.
         frame_type: u8,
         /// The octet found instead of 0xCE.
         octet: u8,
+        /// The payload as RabbitMQ's `payload_snippet/1` prints it
+        /// (`all octets = <<...>>` or `first 16 octets = <<...>>`).
+        snippet: String,
     },
     /// A frame type octet this protocol does not define.
     #[error("FRAME_ERROR - type {0}, all octets = <<>>: unknown_frame")]
@@ -92,17 +93,53 @@ pub enum FrameError {
     /// A content header announcing a body over the hard cap, or body frames over the announced size.
     #[error("FRAME_ERROR - {0}")]
     BadContentSize(String),
+    /// `error`, attributed to a method: RabbitMQ names it in the close's `class_id`/`method_id`
+    /// (the method it could not decode, or the one whose content it was assembling).
+    #[error("{error}")]
+    OnMethod {
+        /// Class id of the method.
+        class_id: u16,
+        /// Method id of the method.
+        method_id: u16,
+        /// The error itself.
+        error: Box<FrameError>,
+    },
 }
 
 impl FrameError {
     /// The reply code to close the connection with.
     pub fn reply_code(&self) -> ReplyCode {
         match self {
+            FrameError::OnMethod { error, .. } => error.reply_code(),
             FrameError::UnknownMethod { .. } | FrameError::Unsupported(_) => {
                 ReplyCode::NotImplemented
             }
             FrameError::Unexpected(_) => ReplyCode::UnexpectedFrame,
             _ => ReplyCode::FrameError,
+        }
+    }
+
+    /// Attributes this error to the method `(class_id, method_id)`.
+    pub fn on_method(self, (class_id, method_id): (u16, u16)) -> Self {
+        match self {
+            e @ FrameError::OnMethod { .. } => e,
+            e => FrameError::OnMethod {
+                class_id,
+                method_id,
+                error: Box::new(e),
+            },
+        }
+    }
+
+    /// The `(class_id, method_id)` the error is attributed to; `(0, 0)` when none.
+    pub fn method_ids(&self) -> (u16, u16) {
+        match self {
+            FrameError::OnMethod {
+                class_id,
+                method_id,
+                ..
+            } => (*class_id, *method_id),
+            _ => (0, 0),
         }
     }
 
@@ -179,6 +216,7 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
         return Err(FrameError::BadFrameEnd {
             frame_type,
             octet: end,
+            snippet: payload_snippet(&buf[7..total - 1]),
         });
     }
     let frame = buf.split_to(total).freeze();
@@ -218,14 +256,19 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
     if (class_id, method_id) == (60, 10) && payload.len() >= 8 {
         let prefetch_size = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
         if prefetch_size != 0 {
-            return Err(FrameError::Unsupported(format!(
-                "prefetch_size!=0 ({prefetch_size})"
-            )));
+            return Err(
+                FrameError::Unsupported(format!("prefetch_size!=0 ({prefetch_size})"))
+                    .on_method((class_id, method_id)),
+            );
         }
     }
     match amq_protocol::protocol::parse_class(payload) {
         Ok((_, class)) => Ok(class),
-        Err(_) => Err(FrameError::CannotDecode(erl_binary(&payload[4..]))),
+        // rabbit_misc:frame_error/2 names the method it could not decode.
+        Err(_) => {
+            Err(FrameError::CannotDecode(erl_binary(&payload[4..]))
+                .on_method((class_id, method_id)))
+        }
     }
 }
 
@@ -255,6 +298,43 @@ fn decode_header(payload: Bytes) -> Result<ContentHeader, FrameError> {
         properties: Box::new(properties),
         raw_properties: raw,
     })
+}
+
+/// RabbitMQ's `rabbit_reader:payload_snippet/1` rendered with `~s octets = ~p`: the whole
+/// payload up to 16 bytes, else its first 16.
+fn payload_snippet(payload: &[u8]) -> String {
+    if payload.len() <= 16 {
+        format!("all octets = {}", erl_p_binary(payload))
+    } else {
+        format!("first 16 octets = {}", erl_p_binary(&payload[..16]))
+    }
+}
+
+/// Renders a short binary as Erlang's `~p` does: `<<"text">>` when every byte is printable
+/// (Latin-1), else `<<1,2,3>>`.
+fn erl_p_binary(bytes: &[u8]) -> String {
+    let printable = |b: u8| matches!(b, 32..=126 | 160..=255 | 8..=13 | 27);
+    if bytes.is_empty() || !bytes.iter().all(|b| printable(*b)) {
+        let shown: Vec<String> = bytes.iter().map(|b| b.to_string()).collect();
+        return format!("<<{}>>", shown.join(","));
+    }
+    let mut s = String::from("<<\"");
+    for &b in bytes {
+        match b {
+            b'"' => s.push_str("\\\""),
+            b'\\' => s.push_str("\\\\"),
+            b'\n' => s.push_str("\\n"),
+            b'\r' => s.push_str("\\r"),
+            b'\t' => s.push_str("\\t"),
+            8 => s.push_str("\\b"),
+            11 => s.push_str("\\v"),
+            12 => s.push_str("\\f"),
+            27 => s.push_str("\\e"),
+            _ => s.push(char::from(b)),
+        }
+    }
+    s.push_str("\">>");
+    s
 }
 
 /// Renders bytes the way Erlang prints a binary (`<<0,1,2>>`), cut after 32 bytes.
@@ -316,6 +396,41 @@ mod tests {
             err.reply_text(),
             "FRAME_ERROR - type 8, all octets = <<>>: {invalid_frame_end_marker,0}"
         );
+    }
+
+    #[test]
+    fn bad_frame_end_prints_the_payload_like_rabbitmq() {
+        // channel.open on channel 1 with a wrong end octet
+        let mut b = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 5, 0, 20, 0, 10, 0, 0][..]);
+        let err = decode_frame(&mut b, 131072).unwrap_err();
+        assert_eq!(
+            err.reply_text(),
+            "FRAME_ERROR - type 1, all octets = <<0,20,0,10,0>>: {invalid_frame_end_marker,0}"
+        );
+        assert_eq!(erl_p_binary(b"ab\"c\n"), "<<\"ab\\\"c\\n\">>");
+        assert_eq!(
+            payload_snippet(&[1u8; 20]),
+            "first 16 octets = <<1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1>>"
+        );
+    }
+
+    #[test]
+    fn method_errors_name_the_method() {
+        // queue.declare with its arguments cut after one octet
+        let mut b = BytesMut::from(&[1u8, 0, 1, 0, 0, 0, 5, 0, 50, 0, 10, 0, 0xCE][..]);
+        let err = decode_frame(&mut b, 131072).unwrap_err();
+        assert_eq!(err.reply_text(), "FRAME_ERROR - cannot decode <<0>>");
+        assert_eq!(err.method_ids(), (50, 10));
+        // basic.qos with prefetch_size 10
+        let mut b = BytesMut::from(
+            &[
+                1u8, 0, 1, 0, 0, 0, 11, 0, 60, 0, 10, 0, 0, 0, 10, 0, 0, 0, 0xCE,
+            ][..],
+        );
+        let err = decode_frame(&mut b, 131072).unwrap_err();
+        assert_eq!(err.reply_code(), ReplyCode::NotImplemented);
+        assert_eq!(err.reply_text(), "NOT_IMPLEMENTED - prefetch_size!=0 (10)");
+        assert_eq!(err.method_ids(), (60, 10));
     }
 
     #[test]

@@ -106,11 +106,12 @@ impl AmqpError {
 
 impl From<warren_codec::FrameError> for AmqpError {
     fn from(e: warren_codec::FrameError) -> Self {
+        let (class_id, method_id) = e.method_ids();
         Self {
             code: e.reply_code(),
             text: e.reply_text(),
-            class_id: 0,
-            method_id: 0,
+            class_id,
+            method_id,
         }
     }
 }

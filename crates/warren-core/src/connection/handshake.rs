@@ -168,6 +168,8 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
         }
         (State::Tuning, connection::AMQPMethod::TuneOk(t)) => {
             let cfg = &conn.ctx.broker.config.amqp;
+            // rabbit_reader:fail_negotiation/4 names `connection.tune` (10.30), not tune-ok.
+            const TUNE: (u16, u16) = (10, 30);
             // rabbit_reader:validate_negotiated_integer_value: 0 means "no limit", which is
             // higher than ours; values below the minimum are refused too.
             if t.frame_max == 0 || t.frame_max > cfg.frame_max {
@@ -175,21 +177,21 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
                     "negotiated frame_max = {} is higher than the maximum allowed value ({})",
                     t.frame_max, cfg.frame_max
                 ))
-                .on(ids));
+                .on(TUNE));
             }
             if t.frame_max < FRAME_MIN_SIZE {
                 return Err(AmqpError::not_allowed(format!(
                     "negotiated frame_max = {} is lower than the minimum allowed value ({})",
                     t.frame_max, FRAME_MIN_SIZE
                 ))
-                .on(ids));
+                .on(TUNE));
             }
             if t.channel_max == 0 || t.channel_max > cfg.channel_max {
                 return Err(AmqpError::not_allowed(format!(
                     "negotiated channel_max = {} is higher than the maximum allowed value ({})",
                     t.channel_max, cfg.channel_max
                 ))
-                .on(ids));
+                .on(TUNE));
             }
             conn.ctx.frame_max = t.frame_max;
             conn.ctx.channel_max = t.channel_max;
