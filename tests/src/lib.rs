@@ -34,7 +34,11 @@ impl TestBroker {
 
     /// Starts a broker that keeps durable state in `data_dir` (recovering what is there).
     pub async fn start_durable(data_dir: &std::path::Path) -> Self {
-        let mut config = Config::default();
+        Self::start_durable_with(data_dir, Config::default()).await
+    }
+
+    /// Like [`Self::start_durable`] with other settings.
+    pub async fn start_durable_with(data_dir: &std::path::Path, mut config: Config) -> Self {
         config.storage.data_dir = data_dir.to_path_buf();
         let broker = tokio::task::spawn_blocking(move || Broker::open(config))
             .await

@@ -56,6 +56,7 @@ impl Broker {
                 dir,
                 syncer: syncer.clone(),
                 segment_size: config.storage.segment_size,
+                memory_limit: config.storage.queue_memory_messages,
             },
             timers.clone(),
         )?;

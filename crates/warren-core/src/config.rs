@@ -60,6 +60,9 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Size in bytes at which a queue's message segment file is rotated.
     pub segment_size: u64,
+    /// Ready messages a durable queue keeps in memory; beyond that its backlog stays on disk
+    /// and is read back as consumers catch up (0 = keep everything in memory).
+    pub queue_memory_messages: usize,
 }
 
 /// Logging.
@@ -101,6 +104,7 @@ impl Default for StorageConfig {
         Self {
             data_dir: PathBuf::from("./warren-data"),
             segment_size: 16 * 1024 * 1024,
+            queue_memory_messages: 100_000,
         }
     }
 }

@@ -109,6 +109,8 @@ pub struct QueuedMessage {
     pub expires_at: u64,
     /// How many times it was handed to a client.
     pub deliveries: u32,
+    /// It is in its queue's message store (so settling it must be recorded there).
+    pub stored: bool,
 }
 
 impl QueuedMessage {
@@ -120,6 +122,7 @@ impl QueuedMessage {
             redelivered: false,
             expires_at,
             deliveries: 0,
+            stored: false,
         }
     }
 }

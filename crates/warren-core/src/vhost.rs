@@ -49,6 +49,9 @@ pub struct Persistence {
     pub syncer: Arc<Syncer>,
     /// Size at which a queue's segment file is rotated.
     pub segment_size: u64,
+    /// Ready messages a durable queue keeps in memory before paging the rest to disk
+    /// (0 = never page).
+    pub memory_limit: usize,
 }
 
 /// `exchange.declare` arguments.
@@ -185,6 +188,7 @@ impl VHost {
                     &queues_dir.join(&q.store_dir),
                     p.syncer.clone(),
                     p.segment_size,
+                    p.memory_limit,
                 )?;
                 let args = QueueArgs::parse(&q.arguments, &q.name, &vh.name).unwrap_or_default();
                 let queue = Queue::create(
@@ -318,6 +322,7 @@ impl VHost {
             &p.dir.join("queues").join(&dir),
             p.syncer.clone(),
             p.segment_size,
+            p.memory_limit,
         )
         .map_err(|e| AmqpError::internal(format!("cannot create queue store: {e}")))?;
         topo.store_dirs.insert(name.to_string(), dir);

@@ -22,7 +22,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use crate::connection::{ConnEvent, ConnSender};
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Message, QueuedMessage};
-use crate::store::{Recovered, StoreRef};
+use crate::store::{Recovered, StoreRef, TailCursor};
 use crate::timer::{now_ms, Timers};
 use crate::vhost::VHost;
 pub use args::{Overflow, QueueArgs};
@@ -140,6 +140,17 @@ struct QueueState {
     last_used: u64,
     /// The earliest wake-up already asked of the timer service.
     timer_at: Option<u64>,
+    /// Ready messages that are only on disk (a paged backlog), after all of `ready`.
+    tail: Tail,
+}
+
+/// A durable queue's backlog beyond its in-memory limit: on disk only, in order, read back in
+/// batches from `cursor` as the in-memory part drains.
+#[derive(Debug, Default)]
+struct Tail {
+    count: u64,
+    bytes: u64,
+    cursor: TailCursor,
 }
 
 /// Declared properties of a queue.
@@ -226,24 +237,21 @@ impl Queue {
             had_consumer: false,
             last_used: now,
             timer_at: None,
+            tail: Tail::default(),
         };
         if let Some(s) = &store {
-            for Recovered {
-                id,
-                message,
-                delivered,
-            } in s.take_recovered()
-            {
-                st.next_seq = st.next_seq.max(id + 1);
-                st.ready_bytes += message.size() as u64;
-                let expires_at = expiry(&args, &message, now);
-                st.ready.push_back(QueuedMessage {
-                    seq: id,
-                    msg: Arc::new(message),
-                    redelivered: delivered,
-                    expires_at,
-                    deliveries: u32::from(delivered),
-                });
+            st.next_seq = s.next_id();
+            for r in s.take_recovered() {
+                st.next_seq = st.next_seq.max(r.id + 1);
+                st.ready_bytes += r.message.size() as u64;
+                st.ready.push_back(recovered_message(&args, r, now));
+            }
+            if let Some((cursor, count, bytes)) = s.take_recovered_tail() {
+                st.tail = Tail {
+                    count,
+                    bytes,
+                    cursor,
+                };
             }
         }
         let q = Arc::new(Self {
@@ -268,9 +276,59 @@ impl Queue {
         let _ = self.owner.set(owner);
     }
 
-    /// The store of a persistent message of this queue, if it has one.
+    /// The store of a message of this queue that is in it.
     fn store_for(&self, m: &QueuedMessage) -> Option<&StoreRef> {
-        self.store.as_ref().filter(|_| m.msg.persistent)
+        self.store.as_ref().filter(|_| m.stored)
+    }
+
+    /// Ready messages kept in memory before the backlog pages to disk (0: never pages).
+    /// Priority and TTL queues do not page: their order and expiry need every message at hand.
+    fn paging_limit(&self) -> usize {
+        match &self.store {
+            Some(s) if self.args.max_priority.is_none() && self.args.message_ttl.is_none() => {
+                s.paging_limit()
+            }
+            _ => 0,
+        }
+    }
+
+    /// Reads the paged backlog back while the in-memory part is below half the limit (or
+    /// `force`d, when something must be taken from the head).
+    fn page_in(&self, st: &mut QueueState, force: bool) {
+        let limit = self.paging_limit();
+        if st.tail.count == 0 || limit == 0 || (!force && st.ready.len() >= (limit / 2).max(1)) {
+            return;
+        }
+        let Some(store) = &self.store else { return };
+        let want = limit
+            .saturating_sub(st.ready.len())
+            .max(1)
+            .min(st.tail.count as usize);
+        let now = now_ms();
+        match store.read_tail(&mut st.tail.cursor, want) {
+            Ok(batch) if !batch.is_empty() => {
+                for r in batch {
+                    let size = r.message.size() as u64;
+                    st.tail.count = st.tail.count.saturating_sub(1);
+                    st.tail.bytes = st.tail.bytes.saturating_sub(size);
+                    st.ready_bytes += size;
+                    st.ready.push_back(recovered_message(&self.args, r, now));
+                }
+            }
+            other => {
+                tracing::error!(queue = %self.name, lost = st.tail.count, result = ?other.map(|v| v.len()),
+                    "the paged backlog of the queue could not be read back");
+                st.tail = Tail::default();
+            }
+        }
+    }
+
+    fn total_len(st: &QueueState) -> u64 {
+        st.ready.len() as u64 + st.tail.count
+    }
+
+    fn total_bytes(st: &QueueState) -> u64 {
+        st.ready_bytes + st.tail.bytes
     }
 
     /// Forgets settled messages in the store.
@@ -300,9 +358,9 @@ impl Queue {
         }
     }
 
-    /// Ready messages.
+    /// Ready messages (in memory and paged to disk).
     pub fn message_count(&self) -> u32 {
-        u32::try_from(self.state.lock().ready.len()).unwrap_or(u32::MAX)
+        u32::try_from(Self::total_len(&self.state.lock())).unwrap_or(u32::MAX)
     }
 
     /// Consumers attached.
@@ -336,11 +394,11 @@ impl Queue {
             let full = self
                 .args
                 .max_length
-                .is_some_and(|m| st.ready.len() as u64 >= m)
+                .is_some_and(|m| Self::total_len(&st) >= m)
                 || self
                     .args
                     .max_length_bytes
-                    .is_some_and(|m| st.ready_bytes + size > m);
+                    .is_some_and(|m| Self::total_bytes(&st) + size > m);
             if full && self.args.overflow != Overflow::DropHead {
                 if self.args.overflow == Overflow::RejectPublishDlx {
                     let message = QueuedMessage::new(0, msg, 0);
@@ -354,13 +412,33 @@ impl Queue {
             } else {
                 let seq = st.next_seq;
                 st.next_seq += 1;
-                let epoch = match &self.store {
-                    Some(s) if msg.persistent => s.append(seq, &msg),
-                    _ => 0,
-                };
-                let expires_at = expiry(&self.args, &msg, now);
-                st.ready_bytes += size;
-                st.ready.push_back(QueuedMessage::new(seq, msg, expires_at));
+                let limit = self.paging_limit();
+                let mut epoch = 0;
+                match &self.store {
+                    Some(s) if limit > 0 && (st.tail.count > 0 || st.ready.len() >= limit) => {
+                        // The queue is long: this message lives on disk only until read back.
+                        if st.tail.count == 0 {
+                            st.tail.cursor = s.append_position();
+                        }
+                        if msg.persistent {
+                            epoch = s.append(seq, &msg);
+                        } else {
+                            s.append_transient(seq, &msg);
+                        }
+                        st.tail.count += 1;
+                        st.tail.bytes += size;
+                    }
+                    store => {
+                        let mut m = QueuedMessage::new(seq, msg, 0);
+                        if let Some(s) = store.as_ref().filter(|_| m.msg.persistent) {
+                            epoch = s.append(seq, &m.msg);
+                            m.stored = true;
+                        }
+                        m.expires_at = expiry(&self.args, &m.msg, now);
+                        st.ready_bytes += size;
+                        st.ready.push_back(m);
+                    }
+                }
                 self.dispatch(&mut st, now, &mut dead);
                 self.enforce_limits(&mut st, &mut dead);
                 // A TTL of 0 means "deliver now or never": what dispatch could not place expires.
@@ -435,6 +513,7 @@ impl Queue {
             let mut st = self.state.lock();
             st.last_used = now;
             self.expire_head(&mut st, now, &mut dead);
+            self.page_in(&mut st, false);
             let got = st.ready.pop_front().map(|mut m| {
                 st.ready_bytes = st.ready_bytes.saturating_sub(m.msg.size() as u64);
                 m.deliveries += 1;
@@ -444,7 +523,7 @@ impl Queue {
                     st.unacked += 1;
                     self.mark_delivered(&m);
                 }
-                let left = u32::try_from(st.ready.len()).unwrap_or(u32::MAX);
+                let left = u32::try_from(Self::total_len(&st)).unwrap_or(u32::MAX);
                 (m, left)
             });
             self.schedule(&mut st);
@@ -574,13 +653,21 @@ impl Queue {
         }
     }
 
-    /// Drops all ready messages; returns how many.
+    /// Drops all ready messages (in memory and paged); returns how many.
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
-        let purged = st.ready.drain();
-        st.ready_bytes = 0;
-        self.store_ack(&purged);
-        u32::try_from(purged.len()).unwrap_or(u32::MAX)
+        let mut n = 0usize;
+        loop {
+            let purged = st.ready.drain();
+            st.ready_bytes = 0;
+            self.store_ack(&purged);
+            n += purged.len();
+            if st.tail.count == 0 {
+                break;
+            }
+            self.page_in(&mut st, true);
+        }
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// Whether `queue.delete if-unused / if-empty` may proceed.
@@ -592,7 +679,7 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
-        if if_empty && !st.ready.is_empty() {
+        if if_empty && Self::total_len(&st) > 0 {
             return Err(AmqpError::precondition_failed(format!(
                 "queue '{}' in vhost '{}' not empty",
                 self.name, self.vhost
@@ -609,9 +696,10 @@ impl Queue {
             return 0;
         }
         st.deleted = true;
-        let n = u32::try_from(st.ready.len()).unwrap_or(u32::MAX);
+        let n = u32::try_from(Self::total_len(&st)).unwrap_or(u32::MAX);
         st.ready.drain();
         st.ready_bytes = 0;
+        st.tail = Tail::default();
         if let Some(s) = &self.store {
             s.destroy();
         }
@@ -655,13 +743,16 @@ impl Queue {
             let over = self
                 .args
                 .max_length
-                .is_some_and(|m| st.ready.len() as u64 > m)
+                .is_some_and(|m| Self::total_len(st) > m)
                 || self
                     .args
                     .max_length_bytes
-                    .is_some_and(|m| st.ready_bytes > m);
+                    .is_some_and(|m| Self::total_bytes(st) > m);
             if !over {
                 return;
+            }
+            if st.ready.is_empty() {
+                self.page_in(st, true);
             }
             let Some(m) = st.ready.pop_oldest() else {
                 return;
@@ -715,6 +806,7 @@ impl Queue {
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, now: u64, dead: &mut Vec<Dead>) {
         while !st.consumers.is_empty() {
             self.expire_head(st, now, dead);
+            self.page_in(st, false);
             if st.ready.is_empty() {
                 return;
             }
@@ -796,4 +888,19 @@ fn expiry(args: &QueueArgs, m: &Message, now: u64) -> u64 {
                 .min(u64::MAX / 4))
         .max(1),
     }
+}
+
+/// A message read back from the store (at startup, or from a paged backlog).
+fn recovered_message(args: &QueueArgs, r: Recovered, now: u64) -> QueuedMessage {
+    let Recovered {
+        id,
+        message,
+        delivered,
+    } = r;
+    let expires_at = expiry(args, &message, now);
+    let mut m = QueuedMessage::new(id, Arc::new(message), expires_at);
+    m.redelivered = delivered;
+    m.deliveries = u32::from(delivered);
+    m.stored = true;
+    m
 }

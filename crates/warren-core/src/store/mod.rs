@@ -48,15 +48,52 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     fn ack(&self, id: u64);
     /// Deletes everything (the queue was deleted).
     fn destroy(&self);
-    /// Takes the messages found when the store was opened, ordered by id.
+    /// Takes the messages found when the store was opened, ordered by id (at most the store's
+    /// in-memory limit; the rest come from [`MessageStore::take_recovered_tail`]).
     fn take_recovered(&self) -> Vec<Recovered>;
+
+    /// Ready messages a queue on this store keeps in memory before paging the rest to disk
+    /// (0: this store does not page).
+    fn paging_limit(&self) -> usize {
+        0
+    }
+    /// Ids at or above this are unused in the store (new ids must start here).
+    fn next_id(&self) -> u64 {
+        0
+    }
+    /// Records a transient message that is paged to disk (never recovered after a restart).
+    fn append_transient(&self, _id: u64, _message: &Message) {}
+    /// Where the next appended message will be, for reading a paged backlog back later.
+    fn append_position(&self) -> TailCursor {
+        TailCursor::default()
+    }
+    /// Reads up to `max` paged messages from `cursor` on, advancing it.
+    fn read_tail(&self, _cursor: &mut TailCursor, _max: usize) -> std::io::Result<Vec<Recovered>> {
+        Ok(Vec::new())
+    }
+    /// The recovered backlog beyond the in-memory limit: where it starts, how many messages,
+    /// how many body bytes.
+    fn take_recovered_tail(&self) -> Option<(TailCursor, u64, u64)> {
+        None
+    }
+}
+
+/// A read position in a store's message segments (for paged backlogs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TailCursor {
+    /// Segment number.
+    pub segment: u32,
+    /// Byte offset in that segment's message file.
+    pub offset: u64,
+    /// Transient records below this id belong to a previous run and are skipped.
+    pub live_from: u64,
 }
 
 /// A shared store handle.
 pub type StoreRef = Arc<dyn MessageStore>;
 
 /// Serialises a message's content for a MESSAGE record (after its 8-byte id).
-pub(crate) fn encode_message(id: u64, m: &Message, out: &mut Vec<u8>) -> (Vec<u8>, usize) {
+pub(crate) fn encode_message(id: u64, m: &Message, kind: u8, out: &mut Vec<u8>) -> usize {
     let mut meta = Vec::with_capacity(16 + m.exchange.len() + m.routing_key.len());
     meta.put_u64(id);
     meta.put_u8(m.exchange.len().min(255) as u8);
@@ -66,8 +103,8 @@ pub(crate) fn encode_message(id: u64, m: &Message, out: &mut Vec<u8>) -> (Vec<u8
     meta.put_u32(m.raw_properties.len() as u32);
     meta.put_slice(&m.raw_properties);
     let before = out.len();
-    record::put_record(out, record::kind::MESSAGE, &[&meta, &m.body]);
-    (meta, out.len() - before)
+    record::put_record(out, kind, &[&meta, &m.body]);
+    out.len() - before
 }
 
 /// Parses a MESSAGE record payload.

@@ -18,6 +18,8 @@ const MAX_RECORD: usize = 600 * 1024 * 1024;
 pub(crate) mod kind {
     /// A message: id, exchange, routing key, properties, body.
     pub const MESSAGE: u8 = 1;
+    /// A transient message written only because its queue pages to disk: never recovered.
+    pub const TRANSIENT: u8 = 4;
     /// An ack of message id.
     pub const ACK: u8 = 2;
     /// A delivery of message id (it will come back redelivered).
@@ -44,15 +46,16 @@ pub(crate) fn put_record(out: &mut Vec<u8>, kind: u8, payload: &[&[u8]]) {
 /// Result of scanning a file.
 #[derive(Debug, Default)]
 pub(crate) struct Scan {
-    /// Intact records: (kind, payload).
-    pub records: Vec<(u8, Bytes)>,
+    /// Intact records: (kind, payload, offset of the record in the file).
+    pub records: Vec<(u8, Bytes, usize)>,
     /// Spans of bytes that were not intact records (corruption or a torn tail).
     pub bad_spans: usize,
     /// Where the last intact record ends: a torn tail after this is cut off.
     pub valid_end: usize,
 }
 
-fn record_at(data: &[u8], at: usize) -> Option<(u8, usize, usize)> {
+/// The record starting at `at`: (kind, payload start, record end), if intact.
+pub(crate) fn record_at(data: &[u8], at: usize) -> Option<(u8, usize, usize)> {
     if data.len() < at + HEADER + 1 {
         return None;
     }
@@ -80,7 +83,7 @@ pub(crate) fn scan(data: Bytes) -> Scan {
     while at < data.len() {
         match record_at(&data, at) {
             Some((kind, start, end)) => {
-                s.records.push((kind, data.slice(start..end)));
+                s.records.push((kind, data.slice(start..end), at));
                 at = end;
                 s.valid_end = end;
                 in_bad = false;

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::record::{self, kind};
 use super::sync::{Flush, Syncer};
-use super::{decode_id, decode_message, encode_message, MessageStore, Recovered};
+use super::{decode_id, decode_message, encode_message, MessageStore, Recovered, TailCursor};
 use crate::message::Message;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,6 +48,11 @@ struct Inner {
     to_delete: Vec<u32>,
     queued_for: u64,
     destroyed: bool,
+    /// Ids below this were written by a previous run (their transient records are dead).
+    live_from: u64,
+    /// For the recovered backlog beyond the in-memory limit: its acked and delivered ids.
+    tail_acked: HashSet<u64>,
+    tail_delivered: HashSet<u64>,
 }
 
 /// Segment-file message store of one queue.
@@ -59,6 +64,9 @@ pub struct SegmentStore {
     syncer: Arc<Syncer>,
     me: Weak<SegmentStore>,
     recovered: Mutex<Vec<Recovered>>,
+    recovered_tail: Mutex<Option<(TailCursor, u64, u64)>>,
+    /// Most messages a recovered queue keeps in memory (0 = all); the rest stay on disk.
+    memory_limit: usize,
 }
 
 impl std::fmt::Debug for SegmentStore {
@@ -74,7 +82,7 @@ fn read_all(path: &Path) -> std::io::Result<Bytes> {
 }
 
 /// Scans one file; cuts a torn tail off on disk. Returns the intact records.
-fn scan_file(path: &Path, dropped: &mut usize) -> std::io::Result<Vec<(u8, Bytes)>> {
+fn scan_file(path: &Path, dropped: &mut usize) -> std::io::Result<Vec<(u8, Bytes, usize)>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
@@ -95,8 +103,14 @@ fn scan_file(path: &Path, dropped: &mut usize) -> std::io::Result<Vec<(u8, Bytes
 }
 
 impl SegmentStore {
-    /// Opens (creating if needed) the store in `dir` and recovers its messages.
-    pub fn open(dir: &Path, syncer: Arc<Syncer>, segment_size: u64) -> std::io::Result<Arc<Self>> {
+    /// Opens (creating if needed) the store in `dir` and recovers its messages: at most
+    /// `memory_limit` of them (0 = all) are loaded, the rest stay on disk as a paged backlog.
+    pub fn open(
+        dir: &Path,
+        syncer: Arc<Syncer>,
+        segment_size: u64,
+        memory_limit: usize,
+    ) -> std::io::Result<Arc<Self>> {
         fs::create_dir_all(dir)?;
         let mut segs: Vec<u32> = Vec::new();
         for e in fs::read_dir(dir)? {
@@ -112,13 +126,15 @@ impl SegmentStore {
         segs.sort_unstable();
         let mut inner = Inner::default();
         let mut recovered = Vec::new();
+        let mut tail: Option<(TailCursor, u64, u64)> = None;
+        let mut max_id: Option<u64> = None;
         let mut damaged = 0usize;
         for &seg in &segs {
             let msgs = scan_file(&dir.join(file_name(seg, FileKind::Msgs)), &mut damaged)?;
             let acks = scan_file(&dir.join(file_name(seg, FileKind::Acks)), &mut damaged)?;
             let mut acked = HashSet::new();
             let mut delivered = HashSet::new();
-            for (k, p) in acks {
+            for (k, p, _) in acks {
                 match (k, decode_id(p)) {
                     (kind::ACK, Some(id)) => {
                         acked.insert(id);
@@ -132,7 +148,11 @@ impl SegmentStore {
             let mut live = 0u64;
             let mut first: Option<u64> = None;
             let mut last = 0u64;
-            for (k, p) in msgs {
+            for (k, p, offset) in msgs {
+                if k == kind::TRANSIENT {
+                    // Paged transient messages do not survive a restart.
+                    continue;
+                }
                 let Some((id, message)) = (k == kind::MESSAGE).then(|| decode_message(p)).flatten()
                 else {
                     damaged += 1;
@@ -140,15 +160,41 @@ impl SegmentStore {
                 };
                 first = Some(first.map_or(id, |f: u64| f.min(id)));
                 last = last.max(id);
+                max_id = Some(max_id.map_or(id, |m: u64| m.max(id)));
                 if acked.contains(&id) {
                     continue;
                 }
                 live += 1;
-                recovered.push(Recovered {
-                    id,
-                    message,
-                    delivered: delivered.contains(&id),
-                });
+                if memory_limit == 0 || recovered.len() < memory_limit {
+                    recovered.push(Recovered {
+                        id,
+                        message,
+                        delivered: delivered.contains(&id),
+                    });
+                } else {
+                    // Beyond the limit: only remember where the backlog starts and its size.
+                    let size = message.size() as u64;
+                    match &mut tail {
+                        None => {
+                            let cursor = TailCursor {
+                                segment: seg,
+                                offset: offset as u64,
+                                live_from: 0,
+                            };
+                            tail = Some((cursor, 1, size));
+                        }
+                        Some((_, n, b)) => {
+                            *n += 1;
+                            *b += size;
+                        }
+                    }
+                    if delivered.contains(&id) {
+                        inner.tail_delivered.insert(id);
+                    }
+                }
+            }
+            if tail.is_some() {
+                inner.tail_acked.extend(acked.iter().copied());
             }
             match (live, first) {
                 (0, _) | (_, None) => {
@@ -163,10 +209,15 @@ impl SegmentStore {
             }
         }
         recovered.sort_by_key(|r| r.id);
-        if !recovered.is_empty() || damaged > 0 {
-            info!(dir = %dir.display(), messages = recovered.len(), damaged_records = damaged, "recovered queue store");
+        let on_disk = tail.as_ref().map_or(0, |t| t.1);
+        if !recovered.is_empty() || on_disk > 0 || damaged > 0 {
+            info!(dir = %dir.display(), in_memory = recovered.len(), on_disk, damaged_records = damaged, "recovered queue store");
         }
         inner.head = segs.last().map_or(0, |s| s + 1);
+        inner.live_from = max_id.map_or(0, |m| m + 1);
+        if let Some(t) = &mut tail {
+            t.0.live_from = inner.live_from;
+        }
         Ok(Arc::new_cyclic(|me| Self {
             dir: dir.to_path_buf(),
             segment_size,
@@ -175,6 +226,8 @@ impl SegmentStore {
             syncer,
             me: me.clone(),
             recovered: Mutex::new(recovered),
+            recovered_tail: Mutex::new(tail),
+            memory_limit,
         }))
     }
 
@@ -234,8 +287,8 @@ impl SegmentStore {
     }
 }
 
-impl MessageStore for SegmentStore {
-    fn append(&self, id: u64, message: &Message) -> u64 {
+impl SegmentStore {
+    fn append_kind(&self, id: u64, message: &Message, record_kind: u8) -> u64 {
         let mut inner = self.inner.lock();
         if inner.destroyed {
             return 0;
@@ -255,12 +308,124 @@ impl MessageStore for SegmentStore {
         }
         let mut written = 0;
         Self::push(&mut inner, head, FileKind::Msgs, |b| {
-            written = encode_message(id, message, b).1
+            written = encode_message(id, message, record_kind, b)
         });
         inner.head_size += written as u64;
         inner.last_ids.insert(head, id);
         *inner.live.entry(head).or_insert(0) += 1;
         self.register(&mut inner)
+    }
+
+    /// Reads whole records from `file` at `offset` (at most about 4 MiB).
+    fn read_chunk(&self, segment: u32, offset: u64) -> std::io::Result<Bytes> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = match File::open(self.dir.join(file_name(segment, FileKind::Msgs))) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Bytes::new()),
+            Err(e) => return Err(e),
+        };
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::new();
+        f.take(4 * 1024 * 1024).read_to_end(&mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+impl MessageStore for SegmentStore {
+    fn append(&self, id: u64, message: &Message) -> u64 {
+        self.append_kind(id, message, kind::MESSAGE)
+    }
+
+    fn paging_limit(&self) -> usize {
+        self.memory_limit
+    }
+
+    fn next_id(&self) -> u64 {
+        self.inner.lock().live_from
+    }
+
+    fn append_transient(&self, id: u64, message: &Message) {
+        self.append_kind(id, message, kind::TRANSIENT);
+    }
+
+    fn append_position(&self) -> TailCursor {
+        let inner = self.inner.lock();
+        let (segment, offset) = if inner.head_size >= self.segment_size {
+            (inner.head + 1, 0)
+        } else {
+            (inner.head, inner.head_size)
+        };
+        TailCursor {
+            segment,
+            offset,
+            live_from: inner.live_from,
+        }
+    }
+
+    fn read_tail(&self, cursor: &mut TailCursor, max: usize) -> std::io::Result<Vec<Recovered>> {
+        let mut out = Vec::new();
+        let mut flushed = false;
+        while out.len() < max {
+            let chunk = self.read_chunk(cursor.segment, cursor.offset)?;
+            let mut at = 0;
+            while out.len() < max {
+                let Some((k, start, end)) = record::record_at(&chunk, at) else {
+                    break;
+                };
+                let payload = chunk.slice(start..end);
+                at = end;
+                let inner = self.inner.lock();
+                match (k, decode_message(payload)) {
+                    (kind::MESSAGE, Some((id, message))) if !inner.tail_acked.contains(&id) => {
+                        out.push(Recovered {
+                            id,
+                            message,
+                            delivered: inner.tail_delivered.contains(&id),
+                        });
+                    }
+                    (kind::TRANSIENT, Some((id, mut message))) if id >= cursor.live_from => {
+                        message.persistent = false;
+                        out.push(Recovered {
+                            id,
+                            message,
+                            delivered: false,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            cursor.offset += at as u64;
+            if at > 0 {
+                flushed = false;
+                continue;
+            }
+            // Nothing more on disk in this segment: its rest may still be pending in memory.
+            if !flushed {
+                self.flush()?;
+                flushed = true;
+                continue;
+            }
+            let inner = self.inner.lock();
+            let next = inner
+                .live
+                .range(cursor.segment + 1..)
+                .next()
+                .map(|(s, _)| *s)
+                .or((inner.head > cursor.segment).then_some(inner.head));
+            match next {
+                Some(s) => {
+                    cursor.segment = s;
+                    cursor.offset = 0;
+                    flushed = false;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn take_recovered_tail(&self) -> Option<(TailCursor, u64, u64)> {
+        self.recovered_tail.lock().take()
     }
 
     fn delivered(&self, id: u64) {
@@ -285,6 +450,9 @@ impl MessageStore for SegmentStore {
 
 impl Flush for SegmentStore {
     fn flush(&self) -> std::io::Result<()> {
+        // The files lock is taken first and held throughout, so that two flushers (the sync
+        // thread and a queue reading its paged backlog) write batches in order.
+        let mut files = self.files.lock();
         let (pending, to_delete, destroyed) = {
             let mut inner = self.inner.lock();
             (
@@ -293,7 +461,6 @@ impl Flush for SegmentStore {
                 inner.destroyed,
             )
         };
-        let mut files = self.files.lock();
         if destroyed {
             files.clear();
             return match fs::remove_dir_all(&self.dir) {

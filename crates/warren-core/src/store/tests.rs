@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::memory::MemoryStore;
 use super::segment::{segment_count, SegmentStore};
 use super::sync::Syncer;
-use super::StoreRef;
+use super::{MessageStore, StoreRef};
 use crate::message::Message;
 
 /// Opens "the same" store again, as a restart would.
@@ -33,7 +33,7 @@ struct Seg {
 }
 impl Reopen for Seg {
     fn open(&self) -> StoreRef {
-        SegmentStore::open(&self.dir, self.syncer.clone(), self.segment_size).expect("opens")
+        SegmentStore::open(&self.dir, self.syncer.clone(), self.segment_size, 0).expect("opens")
     }
     fn settle(&self) {
         self.syncer.barrier();
@@ -197,4 +197,74 @@ fn corrupt_records_are_skipped_and_torn_tail_cut() {
     // The torn tail was cut off on disk: a second recovery sees the same.
     let again: Vec<u64> = h.open().take_recovered().iter().map(|r| r.id).collect();
     assert_eq!(again, ids);
+}
+
+#[test]
+fn recovery_keeps_a_bounded_prefix_and_pages_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = seg(dir.path(), 8192);
+    let s = h.open();
+    for i in 0..500 {
+        s.append(i, &msg(i));
+    }
+    s.ack(3);
+    s.ack(300);
+    s.delivered(400);
+    h.settle();
+    drop(s);
+    let s = SegmentStore::open(dir.path(), h.syncer.clone(), 8192, 100).expect("opens");
+    let first: Vec<u64> = s.take_recovered().iter().map(|r| r.id).collect();
+    assert_eq!(first.len(), 100);
+    assert_eq!(first[..4], [0, 1, 2, 4]);
+    let (mut cursor, count, _) = s.take_recovered_tail().expect("a paged backlog");
+    assert_eq!(count, 398);
+    let mut rest = Vec::new();
+    loop {
+        let batch = s.read_tail(&mut cursor, 37).expect("reads");
+        if batch.is_empty() {
+            break;
+        }
+        for r in batch {
+            assert_eq!(r.delivered, r.id == 400);
+            check_same(&msg(r.id), &r.message);
+            rest.push(r.id);
+        }
+    }
+    let expected: Vec<u64> = (first[99] + 1..500).filter(|i| *i != 300).collect();
+    assert_eq!(rest, expected);
+    assert!(s.next_id() >= 500);
+}
+
+#[test]
+fn live_paged_backlog_reads_back_unflushed_and_transient_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = seg(dir.path(), 4096);
+    let s = SegmentStore::open(dir.path(), h.syncer.clone(), 4096, 10).expect("opens");
+    let mut cursor = s.append_position();
+    for i in 0..200 {
+        if i % 2 == 0 {
+            s.append(i, &msg(i));
+        } else {
+            s.append_transient(i, &msg(i));
+        }
+    }
+    // No settle: part of it may still be in memory, not yet written.
+    let mut got = Vec::new();
+    loop {
+        let batch = s.read_tail(&mut cursor, 64).expect("reads");
+        if batch.is_empty() {
+            break;
+        }
+        for r in batch {
+            assert_eq!(r.message.persistent, r.id % 2 == 0);
+            got.push(r.id);
+        }
+    }
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+    h.settle();
+    drop(s);
+    // After a restart only the persistent ones exist.
+    let s = SegmentStore::open(dir.path(), h.syncer.clone(), 4096, 0).expect("opens");
+    let ids: Vec<u64> = s.take_recovered().iter().map(|r| r.id).collect();
+    assert_eq!(ids, (0..200).step_by(2).collect::<Vec<_>>());
 }
