@@ -31,6 +31,8 @@ pub struct Broker {
     pub syncer: Option<Arc<Syncer>>,
     /// Queue timers (TTL, `x-expires`); started by the server's run loop.
     pub timers: Timers,
+    /// The memory alarm: while true, publishing connections are blocked.
+    pub alarm: tokio::sync::watch::Sender<bool>,
 }
 
 impl Broker {
@@ -83,6 +85,7 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             syncer,
             timers,
+            alarm: tokio::sync::watch::Sender::new(false),
         })
     }
 

@@ -18,6 +18,49 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Memory alarm.
+    pub memory: MemoryConfig,
+}
+
+/// The memory alarm (RabbitMQ's `vm_memory_high_watermark`): above it, publishing connections
+/// are blocked (`connection.blocked`) until memory use falls again; consumers go on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Fraction of the machine's RAM (RabbitMQ 3.10.8: 0.4).
+    pub high_watermark: f64,
+    /// An absolute limit in bytes instead (0: use the fraction).
+    pub high_watermark_bytes: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            high_watermark: 0.4,
+            high_watermark_bytes: 0,
+        }
+    }
+}
+
+impl MemoryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.high_watermark) {
+            return Err(invalid(
+                "memory.high_watermark",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The limit in bytes for a machine with `total_ram` bytes.
+    pub fn limit_bytes(&self, total_ram: u64) -> u64 {
+        if self.high_watermark_bytes > 0 {
+            self.high_watermark_bytes
+        } else {
+            (total_ram as f64 * self.high_watermark) as u64
+        }
+    }
 }
 
 /// The AMQP listener and connection negotiation.
@@ -173,6 +216,7 @@ impl Config {
         self.amqp.validate()?;
         self.auth.validate()?;
         self.storage.validate()?;
+        self.memory.validate()?;
         self.log.validate()
     }
 }

@@ -27,4 +27,4 @@ pub mod vhost;
 
 pub use broker::Broker;
 pub use config::Config;
-pub use connection::{ConnEvent, ConnSender};
+pub use connection::{ConnEvent, ConnSender, Flow};

@@ -629,6 +629,7 @@ impl Channel {
             credit: credit.clone(),
             channel_credit: self.channel_credit.clone(),
             tx: ctx.events.clone(),
+            flow: ctx.flow.clone(),
         };
         q.consume(consumer)?;
         // consume-ok precedes every delivery: deliveries come back through this connection's
@@ -818,7 +819,7 @@ impl Channel {
         self.channel_credit.limit() != 0 && self.consumers.len() > 1
     }
 
-    fn kick_consumer_queues(&self) {
+    pub fn kick_consumer_queues(&self) {
         let mut seen: Vec<*const Queue> = Vec::new();
         for c in self.consumers.values() {
             let p = Arc::as_ptr(&c.queue);
@@ -849,6 +850,7 @@ impl Channel {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
+        ctx.published = true;
         let max = ctx.broker.config.amqp.max_message_size;
         if body.len() as u64 > max {
             return Err(AmqpError::precondition_failed(format!(

@@ -119,6 +119,8 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
         (State::Starting, connection::AMQPMethod::StartOk(s)) => {
             conn.ctx.cap_consumer_cancel_notify =
                 capability(&s.client_properties, "consumer_cancel_notify");
+            conn.ctx.cap_connection_blocked =
+                capability(&s.client_properties, "connection.blocked");
             conn.ctx.cap_auth_failure_close =
                 capability(&s.client_properties, "authentication_failure_close");
             let mechanism = s.mechanism.as_str();

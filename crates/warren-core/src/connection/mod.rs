@@ -17,6 +17,7 @@ mod writer;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -24,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::broker::Broker;
 use crate::error::AmqpError;
@@ -37,6 +38,65 @@ use writer::WriterMsg;
 
 /// Sender half of a connection's event channel.
 pub type ConnSender = mpsc::UnboundedSender<ConnEvent>;
+
+/// Output backpressure of one connection: bytes handed to the writer and not yet written.
+/// Above [`Flow::HIGH`] the connection stops reading its socket and its consumers get nothing
+/// more (so a client that does not read cannot make the broker buffer without bound); the
+/// writer wakes it once below [`Flow::LOW`].
+#[derive(Debug, Default)]
+pub struct Flow {
+    pending: AtomicUsize,
+    /// Bytes of deliveries handed to the connection by queues and not yet encoded.
+    reserved: AtomicUsize,
+    high_hit: AtomicBool,
+    drained: tokio::sync::Notify,
+}
+
+impl Flow {
+    /// Stop above this many pending output bytes.
+    pub const HIGH: usize = 8 * 1024 * 1024;
+    /// Resume below this many.
+    pub const LOW: usize = 2 * 1024 * 1024;
+
+    /// Whether more output may be produced for this connection.
+    pub fn writable(&self) -> bool {
+        let ok = self.pending.load(Ordering::Acquire) + self.reserved.load(Ordering::Acquire)
+            < Self::HIGH;
+        if !ok {
+            self.high_hit.store(true, Ordering::Release);
+        }
+        ok
+    }
+
+    /// A queue hands this connection a delivery of `n` body bytes.
+    pub fn reserve(&self, n: usize) {
+        self.reserved.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// The delivery reserved with [`Flow::reserve`] was encoded (or returned).
+    pub fn unreserve(&self, n: usize) {
+        let _ = self
+            .reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
+    fn queued(&self, n: usize) {
+        self.pending.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// The writer wrote `n` bytes.
+    pub(crate) fn written(&self, n: usize) {
+        let left = self
+            .pending
+            .fetch_sub(n, Ordering::AcqRel)
+            .saturating_sub(n);
+        if left < Self::LOW && self.high_hit.swap(false, Ordering::AcqRel) {
+            self.drained.notify_one();
+        }
+    }
+}
 
 /// Something another part of the broker tells a connection.
 #[derive(Debug)]
@@ -111,6 +171,12 @@ pub(crate) struct Ctx {
     pub confirms_dirty: Vec<ChannelId>,
     /// Highest sync epoch we asked to be told about (0: none pending).
     pub sync_waiting_for: u64,
+    /// The client advertised `connection.blocked`.
+    pub cap_connection_blocked: bool,
+    /// This connection has published (so a memory alarm blocks it).
+    pub published: bool,
+    /// Output backpressure.
+    pub flow: Arc<Flow>,
 }
 
 impl Ctx {
@@ -144,6 +210,10 @@ pub(crate) struct Connection {
     channels: HashMap<ChannelId, Channel>,
     events_rx: mpsc::UnboundedReceiver<ConnEvent>,
     writer: mpsc::UnboundedSender<WriterMsg>,
+    /// The broker's memory alarm.
+    alarm: tokio::sync::watch::Receiver<bool>,
+    /// `connection.blocked` was sent and not yet undone.
+    blocked_sent: bool,
     started: Instant,
     last_recv: Instant,
     last_sent: Instant,
@@ -160,7 +230,9 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let (mut reader, write_half) = stream.into_split();
     let (wtx, wrx) = mpsc::unbounded_channel();
-    let writer_task = tokio::spawn(writer::run(write_half, wrx));
+    let flow = Arc::new(Flow::default());
+    let writer_task = tokio::spawn(writer::run(write_half, wrx, flow.clone()));
+    let alarm = broker.alarm.subscribe();
     let (etx, erx) = mpsc::unbounded_channel();
     let conn_id = broker.next_conn_id();
     let frame_max = broker.config.amqp.frame_max;
@@ -182,25 +254,33 @@ pub async fn serve(
             events: etx,
             confirms_dirty: Vec::new(),
             sync_waiting_for: 0,
+            cap_connection_blocked: false,
+            published: false,
+            flow,
         },
         state: State::AwaitHeader,
         channels: HashMap::new(),
         events_rx: erx,
         writer: wtx,
+        alarm,
+        blocked_sent: false,
         started: now,
         last_recv: now,
         last_sent: now,
         close_deadline: None,
     };
     let span = tracing::info_span!("conn", id = conn_id, peer = %peer);
-    let _enter = span.enter();
-    debug!("accepted");
-    conn.run(&mut reader, shutdown).await;
-    conn.teardown();
-    let _ = conn.writer.send(WriterMsg::Shutdown);
-    drop(conn);
-    let _ = writer_task.await;
-    debug!("closed");
+    async move {
+        debug!("accepted");
+        conn.run(&mut reader, shutdown).await;
+        conn.teardown();
+        let _ = conn.writer.send(WriterMsg::Shutdown);
+        drop(conn);
+        let _ = writer_task.await;
+        debug!("closed");
+    }
+    .instrument(span)
+    .await
 }
 
 impl Connection {
@@ -213,7 +293,14 @@ impl Connection {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutting_down = false;
+        let mut alarm_open = true;
         loop {
+            let out_ok = self.ctx.flow.writable();
+            let alarm_blocks =
+                *self.alarm.borrow() && self.ctx.published && self.state == State::Running;
+            self.signal_blocked(alarm_blocks);
+            let can_read = out_ok && !alarm_blocks;
+            let flow = self.ctx.flow.clone();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if !shutting_down => {
@@ -238,7 +325,18 @@ impl Connection {
                         }
                     }
                 }
-                r = reader.read_buf(&mut inbuf) => {
+                _ = flow.drained.notified() => {
+                    // Output drained: consumers of this connection may get messages again.
+                    for ch in self.channels.values() {
+                        ch.kick_consumer_queues();
+                    }
+                }
+                r = self.alarm.changed(), if alarm_open => {
+                    if r.is_err() {
+                        alarm_open = false;
+                    }
+                }
+                r = reader.read_buf(&mut inbuf), if can_read => {
                     match r {
                         Ok(0) | Err(_) => {
                             if self.state != State::Closing && self.state != State::Done {
@@ -252,7 +350,13 @@ impl Connection {
                         }
                     }
                 }
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    if !can_read {
+                        // Not reading on purpose: the client is not the one being silent.
+                        self.last_recv = Instant::now();
+                    }
+                    self.on_tick()
+                }
             }
             self.flush();
             if self.state == State::Done {
@@ -264,6 +368,30 @@ impl Connection {
         }
     }
 
+    /// Sends `connection.blocked`/`unblocked` (to clients that understand them) as the memory
+    /// alarm blocks or releases this publishing connection (RabbitMQ's `rabbit_reader`).
+    fn signal_blocked(&mut self, blocked: bool) {
+        if blocked == self.blocked_sent {
+            return;
+        }
+        self.blocked_sent = blocked;
+        if blocked {
+            warn!("memory alarm: blocking publishing connection");
+        }
+        if !self.ctx.cap_connection_blocked {
+            return;
+        }
+        let m = if blocked {
+            connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            })
+        } else {
+            connection::AMQPMethod::Unblocked(connection::Unblocked {})
+        };
+        self.ctx.send_method(0, &AMQPClass::Connection(m));
+        self.flush();
+    }
+
     /// Hands the output buffer to the writer.
     fn flush(&mut self) {
         for id in std::mem::take(&mut self.ctx.confirms_dirty) {
@@ -273,6 +401,7 @@ impl Connection {
         }
         if !self.ctx.out.is_empty() {
             let chunk = self.ctx.out.split().freeze();
+            self.ctx.flow.queued(chunk.len());
             let _ = self.writer.send(WriterMsg::Data(chunk));
             self.last_sent = Instant::now();
         }
@@ -509,7 +638,10 @@ impl Connection {
 
     fn handle_event(&mut self, ev: ConnEvent) {
         match ev {
-            ConnEvent::Deliver(d) => match self.channels.get_mut(&d.channel) {
+            ConnEvent::Deliver(d) => match {
+                self.ctx.flow.unreserve(d.message.msg.size());
+                self.channels.get_mut(&d.channel)
+            } {
                 Some(ch) => ch.deliver(&mut self.ctx, d),
                 None => channel::return_undelivered(d),
             },
@@ -561,6 +693,7 @@ impl Connection {
         // Deliveries already queued to us go back to their queues.
         while let Ok(ev) = self.events_rx.try_recv() {
             if let ConnEvent::Deliver(d) = ev {
+                self.ctx.flow.unreserve(d.message.msg.size());
                 channel::return_undelivered(d);
             }
         }

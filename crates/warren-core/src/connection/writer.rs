@@ -18,7 +18,11 @@ pub(crate) enum WriterMsg {
 
 const MAX_BATCH: usize = 64;
 
-pub(crate) async fn run(mut sock: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<WriterMsg>) {
+pub(crate) async fn run(
+    mut sock: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
+    flow: std::sync::Arc<super::Flow>,
+) {
     let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
     let mut shutdown = false;
     while !shutdown {
@@ -33,7 +37,10 @@ pub(crate) async fn run(mut sock: OwnedWriteHalf, mut rx: mpsc::UnboundedReceive
                 Err(_) => break,
             }
         }
-        if write_all_vectored(&mut sock, &mut batch).await.is_err() {
+        let n: usize = batch.iter().map(|b| b.len()).sum();
+        let r = write_all_vectored(&mut sock, &mut batch).await;
+        flow.written(n);
+        if r.is_err() {
             // The peer is gone; the connection task notices on its read side.
             break;
         }

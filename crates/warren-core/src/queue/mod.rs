@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-use crate::connection::{ConnEvent, ConnSender};
+use crate::connection::{ConnEvent, ConnSender, Flow};
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Message, QueuedMessage};
 use crate::store::{Recovered, StoreRef, TailCursor};
@@ -94,11 +94,14 @@ pub struct Consumer {
     pub channel_credit: Arc<Credit>,
     /// Where deliveries go.
     pub tx: ConnSender,
+    /// The consumer's connection output backpressure.
+    pub flow: Arc<Flow>,
 }
 
 impl Consumer {
     fn has_credit(&self) -> bool {
-        self.no_ack || (self.credit.available() && self.channel_credit.available())
+        self.flow.writable()
+            && (self.no_ack || (self.credit.available() && self.channel_credit.available()))
     }
 }
 
@@ -826,6 +829,8 @@ impl Queue {
                 self.mark_delivered(&message);
             }
             let no_ack = c.no_ack;
+            let size = message.msg.size();
+            c.flow.reserve(size);
             let delivery = Delivery {
                 channel: c.channel,
                 consumer_tag: c.tag.clone(),
@@ -841,6 +846,7 @@ impl Queue {
                 }
                 Err(e) => {
                     // The connection is gone: put the message back and forget the consumer.
+                    c.flow.unreserve(size);
                     if let ConnEvent::Deliver(mut d) = e.0 {
                         d.message.deliveries -= 1;
                         st.ready_bytes += d.message.msg.size() as u64;
