@@ -1147,6 +1147,71 @@ async fn requeued_message_keeps_its_place_within_its_priority() {
     b.stop().await;
 }
 
+/// RabbitMQ's priority backing queue drops from the same end it delivers from
+/// (`rabbit_priority_queue:drop/2` walks the levels highest first, like `fetch/2`): with
+/// `drop-head`, the head of the highest non-empty priority goes.
+#[tokio::test]
+async fn priority_queue_drop_head_drops_the_next_to_be_delivered() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    dlx_setup(&ch).await;
+    declare(
+        &ch,
+        "pcap",
+        table(&[
+            ("x-max-priority", int(10)),
+            ("x-max-length", int(2)),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
+    )
+    .await;
+    for (m, p) in [("low", 1), ("high", 9), ("mid", 5)] {
+        publish(&ch, "", "pcap", m, prio(p)).await;
+    }
+    let d = get_eventually(&ch, "dlq").await;
+    assert_eq!(body(&d), "high");
+    assert_eq!(deaths(&d), vec![d3("pcap", "maxlen", 1)]);
+    assert_eq!(drain(&ch, "pcap").await, vec!["mid", "low"]);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn message_requeued_after_its_ttl_is_dead_lettered_as_expired() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    dlx_setup(&ch).await;
+    declare(
+        &ch,
+        "late",
+        table(&[
+            ("x-message-ttl", int(100)),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
+    )
+    .await;
+    publish(&ch, "", "late", "slow", BasicProperties::default()).await;
+    let m = ch
+        .basic_get("late".into(), BasicGetOptions { no_ack: false })
+        .await
+        .expect("get")
+        .expect("message");
+    // Unacked messages do not expire; once requeued past their TTL they do.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(depth(&b, "dlq"), Some(0), "unacked: not expired");
+    m.delivery
+        .nack(BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        })
+        .await
+        .expect("requeue");
+    let d = get_eventually(&ch, "dlq").await;
+    assert_eq!(body(&d), "slow");
+    assert_eq!(deaths(&d), vec![d3("late", "expired", 1)]);
+    assert_eq!(depth(&b, "late"), Some(0));
+    b.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Consumers
 // ---------------------------------------------------------------------------------------------
