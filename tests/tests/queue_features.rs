@@ -874,6 +874,60 @@ async fn rejected_and_nacked_messages_are_dead_lettered_as_rejected() {
     b.stop().await;
 }
 
+/// `rabbit_dead_letter:make_msg/5`: `routing-keys` lists the publish routing key and the CC
+/// keys; with `x-dead-letter-routing-key` the `CC` header is removed (the message is routed by
+/// that key alone), without one it is kept.
+#[tokio::test]
+async fn cc_keys_in_x_death_and_cc_header_dropped_with_a_dead_letter_routing_key() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    dlx_setup(&ch).await;
+    declare(
+        &ch,
+        "with-rk",
+        table(&[
+            ("x-dead-letter-exchange", s("dlx")),
+            ("x-dead-letter-routing-key", s("dead")),
+        ]),
+    )
+    .await;
+    declare(&ch, "no-rk", table(&[("x-dead-letter-exchange", s("dlx"))])).await;
+    let cc = || {
+        BasicProperties::default().with_headers(table(&[(
+            "CC",
+            AMQPValue::FieldArray(FieldArray::from(vec![s("nobody")])),
+        )]))
+    };
+    for q in ["with-rk", "no-rk"] {
+        publish(&ch, "", q, q, cc()).await;
+        let m = ch
+            .basic_get(q.into(), BasicGetOptions { no_ack: false })
+            .await
+            .expect("get")
+            .expect("message");
+        m.delivery
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .expect("reject");
+        let d = get_eventually(&ch, "dlq").await;
+        assert_eq!(body(&d), q);
+        assert_eq!(
+            x_death(&d)[0].get("routing-keys"),
+            Some(&AMQPValue::FieldArray(FieldArray::from(vec![
+                s(q),
+                s("nobody")
+            ]))),
+            "{q}"
+        );
+        assert_eq!(
+            headers(&d).contains_key("CC"),
+            q == "no-rk",
+            "{q}: CC header kept only without a dead-letter routing key"
+        );
+    }
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn missing_dead_letter_exchange_drops_silently() {
     let b = TestBroker::start().await;
