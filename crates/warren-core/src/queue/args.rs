@@ -135,10 +135,8 @@ impl QueueArgs {
         };
         if let Some(p) = int("x-max-priority", 0)? {
             if p > 255 {
-                return Err(bad(
-                    "x-max-priority",
-                    format!("{{value_out_of_range,{p},1,255}}"),
-                ));
+                // rabbit_amqqueue:check_max_priority_arg/2.
+                return Err(bad("x-max-priority", format!("{{max_value_exceeded,{p}}}")));
             }
             a.max_priority = Some(p as u8);
         }
