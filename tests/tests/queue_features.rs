@@ -1502,6 +1502,10 @@ async fn bad_queue_arguments_are_406_with_rabbitmq_texts() {
             "invalid arg 'x-queue-type' for queue 'q' in vhost '/': \"unsupported queue type 'bogus'\"",
         ),
         (
+            table(&[("x-max-priority", int(256))]),
+            "invalid arg 'x-max-priority' for queue 'q' in vhost '/': {max_value_exceeded,256}",
+        ),
+        (
             table(&[("x-dead-letter-routing-key", s("k"))]),
             "invalid arg 'x-dead-letter-routing-key' for queue 'q' in vhost '/': routing_key_but_no_dlx_defined",
         ),
