@@ -731,6 +731,36 @@ async fn reject_publish_nacks_and_keeps_the_first_n() {
     b.stop().await;
 }
 
+/// A message routed to several queues is nacked when any of them refuses it; the others
+/// keep their copy.
+#[tokio::test]
+async fn reject_publish_by_one_of_several_queues_nacks() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    declare_x(&ch, "fan", ExchangeKind::Fanout).await;
+    declare(
+        &ch,
+        "small",
+        table(&[
+            ("x-max-length", int(1)),
+            ("x-overflow", s("reject-publish")),
+        ]),
+    )
+    .await;
+    declare(&ch, "big", FieldTable::default()).await;
+    bind(&ch, "small", "fan", "").await;
+    bind(&ch, "big", "fan", "").await;
+    assert!(publish_c(&ch, "fan", "", "m1", BasicProperties::default())
+        .await
+        .is_ack());
+    assert!(publish_c(&ch, "fan", "", "m2", BasicProperties::default())
+        .await
+        .is_nack());
+    assert_eq!(drain(&ch, "small").await, vec!["m1"]);
+    assert_eq!(drain(&ch, "big").await, vec!["m1", "m2"]);
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn reject_publish_only_counts_ready_messages() {
     let b = TestBroker::start().await;
