@@ -537,6 +537,9 @@ impl VHost {
                 .get(&d.name)
                 .ok_or_else(|| AmqpError::no_queue(&d.name, &self.name))?;
             q.check_access(conn_id)?;
+            // RabbitMQ answers a passive declare with the queue's `stat`, which restarts its
+            // x-expires timer (`rabbit_amqqueue_process:handle_call(stat, ...)`).
+            q.touch();
             return Ok(Self::declared(q));
         }
         let name = if d.name.is_empty() {

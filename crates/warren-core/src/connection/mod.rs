@@ -638,13 +638,13 @@ impl Connection {
 
     fn handle_event(&mut self, ev: ConnEvent) {
         match ev {
-            ConnEvent::Deliver(d) => match {
+            ConnEvent::Deliver(d) => {
                 self.ctx.flow.unreserve(d.message.msg.size());
-                self.channels.get_mut(&d.channel)
-            } {
-                Some(ch) => ch.deliver(&mut self.ctx, d),
-                None => channel::return_undelivered(d),
-            },
+                match self.channels.get_mut(&d.channel) {
+                    Some(ch) => ch.deliver(&mut self.ctx, d),
+                    None => channel::return_undelivered(d),
+                }
+            }
             ConnEvent::Synced => {
                 self.ctx.sync_waiting_for = 0;
                 let durable = self.ctx.durable_epoch();

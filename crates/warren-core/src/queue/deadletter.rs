@@ -175,6 +175,13 @@ pub fn dead_lettered(
         ShortString::from("x-death"),
         AMQPValue::FieldArray(FieldArray::from(deaths)),
     );
+    if dlrk.is_some() && headers.contains_key("CC") {
+        // With a dead-letter routing key the message goes by that key alone: RabbitMQ drops
+        // the CC header (after recording its keys in x-death).
+        let mut map = headers.inner().clone();
+        map.remove("CC");
+        headers = FieldTable::from(map);
+    }
 
     let new_props = without_expiration(&props, headers.clone());
     let raw = Bytes::from(warren_codec::encode_properties(&new_props));

@@ -737,7 +737,9 @@ impl Queue {
         }
     }
 
-    /// `x-max-length` / `x-max-length-bytes` with `drop-head`: the oldest messages go.
+    /// `x-max-length` / `x-max-length-bytes` with `drop-head`: the head goes. In a priority
+    /// queue that is the next message to be delivered (highest priority first), as in
+    /// `rabbit_priority_queue:drop/2`, which walks the levels in the same order as `fetch/2`.
     fn enforce_limits(&self, st: &mut QueueState, dead: &mut Vec<Dead>) {
         if self.args.overflow != Overflow::DropHead {
             return;
@@ -757,7 +759,7 @@ impl Queue {
             if st.ready.is_empty() {
                 self.page_in(st, true);
             }
-            let Some(m) = st.ready.pop_oldest() else {
+            let Some(m) = st.ready.pop_front() else {
                 return;
             };
             st.ready_bytes = st.ready_bytes.saturating_sub(m.msg.size() as u64);

@@ -71,14 +71,6 @@ impl Ready {
         }
     }
 
-    /// The message a length limit drops first: the oldest of the lowest priority.
-    pub fn pop_oldest(&mut self) -> Option<QueuedMessage> {
-        match self {
-            Ready::Fifo(q) => q.pop_front(),
-            Ready::Priority(ls) => ls.iter_mut().find_map(|q| q.pop_front()),
-        }
-    }
-
     pub fn len(&self) -> usize {
         match self {
             Ready::Fifo(q) => q.len(),
