@@ -23,6 +23,7 @@ pub mod queue;
 pub mod server;
 pub mod store;
 pub mod timer;
+mod value;
 pub mod vhost;
 
 pub use broker::Broker;

@@ -19,6 +19,7 @@ use crate::store::segment::SegmentStore;
 use crate::store::sync::Syncer;
 use crate::store::StoreRef;
 use crate::timer::Timers;
+use crate::value::{int_value, str_value};
 use warren_codec::proto::{AMQPValue, FieldTable};
 
 /// Exchanges RabbitMQ pre-declares in every vhost (`rabbit_vhost:declare_default_exchanges`).
@@ -897,34 +898,11 @@ fn server_named() -> String {
     format!("amq.gen-{suffix}")
 }
 
-/// Integers compare by value whatever their width or signedness (RabbitMQ's `type_class`).
-fn as_integer(v: &AMQPValue) -> Option<i128> {
-    Some(match v {
-        AMQPValue::ShortShortInt(x) => i128::from(*x),
-        AMQPValue::ShortShortUInt(x) => i128::from(*x),
-        AMQPValue::ShortInt(x) => i128::from(*x),
-        AMQPValue::ShortUInt(x) => i128::from(*x),
-        AMQPValue::LongInt(x) => i128::from(*x),
-        AMQPValue::LongUInt(x) => i128::from(*x),
-        AMQPValue::LongLongInt(x) => i128::from(*x),
-        AMQPValue::Timestamp(x) => i128::from(*x),
-        _ => return None,
-    })
-}
-
-fn as_text(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
 /// Argument equivalence as RabbitMQ judges it: integers by value, strings by content.
 pub(crate) fn values_equivalent(a: &AMQPValue, b: &AMQPValue) -> bool {
-    match (as_integer(a), as_integer(b)) {
+    match (int_value(a), int_value(b)) {
         (Some(x), Some(y)) => x == y,
-        _ => match (as_text(a), as_text(b)) {
+        _ => match (str_value(a), str_value(b)) {
             (Some(x), Some(y)) => x == y,
             _ => a == b,
         },
@@ -936,9 +914,9 @@ pub(crate) fn arg_display(v: Option<&AMQPValue>) -> String {
     match v {
         None => "none".into(),
         Some(v) => {
-            if let Some(i) = as_integer(v) {
+            if let Some(i) = int_value(v) {
                 i.to_string()
-            } else if let Some(s) = as_text(v) {
+            } else if let Some(s) = str_value(v) {
                 s
             } else {
                 match v {

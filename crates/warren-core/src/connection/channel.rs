@@ -292,10 +292,10 @@ impl Channel {
     }
 
     fn exchange_method(&mut self, ctx: &mut Ctx, m: exchange::AMQPMethod) -> AmqpResult<()> {
+        use exchange::AMQPMethod as X;
         let vh = Self::vhost(ctx)?;
-        let id = self.id;
-        match m {
-            exchange::AMQPMethod::Declare(d) => {
+        let (nowait, reply) = match m {
+            X::Declare(d) => {
                 vh.declare_exchange(&ExchangeDeclare {
                     name: d.exchange.to_string(),
                     kind: d.kind.to_string(),
@@ -305,60 +305,36 @@ impl Channel {
                     internal: d.internal,
                     arguments: d.arguments,
                 })?;
-                if !d.nowait {
-                    ctx.send_method(
-                        id,
-                        &AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
-                            exchange::DeclareOk {},
-                        )),
-                    );
-                }
-                Ok(())
+                (d.nowait, X::DeclareOk(exchange::DeclareOk {}))
             }
-            exchange::AMQPMethod::Delete(d) => {
+            X::Delete(d) => {
                 vh.delete_exchange(d.exchange.as_str(), d.if_unused)?;
-                if !d.nowait {
-                    ctx.send_method(
-                        id,
-                        &AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
-                    );
-                }
-                Ok(())
+                (d.nowait, X::DeleteOk(exchange::DeleteOk {}))
             }
-            exchange::AMQPMethod::Bind(b) => {
-                vh.bind_exchange(
+            X::Bind(b) => {
+                let (dst, src, key) = (
                     b.destination.as_str(),
                     b.source.as_str(),
                     b.routing_key.as_str(),
-                    &b.arguments,
-                    true,
-                )?;
-                if !b.nowait {
-                    ctx.send_method(
-                        id,
-                        &AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
-                    );
-                }
-                Ok(())
+                );
+                vh.bind_exchange(dst, src, key, &b.arguments, true)?;
+                (b.nowait, X::BindOk(exchange::BindOk {}))
             }
-            exchange::AMQPMethod::Unbind(b) => {
-                vh.bind_exchange(
+            X::Unbind(b) => {
+                let (dst, src, key) = (
                     b.destination.as_str(),
                     b.source.as_str(),
                     b.routing_key.as_str(),
-                    &b.arguments,
-                    false,
-                )?;
-                if !b.nowait {
-                    ctx.send_method(
-                        id,
-                        &AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
-                    );
-                }
-                Ok(())
+                );
+                vh.bind_exchange(dst, src, key, &b.arguments, false)?;
+                (b.nowait, X::UnbindOk(exchange::UnbindOk {}))
             }
-            _ => Err(AmqpError::command_invalid("unimplemented method")),
+            _ => return Err(AmqpError::command_invalid("unimplemented method")),
+        };
+        if !nowait {
+            ctx.send_method(self.id, &AMQPClass::Exchange(reply));
         }
+        Ok(())
     }
 
     fn queue_method(&mut self, ctx: &mut Ctx, m: queue::AMQPMethod) -> AmqpResult<()> {
@@ -1045,7 +1021,7 @@ fn settle_grouped(entries: impl IntoIterator<Item = Unacked>, how: Settle) {
 fn consumer_priority(args: &warren_codec::proto::FieldTable) -> AmqpResult<i64> {
     match args.inner().get("x-priority") {
         None => Ok(0),
-        Some(v) => crate::queue::args::int_value(v).ok_or_else(|| {
+        Some(v) => crate::value::int_value(v).ok_or_else(|| {
             AmqpError::precondition_failed(format!(
                 "invalid arg 'x-priority': expected integer, got {v:?}"
             ))

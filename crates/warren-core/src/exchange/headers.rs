@@ -20,6 +20,7 @@
 use std::fmt::Write as _;
 
 use super::proto::{AMQPValue, FieldTable};
+use crate::value::type_name;
 
 /// How a headers binding combines its arguments: the `x-match` binding argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -103,30 +104,6 @@ pub fn headers_match(
         }
     }
     all
-}
-
-/// RabbitMQ's type atom for a decoded field (`rabbit_binary_parser`).
-fn type_name(v: &AMQPValue) -> &'static str {
-    match v {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        // No short string tag exists in RabbitMQ tables; it would be sent as a long string.
-        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
-    }
 }
 
 #[derive(Clone, Copy)]

@@ -7,6 +7,7 @@
 use warren_codec::proto::{AMQPValue, FieldTable};
 
 use crate::error::AmqpError;
+use crate::value::{int_value, str_value, type_name};
 
 /// What to do when a length limit is reached (`x-overflow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,51 +44,6 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     /// `x-delivery-limit` (RabbitMQ has it on quorum queues; Warren on every queue).
     pub delivery_limit: Option<u64>,
-}
-
-/// An integer argument of any AMQP integer type.
-pub(crate) fn int_value(v: &AMQPValue) -> Option<i64> {
-    Some(match v {
-        AMQPValue::ShortShortInt(x) => i64::from(*x),
-        AMQPValue::ShortShortUInt(x) => i64::from(*x),
-        AMQPValue::ShortInt(x) => i64::from(*x),
-        AMQPValue::ShortUInt(x) => i64::from(*x),
-        AMQPValue::LongInt(x) => i64::from(*x),
-        AMQPValue::LongUInt(x) => i64::from(*x),
-        AMQPValue::LongLongInt(x) => *x,
-        _ => return None,
-    })
-}
-
-/// RabbitMQ's name for a field type, as it appears in "expected integer, got longstr".
-fn type_name(v: &AMQPValue) -> &'static str {
-    match v {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::Void => "void",
-    }
-}
-
-pub(crate) fn str_value(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
 }
 
 impl QueueArgs {

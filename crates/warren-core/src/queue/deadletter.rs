@@ -40,7 +40,7 @@ fn long_str(s: &str) -> AMQPValue {
 }
 
 fn text(v: Option<&AMQPValue>) -> Option<String> {
-    super::args::str_value(v?)
+    crate::value::str_value(v?)
 }
 
 /// A copy of `p` without its `expiration` (amq-protocol has no way to unset one field).
@@ -137,7 +137,7 @@ pub fn dead_lettered(
                     let count = t
                         .inner()
                         .get("count")
-                        .and_then(super::args::int_value)
+                        .and_then(crate::value::int_value)
                         .unwrap_or(0);
                     t.insert("count".into(), AMQPValue::LongLongInt(count + 1));
                     t
