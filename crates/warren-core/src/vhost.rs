@@ -786,12 +786,24 @@ impl VHost {
         headers: Option<&FieldTable>,
     ) -> AmqpResult<Vec<Arc<Queue>>> {
         self.route_from(exchange, routing_key, headers, true)
+            .map(|(q, _)| q)
+    }
+
+    /// Like [`VHost::route`], also giving the exchange's shared name, so that messages do not
+    /// each allocate their own copy of it.
+    pub fn route_message(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> AmqpResult<(Vec<Arc<Queue>>, Arc<str>)> {
+        self.route_from(exchange, routing_key, headers, true)
     }
 
     /// Publishes a dead-lettered message to its dead-letter exchange (dropped if that exchange
     /// is missing), skipping target queues where it would cycle, as RabbitMQ does.
     pub fn publish_dead_letter(&self, dl: DeadLetter, reason: Reason) {
-        let Ok(queues) = self.route_from(
+        let Ok((queues, _)) = self.route_from(
             &dl.message.exchange,
             &dl.message.routing_key,
             Some(&dl.headers),
@@ -815,15 +827,16 @@ impl VHost {
         routing_key: &str,
         headers: Option<&FieldTable>,
         from_client: bool,
-    ) -> AmqpResult<Vec<Arc<Queue>>> {
+    ) -> AmqpResult<(Vec<Arc<Queue>>, Arc<str>)> {
         let topo = self.topo.read();
-        if exchange.is_empty() {
-            return Ok(topo.queues.get(routing_key).cloned().into_iter().collect());
-        }
         let x = topo
             .exchanges
             .get(exchange)
             .ok_or_else(|| AmqpError::no_exchange(exchange, &self.name))?;
+        if exchange.is_empty() {
+            let q = topo.queues.get(routing_key).cloned().into_iter().collect();
+            return Ok((q, x.name.clone()));
+        }
         if x.internal && from_client {
             return Err(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{exchange}' in vhost '{}'",
@@ -866,7 +879,7 @@ impl VHost {
             queues.sort_by_key(|q| Arc::as_ptr(q) as usize);
             queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
         }
-        Ok(queues)
+        Ok((queues, x.name.clone()))
     }
 
     /// Names of all exchanges (for tests and introspection).

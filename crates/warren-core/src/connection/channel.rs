@@ -848,13 +848,13 @@ impl Channel {
             }
         }
         let vh = Self::vhost(ctx)?;
-        let queues = vh.route(
+        let (queues, exchange) = vh.route_message(
             p.exchange.as_str(),
             p.routing_key.as_str(),
             props.headers().as_ref(),
         )?;
         let message = Arc::new(Message::new(
-            p.exchange.as_str().into(),
+            exchange,
             p.routing_key.as_str(),
             props,
             header.raw_properties,
