@@ -152,8 +152,8 @@ w("- `memory`: broker restarted, RSS (VmRSS of the broker process; beam.smp for 
   "(24 B body) transient messages with confirms into one queue that nobody consumes.")
 w("")
 w("## Details (medians)\n")
-w("| scenario | broker | sent msg/s | received msg/s | MB/s recv | latency p50 / p99 / max us | dup / out-of-order / missing | client CPU us/msg | broker CPU us/msg |")
-w("|---|---|---:|---:|---:|---|---|---:|---:|")
+w("| scenario | broker | sent msg/s | received msg/s | MB/s recv | latency p50 / p99 / max us | drain s | dup / out-of-order / missing | client CPU us/msg | broker CPU us/msg |")
+w("|---|---|---:|---:|---:|---|---:|---|---:|---:|")
 seen = []
 for sc, *_ in SC:
     if sc in seen:
@@ -162,16 +162,19 @@ for sc, *_ in SC:
     for broker in ("warren", "rabbitmq"):
         rs = runs(sc, broker)
         if not rs:
-            w(f"| {sc} | {broker} | failed or not run | | | | | | |")
+            w(f"| {sc} | {broker} | failed or not run | | | | | | | |")
             continue
         m = lambda k: med([k(d) for d in rs])
         lat = f"{fmt(m(lambda d: d['latency']['p50_us']))} / {fmt(m(lambda d: d['latency']['p99_us']))} / {fmt(m(lambda d: d['latency']['max_us']))}"
         ver = "{} / {} / {}".format(sum(d["duplicates"] for d in rs), sum(d["out_of_order"] for d in rs),
                                     sum(d["missing"] for d in rs))
         w(f"| {sc} | {broker} | {fmt(m(lambda d: d['send_rate']))} | {fmt(m(lambda d: d['receive_rate']))} | "
-          f"{fmt(m(lambda d: d['receive_mb_s']))} | {lat} | {ver} | {fmt(m(lambda d: d['client_cpu_us_per_msg']))} | "
+          f"{fmt(m(lambda d: d['receive_mb_s']))} | {lat} | {fmt(max(d['drain_s'] for d in rs))} | {ver} | {fmt(m(lambda d: d['client_cpu_us_per_msg']))} | "
           f"{fmt(m(broker_us_per_msg))} |")
 w("")
+w("Received msg/s counts what arrived during the publishing period; what arrives after it (the "
+  "drain, shown as the longest over the rounds) counts for verification only. Missing = sent but not "
+  f"received when the drain stopped ({E.get('DRAIN', '?')} s without progress). ")
 w("Verification columns are totals over all rounds. CPU per message = (user+system CPU time of the "
   "process during the run) / (messages sent + messages received); the broker's is read from "
   "/proc/<pid>/stat before and after each run, warren-perf's from its own /proc/self/stat. In the "

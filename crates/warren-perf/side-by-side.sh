@@ -17,9 +17,11 @@ PERF=${PERF:-$ROOT/target/release/warren-perf}
 WARREN_BIN=${WARREN_BIN:-$ROOT/target/release/warren}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
+DRAIN=${DRAIN:-10} # seconds without progress before undelivered messages count as missing
 OUT_DOC=${OUT_DOC:-$ROOT/docs/PERFORMANCE.md}
 SCENARIOS=${SCENARIOS:-"autoack ack publish_only persistent_confirms fanout10 topic1000 large1mib rtt fixed10k memory"}
 WORK=$(mktemp -d /tmp/side-by-side.XXXXXX)
+chmod 755 "$WORK" # the RabbitMQ node runs as user rabbitmq
 RESULTS=$WORK/results.tsv
 MEMORY=$WORK/memory.tsv
 NOTES=$WORK/notes.txt
@@ -67,8 +69,14 @@ start_rabbit() {
   mkdir -p "$RMQ_BASE"
   : >"$RMQ_BASE/enabled_plugins"
   chown -R rabbitmq:rabbitmq "$RMQ_BASE" 2>/dev/null || true
-  rmq_env rabbitmq-server -detached >>"$WORK/rabbit-start.log" 2>&1
-  for _ in $(seq 60); do
+  # Start the node as user rabbitmq without going through su/PAM, which would cut the open
+  # files limit to 1024: RabbitMQ then stops accepting AMQP connections at about 850.
+  (
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    cd /var/lib/rabbitmq && HOME=/var/lib/rabbitmq rmq_env setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+      /usr/lib/rabbitmq/bin/rabbitmq-server -detached
+  ) >>"$WORK/rabbit-start.log" 2>&1
+  for _ in $(seq 30); do
     if rmq_env rabbitmqctl -n $RMQ_NODE await_startup --timeout 5 >/dev/null 2>&1; then
       RABBIT_PID=$(cat "$RMQ_BASE/pid" 2>/dev/null)
       return 0
@@ -120,7 +128,7 @@ run_one() { # scenario broker round uri pid
   load=$(cut -d' ' -f1 /proc/loadavg)
   c0=$(cpu_ticks "$pid")
   # shellcheck disable=SC2046
-  json=$("$PERF" --uri "$uri" --json -z "$DURATION" $(args_for "$sc") 2>>"$WORK/perf-errors.log" | tail -1)
+  json=$("$PERF" --uri "$uri" --json -z "$DURATION" --drain "$DRAIN" $(args_for "$sc") 2>>"$WORK/perf-errors.log" | tail -1)
   c1=$(cpu_ticks "$pid")
   local cpu=""
   [ -n "$c0" ] && [ -n "$c1" ] && cpu=$((c1 - c0))
@@ -172,7 +180,7 @@ done
 WARREN_VERSION=$("$WARREN_BIN" --version 2>/dev/null || echo "warren (unknown)")
 RABBIT_VERSION=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo unknown)
 ERLANG_VERSION=$(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo unknown)
-export RESULTS MEMORY NOTES OUT_DOC DURATION ROUNDS WARREN_VERSION RABBIT_VERSION ERLANG_VERSION
+export RESULTS MEMORY NOTES OUT_DOC DURATION ROUNDS DRAIN WARREN_VERSION RABBIT_VERSION ERLANG_VERSION
 export GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 "$ROOT/crates/warren-perf/report.py"
 log "wrote $OUT_DOC (raw results in $WORK)"

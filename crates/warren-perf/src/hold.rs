@@ -21,7 +21,15 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
         for i in next..next + batch {
             let uri = uri.clone();
             tasks.push(tokio::spawn(async move {
-                Conn::connect(&uri, &format!("warren-perf idle {i}")).await
+                let name = format!("warren-perf idle {i}");
+                let connect = Conn::connect(&uri, &name);
+                match tokio::time::timeout(Duration::from_secs(30), connect).await {
+                    Ok(r) => r,
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connection {i}: no handshake within 30 s (broker connection or file limit?)"),
+                    )),
+                }
             }));
         }
         for t in tasks {

@@ -111,8 +111,9 @@ pub struct Options {
     /// Do not delete the queues at the end (e.g. to measure broker memory with a backlog).
     #[arg(long)]
     pub keep_queues: bool,
-    /// Seconds without progress after which draining consumers give up.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds without progress after which draining consumers give up (what has not arrived
+    /// by then counts as missing).
+    #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
     /// Print the final summary as one JSON object (and no per-second lines).
     #[arg(long)]
