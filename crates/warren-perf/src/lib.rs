@@ -1,0 +1,292 @@
+//! `warren-perf`: an AMQP 0-9-1 load generator in the spirit of RabbitMQ's PerfTest, usable
+//! against any 0-9-1 broker.
+//!
+//! Built on `warren-codec` with a lean tokio client ([`conn`]): one task per connection, writes
+//! batched into one `BytesMut` and flushed per batch, the publish/deliver/ack hot path encoded
+//! and parsed by hand. Every message body carries an 8-byte sequence number, an 8-byte producer
+//! id and an 8-byte send timestamp (ns), so consumers measure latency and check what they got:
+//! duplicates, out-of-order and missing messages are counted and reported.
+//!
+//! The binary is a thin wrapper around [`run`].
+
+pub mod bench;
+pub mod conn;
+pub mod hold;
+pub mod rtt;
+pub mod stats;
+
+use std::io::{self, Write};
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+/// What to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Producers and consumers (the default).
+    #[default]
+    Run,
+    /// Request-reply round trip with one message in flight.
+    Rtt,
+    /// Open `--connections` idle connections (one channel each) and hold them.
+    Hold,
+}
+
+/// Command-line options, modelled on PerfTest's.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "warren-perf",
+    version,
+    about = "AMQP 0-9-1 load generator (PerfTest-like)"
+)]
+pub struct Options {
+    /// Mode: run (producers/consumers), rtt (request-reply latency), hold (idle connections).
+    #[arg(value_enum, default_value_t = Mode::Run)]
+    pub mode: Mode,
+    /// Broker URI.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub uri: String,
+    /// Number of producers.
+    #[arg(short = 'x', long, default_value_t = 1)]
+    pub producers: usize,
+    /// Number of consumers.
+    #[arg(short = 'y', long, default_value_t = 1)]
+    pub consumers: usize,
+    /// Message body size in bytes (at least 24: sequence, producer id, timestamp).
+    #[arg(short = 's', long, default_value_t = 24)]
+    pub size: usize,
+    /// Consumer prefetch (basic.qos); 0 = unlimited.
+    #[arg(short = 'q', long, default_value_t = 0)]
+    pub qos: u16,
+    /// Manual acks: one multiple-ack every N messages.
+    #[arg(short = 'A', long = "multi-ack-every", default_value_t = 1)]
+    pub multi_ack_every: u64,
+    /// Auto-ack (no_ack consumers).
+    #[arg(short = 'a', long = "autoack")]
+    pub autoack: bool,
+    /// Publisher confirms with at most N unconfirmed messages per producer.
+    #[arg(short = 'c', long)]
+    pub confirm: Option<u64>,
+    /// Message flags; `persistent` makes messages persistent and queues/exchange durable.
+    #[arg(short = 'f', long = "flag")]
+    pub flags: Vec<String>,
+    /// Queue name (with --queues N: the prefix, queues are NAME-0 .. NAME-{N-1}).
+    #[arg(short = 'u', long, default_value = "warren-perf")]
+    pub queue: String,
+    /// Exchange name ("" = the default exchange).
+    #[arg(short = 'e', long, default_value = "")]
+    pub exchange: String,
+    /// Exchange type (when an exchange is named).
+    #[arg(short = 't', long = "type", default_value = "direct")]
+    pub exchange_type: String,
+    /// Routing key (default: the queue name; with --bindings: perf.<i>.x rotating).
+    #[arg(short = 'k', long = "routing-key")]
+    pub routing_key: Option<String>,
+    /// Fixed publish rate per producer, msg/s.
+    #[arg(short = 'r', long)]
+    pub rate: Option<f64>,
+    /// Duration in seconds.
+    #[arg(short = 'z', long = "time", default_value_t = 10.0)]
+    pub time: f64,
+    /// Stop each producer after N messages.
+    #[arg(short = 'C', long = "pmessages")]
+    pub pmessages: Option<u64>,
+    /// Number of queues; producer i publishes to queue i mod N, consumer j consumes queue j mod N
+    /// (with fanout/topic/explicit key every producer reaches every queue).
+    #[arg(long, default_value_t = 1)]
+    pub queues: usize,
+    /// Topic routing: bind each queue with N keys perf.<i>.* and publish with perf.<seq mod N>.x.
+    #[arg(long, default_value_t = 0)]
+    pub bindings: usize,
+    /// Number of idle connections (hold mode). Producers and consumers always get one each.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Seconds to hold idle connections (hold mode).
+    #[arg(long, default_value_t = 10.0)]
+    pub hold: f64,
+    /// Queues and exchange exist already: declare, bind and delete nothing.
+    #[arg(short = 'p', long)]
+    pub predeclared: bool,
+    /// Do not delete the queues at the end (e.g. to measure broker memory with a backlog).
+    #[arg(long)]
+    pub keep_queues: bool,
+    /// Seconds without progress after which draining consumers give up (what has not arrived
+    /// by then counts as missing).
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// Print the final summary as one JSON object (and no per-second lines).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Options {
+    /// Parses options from an argument list (first item = program name).
+    pub fn from_args<I, T>(args: I) -> Result<Options, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Options::try_parse_from(args)
+    }
+
+    /// Whether messages are persistent (and queues durable).
+    pub fn persistent(&self) -> bool {
+        self.flags
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case("persistent"))
+    }
+
+    /// The body size actually sent.
+    pub fn body_size(&self) -> usize {
+        self.size.max(bench::STAMP_LEN)
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: u64,
+    /// 95th percentile.
+    pub p95_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Maximum.
+    pub max_us: u64,
+}
+
+/// The final summary of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Mode run.
+    pub mode: Mode,
+    /// Broker URI (password removed).
+    pub uri: String,
+    /// Server product and version from `connection.start`.
+    pub server: String,
+    /// Producers.
+    pub producers: usize,
+    /// Consumers.
+    pub consumers: usize,
+    /// Body size in bytes.
+    pub size: usize,
+    /// Measured publishing time in seconds.
+    pub duration_s: f64,
+    /// Messages published.
+    pub sent: u64,
+    /// Messages confirmed (acked) by the broker.
+    pub confirmed: u64,
+    /// Messages nacked by the broker.
+    pub nacked: u64,
+    /// Messages received during the run.
+    pub received: u64,
+    /// Messages received including the drain period.
+    pub received_total: u64,
+    /// Sent msg/s.
+    pub send_rate: f64,
+    /// Confirmed msg/s.
+    pub confirm_rate: f64,
+    /// Received msg/s (during the run).
+    pub receive_rate: f64,
+    /// Body MB/s sent (10^6 bytes).
+    pub send_mb_s: f64,
+    /// Body MB/s received.
+    pub receive_mb_s: f64,
+    /// Consumer latency (or round trip in rtt mode).
+    pub latency: Latency,
+    /// Messages received more than once.
+    pub duplicates: u64,
+    /// Messages received after a later one of the same producer on the same consumer.
+    pub out_of_order: u64,
+    /// Messages sent (and routed to a consumed queue) but never received.
+    pub missing: u64,
+    /// Messages whose body did not carry a valid stamp of this run.
+    pub foreign: u64,
+    /// Seconds spent draining after producers stopped.
+    pub drain_s: f64,
+    /// This process's CPU time (user+system) during the run, seconds.
+    pub client_cpu_s: f64,
+    /// Client CPU per message (sent + received), microseconds.
+    pub client_cpu_us_per_msg: f64,
+    /// Idle connections opened (hold mode).
+    pub connections: usize,
+}
+
+/// CPU seconds (utime + stime) of this process, from `/proc/self/stat` (USER_HZ = 100).
+pub fn self_cpu_seconds() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Runs what `opts` asks for, writing per-second lines (unless `--json`) to `out`.
+pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Summary> {
+    match opts.mode {
+        Mode::Run => bench::run(opts, out).await,
+        Mode::Rtt => rtt::run(opts, out).await,
+        Mode::Hold => hold::run(opts, out).await,
+    }
+}
+
+/// Writes the human-readable summary.
+pub fn write_summary(s: &Summary, out: &mut dyn Write) -> io::Result<()> {
+    let l = &s.latency;
+    writeln!(out, "--- summary ({}, {}) ---", s.uri, s.server)?;
+    match s.mode {
+        Mode::Hold => {
+            writeln!(out, "held {} connections", s.connections)?;
+            return Ok(());
+        }
+        Mode::Rtt => {
+            writeln!(
+                out,
+                "round trips: {} in {:.1} s ({:.0}/s), rtt p50 {} us, p95 {} us, p99 {} us, max {} us, mean {:.1} us",
+                l.count, s.duration_s, s.receive_rate, l.p50_us, l.p95_us, l.p99_us, l.max_us, l.mean_us
+            )?;
+        }
+        Mode::Run => {
+            writeln!(
+                out,
+                "producers {}, consumers {}, body {} B, {:.1} s",
+                s.producers, s.consumers, s.size, s.duration_s
+            )?;
+            writeln!(
+                out,
+                "sent {} ({:.0} msg/s, {:.2} MB/s), confirmed {} ({:.0} msg/s), nacked {}",
+                s.sent, s.send_rate, s.send_mb_s, s.confirmed, s.confirm_rate, s.nacked
+            )?;
+            writeln!(
+                out,
+                "received {} during run ({:.0} msg/s, {:.2} MB/s), {} in total after {:.1} s drain",
+                s.received, s.receive_rate, s.receive_mb_s, s.received_total, s.drain_s
+            )?;
+            writeln!(
+                out,
+                "consumer latency p50 {} us, p95 {} us, p99 {} us, max {} us, mean {:.1} us ({} samples)",
+                l.p50_us, l.p95_us, l.p99_us, l.max_us, l.mean_us, l.count
+            )?;
+            writeln!(
+                out,
+                "verification: duplicates {}, out-of-order {}, missing {}, foreign {}",
+                s.duplicates, s.out_of_order, s.missing, s.foreign
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "client cpu {:.2} s ({:.2} us/msg)",
+        s.client_cpu_s, s.client_cpu_us_per_msg
+    )
+}
