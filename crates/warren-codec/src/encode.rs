@@ -161,6 +161,55 @@ pub fn encode_delivery(
     encode_body(out, channel, body, frame_max);
 }
 
+/// Bodies at least this large are not copied into the output buffer by
+/// [`encode_delivery_zero_copy`]: their frames point into the message's own bytes.
+pub const ZERO_COPY_BODY: usize = 16 * 1024;
+
+/// Like [`encode_delivery`], but a large body is not copied: the frames are emitted as a
+/// sequence of chunks (`done`), alternating small headers taken from `out` and slices of
+/// `body`, for a vectored write. Small bodies are copied into `out` as usual.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_delivery_zero_copy(
+    out: &mut BytesMut,
+    done: &mut Vec<bytes::Bytes>,
+    channel: ChannelId,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+    raw_properties: &[u8],
+    body: &bytes::Bytes,
+    frame_max: u32,
+) {
+    encode_deliver(
+        out,
+        channel,
+        consumer_tag,
+        delivery_tag,
+        redelivered,
+        exchange,
+        routing_key,
+    );
+    encode_content_header(out, channel, 60, body.len() as u64, raw_properties);
+    if body.len() < ZERO_COPY_BODY {
+        encode_body(out, channel, body, frame_max);
+        return;
+    }
+    let chunk = (frame_max.max(crate::FRAME_MIN_SIZE) as usize) - crate::FRAME_OVERHEAD;
+    let mut at = 0;
+    while at < body.len() {
+        let end = (at + chunk).min(body.len());
+        out.put_u8(FRAME_BODY);
+        out.put_u16(channel);
+        out.put_u32((end - at) as u32);
+        done.push(out.split().freeze());
+        done.push(body.slice(at..end));
+        out.put_u8(FRAME_END);
+        at = end;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +274,50 @@ mod tests {
                 ..
             })) => assert_eq!(d.consumer_tag.as_str(), "é".repeat(127)),
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_copy_delivery_is_byte_identical() {
+        for size in [10usize, ZERO_COPY_BODY, 300_000] {
+            let body = bytes::Bytes::from((0..size).map(|i| i as u8).collect::<Vec<u8>>());
+            let mut copied = BytesMut::new();
+            encode_delivery(
+                &mut copied,
+                2,
+                "t",
+                9,
+                false,
+                "x",
+                "k",
+                &[0, 0],
+                &body,
+                131072,
+            );
+            let mut out = BytesMut::new();
+            let mut chunks = Vec::new();
+            encode_delivery_zero_copy(
+                &mut out,
+                &mut chunks,
+                2,
+                "t",
+                9,
+                false,
+                "x",
+                "k",
+                &[0, 0],
+                &body,
+                131072,
+            );
+            chunks.push(out.split().freeze());
+            let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            assert_eq!(joined, copied.to_vec(), "size {size}");
+            if size >= ZERO_COPY_BODY {
+                assert!(
+                    chunks.iter().any(|c| c.as_ptr() == body.as_ptr()),
+                    "body not copied"
+                );
+            }
         }
     }
 

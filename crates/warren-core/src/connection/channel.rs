@@ -704,8 +704,9 @@ impl Channel {
         let tag = self.next_tag;
         self.next_tag += 1;
         let m = &d.message;
-        encode::encode_delivery(
+        encode::encode_delivery_zero_copy(
             &mut ctx.out,
+            &mut ctx.chunks,
             self.id,
             &d.consumer_tag,
             tag,

@@ -82,6 +82,11 @@ impl Flow {
             });
     }
 
+    /// Nothing is waiting at (or being written by) the writer.
+    fn idle(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+    }
+
     fn queued(&self, n: usize) {
         self.pending.fetch_add(n, Ordering::AcqRel);
     }
@@ -165,6 +170,8 @@ pub(crate) struct Ctx {
     pub cap_auth_failure_close: bool,
     /// Frames waiting to be handed to the writer.
     pub out: BytesMut,
+    /// Output already cut into pieces (zero-copy bodies), to be written before `out`.
+    pub chunks: Vec<bytes::Bytes>,
     /// Our own event sender, given to consumers.
     pub events: ConnSender,
     /// Channels with confirms to flush at the end of this turn.
@@ -210,6 +217,8 @@ pub(crate) struct Connection {
     channels: HashMap<ChannelId, Channel>,
     events_rx: mpsc::UnboundedReceiver<ConnEvent>,
     writer: mpsc::UnboundedSender<WriterMsg>,
+    /// The socket's write half, shared with the writer task (see `writer.rs`).
+    sock: Arc<tokio::net::tcp::OwnedWriteHalf>,
     /// The broker's memory alarm.
     alarm: tokio::sync::watch::Receiver<bool>,
     /// `connection.blocked` was sent and not yet undone.
@@ -231,7 +240,8 @@ pub async fn serve(
     let (mut reader, write_half) = stream.into_split();
     let (wtx, wrx) = mpsc::unbounded_channel();
     let flow = Arc::new(Flow::default());
-    let writer_task = tokio::spawn(writer::run(write_half, wrx, flow.clone()));
+    let sock = Arc::new(write_half);
+    let writer_task = tokio::spawn(writer::run(sock.clone(), wrx, flow.clone()));
     let alarm = broker.alarm.subscribe();
     let (etx, erx) = mpsc::unbounded_channel();
     let conn_id = broker.next_conn_id();
@@ -251,6 +261,7 @@ pub async fn serve(
             cap_consumer_cancel_notify: false,
             cap_auth_failure_close: false,
             out: BytesMut::with_capacity(4096),
+            chunks: Vec::new(),
             events: etx,
             confirms_dirty: Vec::new(),
             sync_waiting_for: 0,
@@ -262,6 +273,7 @@ pub async fn serve(
         channels: HashMap::new(),
         events_rx: erx,
         writer: wtx,
+        sock,
         alarm,
         blocked_sent: false,
         started: now,
@@ -400,9 +412,20 @@ impl Connection {
             }
         }
         if !self.ctx.out.is_empty() {
-            let chunk = self.ctx.out.split().freeze();
-            self.ctx.flow.queued(chunk.len());
-            let _ = self.writer.send(WriterMsg::Data(chunk));
+            let tail = self.ctx.out.split().freeze();
+            self.ctx.chunks.push(tail);
+        }
+        if !self.ctx.chunks.is_empty() {
+            let mut chunks = std::mem::take(&mut self.ctx.chunks);
+            // Nothing queued at the writer: write now, from this task, and hand over only
+            // what the kernel does not take.
+            if self.ctx.flow.idle() {
+                let _ = writer::try_write_now(&self.sock, &mut chunks);
+            }
+            if !chunks.is_empty() {
+                self.ctx.flow.queued(chunks.iter().map(|c| c.len()).sum());
+                let _ = self.writer.send(WriterMsg::Chunks(chunks));
+            }
             self.last_sent = Instant::now();
         }
     }

@@ -1,76 +1,97 @@
-//! The writer task: owns the socket's write half and writes whatever the connection task hands
-//! it, batching chunks that queued up while a previous write was in progress.
+//! The writer task: writes whatever the connection task could not write at once, batching
+//! chunks that queued up while a previous write was in progress.
+//!
+//! The socket's write half is shared (`Arc<OwnedWriteHalf>`, whose `try_write*` take `&self`):
+//! when nothing is pending, the connection task writes its output directly (one syscall, no task
+//! wake-up on the latency path); only what the kernel does not take at once goes through here.
+//! Order is kept because the connection writes directly only while the writer has nothing.
 
 use bytes::Bytes;
 use std::io::IoSlice;
-use tokio::io::AsyncWriteExt;
+use std::sync::Arc;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
+
+use super::Flow;
 
 /// A message for the writer.
 #[derive(Debug)]
 pub(crate) enum WriterMsg {
-    /// Bytes to write.
-    Data(Bytes),
-    /// Flush what is queued, then shut the socket down.
+    /// Several pieces to write in order (headers and zero-copy message bodies).
+    Chunks(Vec<Bytes>),
+    /// Write what is queued, then stop (dropping the last handle shuts the socket down).
     Shutdown,
 }
 
-const MAX_BATCH: usize = 64;
-
 pub(crate) async fn run(
-    mut sock: OwnedWriteHalf,
+    sock: Arc<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<WriterMsg>,
-    flow: std::sync::Arc<super::Flow>,
+    flow: Arc<Flow>,
 ) {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Bytes> = Vec::with_capacity(64);
     let mut shutdown = false;
     while !shutdown {
         match rx.recv().await {
-            Some(WriterMsg::Data(b)) => batch.push(b),
+            Some(WriterMsg::Chunks(v)) => batch.extend(v),
             Some(WriterMsg::Shutdown) | None => shutdown = true,
         }
-        while !shutdown && batch.len() < MAX_BATCH {
+        while !shutdown && batch.len() < 64 {
             match rx.try_recv() {
-                Ok(WriterMsg::Data(b)) => batch.push(b),
+                Ok(WriterMsg::Chunks(v)) => batch.extend(v),
                 Ok(WriterMsg::Shutdown) => shutdown = true,
                 Err(_) => break,
             }
         }
         let n: usize = batch.iter().map(|b| b.len()).sum();
-        let r = write_all_vectored(&mut sock, &mut batch).await;
+        let r = write_all(&sock, &mut batch).await;
         flow.written(n);
         if r.is_err() {
             // The peer is gone; the connection task notices on its read side.
             break;
         }
     }
-    let _ = sock.shutdown().await;
 }
 
-async fn write_all_vectored(
-    sock: &mut OwnedWriteHalf,
+/// Writes as much of `batch` as the socket takes now, without waiting; returns the bytes
+/// written and drops the written chunks from the front of `batch`.
+pub(crate) fn try_write_now(
+    sock: &OwnedWriteHalf,
     batch: &mut Vec<Bytes>,
-) -> std::io::Result<()> {
-    let mut idx = 0;
-    while idx < batch.len() {
-        let slices: Vec<IoSlice<'_>> = batch[idx..].iter().map(|b| IoSlice::new(b)).collect();
-        let mut n = sock.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 && idx < batch.len() {
-            let len = batch[idx].len();
-            if n >= len {
-                n -= len;
-                idx += 1;
-            } else {
-                let rest = batch[idx].slice(n..);
-                batch[idx] = rest;
-                n = 0;
-            }
+) -> std::io::Result<usize> {
+    let slices: Vec<IoSlice<'_>> = batch.iter().take(64).map(|b| IoSlice::new(b)).collect();
+    let n = match sock.try_write_vectored(&slices) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    advance(batch, n);
+    Ok(n)
+}
+
+fn advance(batch: &mut Vec<Bytes>, mut n: usize) {
+    let mut done = 0;
+    while n > 0 && done < batch.len() {
+        let len = batch[done].len();
+        if n >= len {
+            n -= len;
+            done += 1;
+        } else {
+            let rest = batch[done].slice(n..);
+            batch[done] = rest;
+            n = 0;
         }
     }
-    batch.clear();
+    batch.drain(..done);
+}
+
+async fn write_all(sock: &OwnedWriteHalf, batch: &mut Vec<Bytes>) -> std::io::Result<()> {
+    batch.retain(|b| !b.is_empty());
+    while !batch.is_empty() {
+        sock.writable().await?;
+        if try_write_now(sock, batch)? == 0 && !batch.is_empty() {
+            // Spurious readiness: wait again.
+            continue;
+        }
+    }
     Ok(())
 }
