@@ -214,4 +214,10 @@ if failed or notes:
     for n in notes:
         w(f"- {n}")
     w("")
+# Hand-written sections (micro-benchmarks, profile, other measurements) live beside this
+# script and are appended unchanged, so that rerunning the benchmark keeps them.
+import os
+extra = os.path.join(os.path.dirname(os.path.abspath(__file__)), "performance-notes.md")
+if os.path.exists(extra):
+    w(open(extra).read())
 open(E["OUT_DOC"], "w").write("\n".join(out))

@@ -108,6 +108,8 @@ pub struct VHost {
     /// Name, e.g. `/`.
     pub name: Arc<str>,
     topo: RwLock<Topology>,
+    /// Bumped by every topology change, so that channels can cache routing results.
+    version: std::sync::atomic::AtomicU64,
     persistence: Option<Persistence>,
     timers: Timers,
     me: OnceLock<Weak<VHost>>,
@@ -133,6 +135,19 @@ impl VHost {
         vh
     }
 
+    /// The topology for writing; every change invalidates cached routes.
+    fn topo_mut(&self) -> parking_lot::RwLockWriteGuard<'_, Topology> {
+        let guard = self.topo.write();
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        guard
+    }
+
+    /// The current topology version (see [`VHost::route_message`]).
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Lets the vhost and its queues refer to the vhost (dead-lettering, `x-expires`).
     fn attach(self: &Arc<Self>) {
         let _ = self.me.set(Arc::downgrade(self));
@@ -152,6 +167,7 @@ impl VHost {
         Self {
             name: name.into(),
             topo: RwLock::new(topo),
+            version: std::sync::atomic::AtomicU64::new(0),
             persistence: None,
             timers,
             me: OnceLock::new(),
@@ -366,7 +382,7 @@ impl VHost {
                 "operation not permitted on the default exchange",
             ));
         }
-        let mut topo = self.topo.write();
+        let mut topo = self.topo_mut();
         if let Some(x) = topo.exchanges.get(&d.name) {
             if x.kind != kind {
                 return Err(self.inequivalent(
@@ -441,7 +457,7 @@ impl VHost {
                 self.name
             )));
         }
-        let mut topo = self.topo.write();
+        let mut topo = self.topo_mut();
         let Some(x) = topo.exchanges.get(name) else {
             return Ok(());
         };
@@ -489,7 +505,7 @@ impl VHost {
                 "operation not permitted on the default exchange",
             ));
         }
-        let mut topo = self.topo.write();
+        let mut topo = self.topo_mut();
         for n in [source, destination] {
             if !topo.exchanges.contains_key(n) {
                 if !bind {
@@ -554,7 +570,7 @@ impl VHost {
             d.name.clone()
         };
         let owner = d.exclusive.then_some(conn_id);
-        let mut topo = self.topo.write();
+        let mut topo = self.topo_mut();
         if let Some(q) = topo.queues.get(&name) {
             if q.options.exclusive_owner != owner {
                 return Err(AmqpError::queue_locked(&name, &self.name));
@@ -672,6 +688,34 @@ impl VHost {
         Ok(())
     }
 
+    /// Creates the hidden queue behind a channel's direct reply-to consumer: exclusive to
+    /// `conn_id`, auto-delete, named `amq.rabbitmq.reply-to.<random>` (the reserved prefix is
+    /// the broker's to use).
+    pub fn declare_reply_queue(&self, conn_id: u64) -> Arc<Queue> {
+        let name = format!(
+            "amq.rabbitmq.reply-to.{}",
+            server_named().trim_start_matches("amq.gen-")
+        );
+        let q = Queue::create(
+            name.as_str().into(),
+            self.name.clone(),
+            QueueOptions {
+                durable: false,
+                exclusive_owner: Some(conn_id),
+                auto_delete: true,
+                arguments: FieldTable::default(),
+            },
+            QueueArgs::default(),
+            None,
+            self.timers.clone(),
+        );
+        if let Some(me) = self.me.get() {
+            q.attach(me.clone());
+        }
+        self.topo_mut().queues.insert(name, q.clone());
+        q
+    }
+
     /// Looks up a queue.
     pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.topo.read().queues.get(name).cloned()
@@ -701,7 +745,7 @@ impl VHost {
                 "operation not permitted on the default exchange",
             ));
         }
-        let mut topo = self.topo.write();
+        let mut topo = self.topo_mut();
         match topo.queues.get(queue) {
             Some(q) => q.check_access(conn_id)?,
             None if bind => return Err(AmqpError::no_queue(queue, &self.name)),
@@ -731,7 +775,7 @@ impl VHost {
         if_unused: bool,
         if_empty: bool,
     ) -> AmqpResult<u32> {
-        let mut topo = self.topo.write();
+        let mut topo = self.topo_mut();
         let Some(q) = topo.queues.get(name).cloned() else {
             return Ok(0);
         };
@@ -758,13 +802,13 @@ impl VHost {
 
     /// Deletes `q` if it is still the queue of that name (auto-delete, exclusive cleanup).
     pub fn delete_queue_instance(&self, q: &Arc<Queue>) {
-        let mut topo = self.topo.write();
+        let mut topo = self.topo_mut();
         self.remove_queue(&mut topo, q);
     }
 
     /// Deletes every exclusive queue owned by `conn_id` (the connection closed).
     pub fn delete_exclusive_queues(&self, conn_id: u64) {
-        let mut topo = self.topo.write();
+        let mut topo = self.topo_mut();
         let owned: Vec<Arc<Queue>> = topo
             .queues
             .values()

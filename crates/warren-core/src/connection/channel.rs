@@ -30,6 +30,9 @@ enum Disposition {
     Reject,
 }
 
+/// The pseudo-queue of direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// A delivered, not yet settled message.
 #[derive(Debug)]
 struct Unacked {
@@ -83,6 +86,21 @@ pub(crate) struct Channel {
     confirm: Option<ConfirmState>,
     tx: Option<TxState>,
     last_queue: Option<String>,
+    /// The hidden queue behind this channel's direct reply-to consumer
+    /// (`amq.rabbitmq.reply-to`), once it consumes from it.
+    reply_queue: Option<String>,
+    /// The last route computed for a publish without headers: repeated publishes to the same
+    /// exchange and key skip the topology lock while the topology version is unchanged.
+    route_cache: Option<RouteCache>,
+}
+
+#[derive(Debug)]
+struct RouteCache {
+    version: u64,
+    exchange: String,
+    routing_key: String,
+    queues: Vec<Arc<Queue>>,
+    exchange_name: Arc<str>,
 }
 
 fn ok(ctx: &mut Ctx, ch: u16, m: AMQPClass) -> AmqpResult<()> {
@@ -128,6 +146,8 @@ impl Channel {
             confirm: None,
             tx: None,
             last_queue: None,
+            reply_queue: None,
+            route_cache: None,
         }
     }
 
@@ -341,6 +361,18 @@ impl Channel {
         let vh = Self::vhost(ctx)?;
         let id = self.id;
         match m {
+            queue::AMQPMethod::Declare(d) if d.passive && d.queue.as_str() == DIRECT_REPLY_TO => {
+                // The pseudo-queue always exists (RabbitMQ answers a passive declare of it).
+                if !d.nowait {
+                    let ok = queue::DeclareOk {
+                        queue: d.queue,
+                        message_count: 0,
+                        consumer_count: 0,
+                    };
+                    ctx.send_method(id, &AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)));
+                }
+                Ok(())
+            }
             queue::AMQPMethod::Declare(d) => {
                 let name = if d.passive {
                     self.queue_name(d.queue.as_str())?
@@ -582,8 +614,26 @@ impl Channel {
 
     fn consume(&mut self, ctx: &mut Ctx, c: basic::Consume) -> AmqpResult<()> {
         let vh = Self::vhost(ctx)?;
-        let qname = self.queue_name(c.queue.as_str())?;
-        let q = vh.usable_queue(ctx.conn_id, &qname)?;
+        let q = if c.queue.as_str() == DIRECT_REPLY_TO {
+            // Direct reply-to (RabbitMQ's docs/direct-reply-to.md): a hidden exclusive
+            // auto-delete queue per channel stands behind the pseudo-queue; publishes whose
+            // reply_to is `amq.rabbitmq.reply-to` get its name, and replies routed to it by the
+            // default exchange reach this consumer.
+            if !c.no_ack {
+                return Err(AmqpError::precondition_failed(
+                    "reply consumer cannot acknowledge",
+                ));
+            }
+            if self.reply_queue.is_some() {
+                return Err(AmqpError::precondition_failed("reply consumer already set"));
+            }
+            let q = vh.declare_reply_queue(ctx.conn_id);
+            self.reply_queue = Some(q.name.to_string());
+            q
+        } else {
+            let qname = self.queue_name(c.queue.as_str())?;
+            vh.usable_queue(ctx.conn_id, &qname)?
+        };
         let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
             random_tag("amq.ctag-").into()
         } else {
@@ -836,6 +886,24 @@ impl Channel {
                 max
             )));
         }
+        let mut header = header;
+        if header
+            .properties
+            .reply_to()
+            .as_ref()
+            .is_some_and(|r| r.as_str() == DIRECT_REPLY_TO)
+        {
+            let Some(reply_queue) = &self.reply_queue else {
+                return Err(AmqpError::precondition_failed(
+                    "fast reply consumer does not exist",
+                ));
+            };
+            let props = (*header.properties)
+                .clone()
+                .with_reply_to(reply_queue.as_str().into());
+            header.raw_properties = Bytes::from(warren_codec::encode_properties(&props));
+            header.properties = Box::new(props);
+        }
         let props: &AMQPProperties = &header.properties;
         if let Some(exp) = props.expiration() {
             check_expiration(exp.as_str())?;
@@ -849,11 +917,8 @@ impl Channel {
             }
         }
         let vh = Self::vhost(ctx)?;
-        let (queues, exchange) = vh.route_message(
-            p.exchange.as_str(),
-            p.routing_key.as_str(),
-            props.headers().as_ref(),
-        )?;
+        let (queues, exchange) =
+            self.route(&vh, p.exchange.as_str(), p.routing_key.as_str(), props)?;
         let message = Arc::new(Message::new(
             exchange,
             p.routing_key.as_str(),
@@ -871,6 +936,35 @@ impl Channel {
         }
         self.enqueue(ctx, queues, message, p.mandatory);
         Ok(())
+    }
+
+    /// Routes a publish, through the channel's one-entry cache when the message has no headers
+    /// (then the route depends only on exchange, key and topology version).
+    fn route(
+        &mut self,
+        vh: &VHost,
+        exchange: &str,
+        routing_key: &str,
+        props: &AMQPProperties,
+    ) -> AmqpResult<(Vec<Arc<Queue>>, Arc<str>)> {
+        if props.headers().is_some() {
+            return vh.route_message(exchange, routing_key, props.headers().as_ref());
+        }
+        let version = vh.version();
+        if let Some(c) = &self.route_cache {
+            if c.version == version && c.exchange == exchange && c.routing_key == routing_key {
+                return Ok((c.queues.clone(), c.exchange_name.clone()));
+            }
+        }
+        let (queues, exchange_name) = vh.route_message(exchange, routing_key, None)?;
+        self.route_cache = Some(RouteCache {
+            version,
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+            queues: queues.clone(),
+            exchange_name: exchange_name.clone(),
+        });
+        Ok((queues, exchange_name))
     }
 
     /// Puts a routed message into its queues, returns it if mandatory and unroutable, and

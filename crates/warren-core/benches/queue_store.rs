@@ -1,0 +1,97 @@
+//! Queue and store micro-benchmarks: enqueue/dequeue/ack through a queue (the `basic.get` path,
+//! no network), and segment-store appends with group commit (fsync per round).
+//!
+//! `cargo bench -p warren-core --bench queue_store -- --warm-up-time 1 --measurement-time 3`
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use std::hint::black_box;
+use std::sync::Arc;
+use warren_codec::proto::{AMQPProperties, FieldTable};
+use warren_core::message::Message;
+use warren_core::queue::{Queue, QueueArgs, QueueOptions, Settle};
+use warren_core::store::segment::SegmentStore;
+use warren_core::store::sync::Syncer;
+use warren_core::store::MessageStore;
+use warren_core::timer::Timers;
+
+fn message(body: usize) -> Arc<Message> {
+    Arc::new(Message::new(
+        "".into(),
+        "q",
+        &AMQPProperties::default(),
+        Bytes::from_static(&[0, 0]),
+        Bytes::from(vec![7u8; body]),
+    ))
+}
+
+fn queue() -> Arc<Queue> {
+    Queue::create(
+        "q".into(),
+        "/".into(),
+        QueueOptions {
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        },
+        QueueArgs::default(),
+        None,
+        Timers::new(),
+    )
+}
+
+fn bench_queue(c: &mut Criterion) {
+    let mut g = c.benchmark_group("queue");
+    g.throughput(Throughput::Elements(1000));
+    let m = message(16);
+    g.bench_function("publish_get_ack_1000x16B", |b| {
+        let q = queue();
+        b.iter(|| {
+            for _ in 0..1000 {
+                let _ = q.publish(m.clone());
+            }
+            let mut got = Vec::with_capacity(1000);
+            while let Some((msg, _)) = q.get(false) {
+                got.push(msg);
+            }
+            q.settle(black_box(got), Settle::Ack);
+        })
+    });
+    g.finish();
+}
+
+fn bench_store(c: &mut Criterion) {
+    let mut g = c.benchmark_group("segment_store");
+    g.sample_size(10);
+    for (name, size) in [
+        ("append_1000x16B_group_commit", 16usize),
+        ("append_1000x1KiB_group_commit", 1024),
+    ] {
+        g.throughput(Throughput::Elements(1000));
+        let m = message(size);
+        g.bench_function(name, |b| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let syncer = Syncer::start();
+            let store =
+                SegmentStore::open(dir.path(), syncer.clone(), 16 * 1024 * 1024, 0).expect("store");
+            let mut id = 0u64;
+            b.iter_batched(
+                || (),
+                |_| {
+                    for _ in 0..1000 {
+                        store.append(id, &m);
+                        id += 1;
+                    }
+                    // Waits for the round(s) covering these appends: durable on return.
+                    syncer.barrier();
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_queue, bench_store);
+criterion_main!(benches);
