@@ -262,6 +262,9 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
             );
         }
     }
+    if let Some(m) = decode_hot_method(class_id, method_id, &payload[4..]) {
+        return Ok(m);
+    }
     match amq_protocol::protocol::parse_class(payload) {
         Ok((_, class)) => Ok(class),
         // rabbit_misc:frame_error/2 names the method it could not decode.
@@ -269,6 +272,44 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, FrameError> {
             Err(FrameError::CannotDecode(erl_binary(&payload[4..]))
                 .on_method((class_id, method_id)))
         }
+    }
+}
+
+/// A short string at the front of `p`, and the rest.
+fn short_str(p: &[u8]) -> Option<(&str, &[u8])> {
+    let n = usize::from(*p.first()?);
+    let s = p.get(1..1 + n)?;
+    Some((std::str::from_utf8(s).ok()?, &p[1 + n..]))
+}
+
+/// Hand-written decoding of the methods on the message hot path (`basic.publish`,
+/// `basic.ack`), skipping amq-protocol's generic parser. Anything unusual returns `None` and
+/// takes the generic path, which also produces the error for malformed input.
+fn decode_hot_method(class_id: u16, method_id: u16, args: &[u8]) -> Option<AMQPClass> {
+    use crate::proto::{basic, ShortString};
+    match (class_id, method_id) {
+        (60, 40) => {
+            let (exchange, rest) = short_str(args.get(2..)?)?;
+            let (routing_key, rest) = short_str(rest)?;
+            let bits = *rest.first()?;
+            Some(AMQPClass::Basic(basic::AMQPMethod::Publish(
+                basic::Publish {
+                    exchange: ShortString::from(exchange.to_owned()),
+                    routing_key: ShortString::from(routing_key.to_owned()),
+                    mandatory: bits & 1 != 0,
+                    immediate: bits & 2 != 0,
+                },
+            )))
+        }
+        (60, 80) => {
+            let tag = u64::from_be_bytes(args.get(..8)?.try_into().ok()?);
+            let bits = *args.get(8)?;
+            Some(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: tag,
+                multiple: bits & 1 != 0,
+            })))
+        }
+        _ => None,
     }
 }
 
@@ -288,9 +329,14 @@ fn decode_header(payload: Bytes) -> Result<ContentHeader, FrameError> {
         payload[11],
     ]);
     let raw = payload.slice(12..);
-    let properties = match amq_protocol::protocol::basic::parse_properties(&raw[..]) {
-        Ok((_, p)) => p,
-        Err(_) => return Err(FrameError::CannotDecode(erl_binary(&raw))),
+    // No properties at all (flag word 0) is common and needs no parser.
+    let properties = if raw[..] == [0, 0] {
+        Default::default()
+    } else {
+        match amq_protocol::protocol::basic::parse_properties(&raw[..]) {
+            Ok((_, p)) => p,
+            Err(_) => return Err(FrameError::CannotDecode(erl_binary(&raw))),
+        }
     };
     Ok(ContentHeader {
         class_id,
@@ -461,5 +507,51 @@ mod tests {
         let mut b = BytesMut::from(&b"garbage!garbage!"[..]);
         let err = decode_frame(&mut b, 131072).unwrap_err();
         assert_eq!(err.reply_code(), ReplyCode::FrameError);
+    }
+}
+
+#[cfg(test)]
+mod hot_path_tests {
+    use super::*;
+    use crate::proto::basic;
+
+    fn generic(payload: &[u8]) -> AMQPClass {
+        amq_protocol::protocol::parse_class(payload)
+            .expect("parses")
+            .1
+    }
+
+    #[test]
+    fn hot_methods_decode_like_amq_protocol() {
+        for (x, k, bits) in [
+            ("", "q", 0u8),
+            ("amq.topic", "a.b.c", 1),
+            ("é-x", "ключ", 3),
+            ("x", "", 2),
+        ] {
+            let m = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: x.into(),
+                routing_key: k.into(),
+                mandatory: bits & 1 != 0,
+                immediate: bits & 2 != 0,
+            }));
+            let mut out = bytes::BytesMut::new();
+            crate::encode::encode_method(&mut out, 1, &m);
+            let payload = &out[7..out.len() - 1];
+            assert_eq!(decode_method(payload).expect("decodes"), generic(payload));
+            assert_eq!(decode_method(payload).expect("decodes"), m);
+        }
+        for (tag, multiple) in [(0u64, false), (1, true), (u64::MAX, false)] {
+            let m = AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: tag,
+                multiple,
+            }));
+            let mut out = bytes::BytesMut::new();
+            crate::encode::encode_method(&mut out, 1, &m);
+            let payload = &out[7..out.len() - 1];
+            assert_eq!(decode_method(payload).expect("decodes"), m);
+        }
+        // Truncated publish arguments still get the generic path's error.
+        assert!(decode_method(&[0, 60, 0, 40, 0, 0, 5, b'a']).is_err());
     }
 }
