@@ -313,8 +313,9 @@ impl Connection {
             self.signal_blocked(alarm_blocks);
             let can_read = out_ok && !alarm_blocks;
             let flow = self.ctx.flow.clone();
+            // Unbiased: a stream of deliveries must not starve reading the socket (acks,
+            // heartbeats), nor a flood of input starve deliveries and confirms.
             tokio::select! {
-                biased;
                 _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
                     if self.state == State::Running || self.state == State::Opening {
