@@ -306,6 +306,7 @@ impl Connection {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutting_down = false;
         let mut alarm_open = true;
+        let mut event_turns = 0u32;
         loop {
             let out_ok = self.ctx.flow.writable();
             let alarm_blocks =
@@ -313,9 +314,23 @@ impl Connection {
             self.signal_blocked(alarm_blocks);
             let can_read = out_ok && !alarm_blocks;
             let flow = self.ctx.flow.clone();
-            // Unbiased: a stream of deliveries must not starve reading the socket (acks,
-            // heartbeats), nor a flood of input starve deliveries and confirms.
+            // Biased, cheapest first (a ready branch stops the polling of the rest). So that a
+            // steady stream of deliveries cannot starve reading the socket (acks, heartbeats),
+            // the socket is also read without waiting every few turns spent on events.
+            if event_turns >= 8 && can_read {
+                event_turns = 0;
+                match reader.try_read_buf(&mut inbuf) {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        self.last_recv = Instant::now();
+                        self.handle_input(&mut inbuf);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
                     if self.state == State::Running || self.state == State::Opening {
@@ -328,6 +343,7 @@ impl Connection {
                     }
                 }
                 ev = self.events_rx.recv() => {
+                    event_turns += 1;
                     if let Some(ev) = ev {
                         self.handle_event(ev);
                         for _ in 0..1024 {
@@ -350,6 +366,7 @@ impl Connection {
                     }
                 }
                 r = reader.read_buf(&mut inbuf), if can_read => {
+                    event_turns = 0;
                     match r {
                         Ok(0) | Err(_) => {
                             if self.state != State::Closing && self.state != State::Done {
