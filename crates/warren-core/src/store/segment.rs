@@ -53,7 +53,19 @@ struct Inner {
     /// For the recovered backlog beyond the in-memory limit: its acked and delivered ids.
     tail_acked: HashSet<u64>,
     tail_delivered: HashSet<u64>,
+    /// segment -> message records in its file (live or not), for compaction decisions.
+    records: HashMap<u32, u64>,
+    /// Segments to rewrite without their acked messages at the next flush.
+    to_compact: Vec<u32>,
+    /// Segments from this one on may hold a paged backlog being read by offset: never
+    /// compacted (offsets must not move under a reader).
+    tail_floor: Option<u32>,
 }
+
+/// A segment is compacted when at most a quarter of its messages are still live.
+const COMPACT_LIVE_RATIO: u64 = 4;
+/// ... and it has at least this many message records (small files are not worth it).
+const COMPACT_MIN_RECORDS: u64 = 64;
 
 /// Segment-file message store of one queue.
 pub struct SegmentStore {
@@ -114,8 +126,14 @@ impl SegmentStore {
         fs::create_dir_all(dir)?;
         let mut segs: Vec<u32> = Vec::new();
         for e in fs::read_dir(dir)? {
-            let name = e?.file_name();
+            let e = e?;
+            let name = e.file_name();
             let name = name.to_string_lossy();
+            if name.ends_with(".compact") {
+                // A compaction that did not finish: the originals are still complete.
+                let _ = fs::remove_file(e.path());
+                continue;
+            }
             if let Some(n) = name
                 .strip_prefix("msgs.")
                 .and_then(|n| n.parse::<u32>().ok())
@@ -148,6 +166,7 @@ impl SegmentStore {
             let mut live = 0u64;
             let mut first: Option<u64> = None;
             let mut last = 0u64;
+            let in_file = msgs.len() as u64;
             for (k, p, offset) in msgs {
                 if k == kind::TRANSIENT {
                     // Paged transient messages do not survive a restart.
@@ -203,6 +222,7 @@ impl SegmentStore {
                 }
                 (n, Some(f)) => {
                     inner.live.insert(seg, n);
+                    inner.records.insert(seg, in_file);
                     inner.first_ids.insert(f, seg);
                     inner.last_ids.insert(seg, last);
                 }
@@ -217,6 +237,7 @@ impl SegmentStore {
         inner.live_from = max_id.map_or(0, |m| m + 1);
         if let Some(t) = &mut tail {
             t.0.live_from = inner.live_from;
+            inner.tail_floor = Some(t.0.segment);
         }
         Ok(Arc::new_cyclic(|me| Self {
             dir: dir.to_path_buf(),
@@ -252,6 +273,83 @@ impl SegmentStore {
         }
     }
 
+    /// Long-lived backlogs among fast-moving traffic leave segments that are mostly acked but
+    /// can never be deleted while one message lives: rewrite those without the acked records.
+    fn worth_compacting(inner: &Inner, seg: u32, live: u64) -> bool {
+        let records = inner.records.get(&seg).copied().unwrap_or(0);
+        records >= COMPACT_MIN_RECORDS
+            && live * COMPACT_LIVE_RATIO <= records
+            && inner.tail_floor.is_none_or(|f| seg < f)
+            && !inner.to_compact.contains(&seg)
+    }
+
+    /// Rewrites segment `seg` with only its live messages (and the delivered marks of those):
+    /// new files are written and fsynced beside the old ones, then renamed over them. A crash
+    /// before the renames leaves `*.compact` files that the next open removes; a crash between
+    /// them leaves the compacted messages with the old acks file, which only names more ids.
+    fn compact(&self, files: &mut HashMap<(u32, FileKind), File>, seg: u32) -> std::io::Result<()> {
+        let msgs_path = self.dir.join(file_name(seg, FileKind::Msgs));
+        let acks_path = self.dir.join(file_name(seg, FileKind::Acks));
+        let mut ignored = 0;
+        let msgs = scan_file(&msgs_path, &mut ignored)?;
+        let acks = scan_file(&acks_path, &mut ignored)?;
+        let mut acked = HashSet::new();
+        let mut delivered = HashSet::new();
+        for (k, p, _) in acks {
+            match (k, decode_id(p)) {
+                (kind::ACK, Some(id)) => {
+                    acked.insert(id);
+                }
+                (kind::DELIVERED, Some(id)) => {
+                    delivered.insert(id);
+                }
+                _ => {}
+            }
+        }
+        let live_from = self.inner.lock().live_from;
+        let (mut new_msgs, mut new_acks, mut kept) = (Vec::new(), Vec::new(), 0u64);
+        let before = msgs.len();
+        for (k, payload, _) in msgs {
+            let Some(id) = payload
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let dead = acked.contains(&id) || (k == kind::TRANSIENT && id < live_from);
+            if dead || (k != kind::MESSAGE && k != kind::TRANSIENT) {
+                continue;
+            }
+            record::put_record(&mut new_msgs, k, &[&payload]);
+            if delivered.contains(&id) {
+                record::put_record(&mut new_acks, kind::DELIVERED, &[&id.to_be_bytes()]);
+            }
+            kept += 1;
+        }
+        let tmp = |p: &Path| {
+            p.with_extension(format!(
+                "{}.compact",
+                p.extension()
+                    .map_or(String::new(), |e| e.to_string_lossy().into_owned())
+            ))
+        };
+        let (msgs_tmp, acks_tmp) = (tmp(&msgs_path), tmp(&acks_path));
+        for (path, bytes) in [(&msgs_tmp, &new_msgs), (&acks_tmp, &new_acks)] {
+            let mut f = File::create(path)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        files.remove(&(seg, FileKind::Msgs));
+        files.remove(&(seg, FileKind::Acks));
+        fs::rename(&msgs_tmp, &msgs_path)?;
+        fs::rename(&acks_tmp, &acks_path)?;
+        File::open(&self.dir)?.sync_all()?;
+        self.inner.lock().records.insert(seg, kept);
+        info!(dir = %self.dir.display(), segment = seg, before, kept, "compacted a segment");
+        Ok(())
+    }
+
     fn segment_of(inner: &Inner, id: u64) -> Option<u32> {
         let seg = inner.first_ids.range(..=id).next_back().map(|(_, s)| *s)?;
         (inner.last_ids.get(&seg).copied().unwrap_or(0) >= id).then_some(seg)
@@ -261,6 +359,8 @@ impl SegmentStore {
         inner.live.remove(&seg);
         inner.first_ids.retain(|_, s| *s != seg);
         inner.last_ids.remove(&seg);
+        inner.records.remove(&seg);
+        inner.to_compact.retain(|s| *s != seg);
         inner.pending.retain(|(s, _, _)| *s != seg);
         inner.to_delete.push(seg);
     }
@@ -279,8 +379,11 @@ impl SegmentStore {
         if k == kind::ACK {
             let live = inner.live.entry(seg).or_insert(1);
             *live = live.saturating_sub(1);
-            if *live == 0 && seg != inner.head {
+            let live = *live;
+            if live == 0 && seg != inner.head {
                 Self::retire(&mut inner, seg);
+            } else if seg != inner.head && Self::worth_compacting(&inner, seg, live) {
+                inner.to_compact.push(seg);
             }
         }
         self.register(&mut inner);
@@ -312,6 +415,7 @@ impl SegmentStore {
         });
         inner.head_size += written as u64;
         inner.last_ids.insert(head, id);
+        *inner.records.entry(head).or_insert(0) += 1;
         *inner.live.entry(head).or_insert(0) += 1;
         self.register(&mut inner)
     }
@@ -349,12 +453,13 @@ impl MessageStore for SegmentStore {
     }
 
     fn append_position(&self) -> TailCursor {
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
         let (segment, offset) = if inner.head_size >= self.segment_size {
             (inner.head + 1, 0)
         } else {
             (inner.head, inner.head_size)
         };
+        inner.tail_floor = Some(inner.tail_floor.map_or(segment, |f| f.min(segment)));
         TailCursor {
             segment,
             offset,
@@ -453,11 +558,12 @@ impl Flush for SegmentStore {
         // The files lock is taken first and held throughout, so that two flushers (the sync
         // thread and a queue reading its paged backlog) write batches in order.
         let mut files = self.files.lock();
-        let (pending, to_delete, destroyed) = {
+        let (pending, to_delete, to_compact, destroyed) = {
             let mut inner = self.inner.lock();
             (
                 std::mem::take(&mut inner.pending),
                 std::mem::take(&mut inner.to_delete),
+                std::mem::take(&mut inner.to_compact),
                 inner.destroyed,
             )
         };
@@ -492,6 +598,13 @@ impl Flush for SegmentStore {
         }
         if created {
             File::open(&self.dir)?.sync_all()?;
+        }
+        for seg in to_compact {
+            // Everything pending for it was written above; skip it if it was retired meanwhile.
+            let still_live = self.inner.lock().live.get(&seg).is_some_and(|n| *n > 0);
+            if still_live && !to_delete.contains(&seg) {
+                self.compact(&mut files, seg)?;
+            }
         }
         for seg in to_delete {
             for k in [FileKind::Msgs, FileKind::Acks] {
