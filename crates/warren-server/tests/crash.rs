@@ -76,16 +76,24 @@ fn parse(data: &[u8]) -> Option<u64> {
 
 /// Publishes persistent messages starting at `first` until the connection dies; records each
 /// sequence number whose confirm (basic.ack) arrived.
-async fn publish_until_killed(port: u16, first: u64, confirmed: Arc<Mutex<BTreeSet<u64>>>) {
+/// With `tx`, batches of 20 are committed in a transaction instead, and a `commit-ok` counts
+/// as the confirmation of its 20 messages.
+async fn publish_until_killed(
+    port: u16,
+    first: u64,
+    confirmed: Arc<Mutex<BTreeSet<u64>>>,
+    tx: bool,
+) {
     let conn = connect(port).await;
     let Ok(ch) = conn.create_channel().await else {
         return;
     };
-    if ch
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .is_err()
-    {
+    let mode = if tx {
+        ch.tx_select().await
+    } else {
+        ch.confirm_select(ConfirmSelectOptions::default()).await
+    };
+    if mode.is_err() {
         return;
     }
     let mut seq = first;
@@ -107,6 +115,14 @@ async fn publish_until_killed(port: u16, first: u64, confirmed: Arc<Mutex<BTreeS
                 Err(_) => return,
             }
             seq += 1;
+        }
+        if tx {
+            if ch.tx_commit().await.is_err() {
+                return;
+            }
+            let mut done = confirmed.lock().expect("lock");
+            done.extend(batch.iter().map(|(s, _)| *s));
+            continue;
         }
         for (s, c) in batch {
             match c.await {
@@ -158,7 +174,13 @@ async fn confirmed_messages_survive_kill_9() {
             }
             let _ = c.close(200, "ok".into()).await;
         }
-        let publisher = tokio::spawn(publish_until_killed(port, next_seq, confirmed.clone()));
+        // Odd rounds publish in transactions: commit-ok is as binding as a confirm.
+        let publisher = tokio::spawn(publish_until_killed(
+            port,
+            next_seq,
+            confirmed.clone(),
+            round % 2 == 1,
+        ));
         next_seq += 1_000_000;
         let delay = rand::thread_rng().gen_range(30..250);
         tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -92,6 +92,8 @@ pub(crate) struct Channel {
     /// The last route computed for a publish without headers: repeated publishes to the same
     /// exchange and key skip the topology lock while the topology version is unchanged.
     route_cache: Option<RouteCache>,
+    /// A `tx.commit` whose `commit-ok` waits for this sync epoch.
+    commit_waiting: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -148,6 +150,7 @@ impl Channel {
             last_queue: None,
             reply_queue: None,
             route_cache: None,
+            commit_waiting: None,
         }
     }
 
@@ -572,8 +575,9 @@ impl Channel {
                         "channel is not transactional",
                     ));
                 };
+                let mut epoch = 0;
                 for p in state.publishes {
-                    self.enqueue(ctx, p.queues, p.message, p.mandatory);
+                    epoch = epoch.max(self.enqueue(ctx, p.queues, p.message, p.mandatory));
                 }
                 let (mut acks, mut rejects, mut requeues) = (Vec::new(), Vec::new(), Vec::new());
                 for (_, u, how) in state.settles {
@@ -587,6 +591,13 @@ impl Channel {
                 self.dispose(rejects, Disposition::Reject);
                 self.dispose(requeues, Disposition::Requeue);
                 self.kick_consumer_queues();
+                if epoch > ctx.durable_epoch() {
+                    // Like a confirm, commit-ok promises that the persistent messages of the
+                    // transaction are on disk: it goes out when their sync round is done.
+                    self.commit_waiting = Some(epoch);
+                    ctx.wait_for_sync(epoch);
+                    return Ok(());
+                }
                 ok(
                     ctx,
                     id,
@@ -975,7 +986,7 @@ impl Channel {
         queues: Vec<Arc<Queue>>,
         message: Arc<Message>,
         mandatory: bool,
-    ) {
+    ) -> u64 {
         let mut routed = false;
         let mut rejected = false;
         let mut epoch = 0;
@@ -1015,23 +1026,35 @@ impl Channel {
                     ctx.confirms_dirty.push(self.id);
                 }
                 c.pending.push((seq, false));
-                return;
+                return epoch;
             }
             if epoch > ctx.durable_epoch() {
                 // On disk only after that sync round: confirm then (persistent + durable).
                 c.waiting.push_back((seq, epoch));
                 ctx.wait_for_sync(epoch);
-                return;
+                return epoch;
             }
             if c.pending.is_empty() {
                 ctx.confirms_dirty.push(self.id);
             }
             c.pending.push((seq, true));
         }
+        epoch
     }
 
     /// A sync round finished: confirms whose messages are now on disk become sendable.
     pub fn on_synced(&mut self, ctx: &mut Ctx, durable: u64) {
+        if let Some(epoch) = self.commit_waiting {
+            if epoch <= durable {
+                self.commit_waiting = None;
+                ctx.send_method(
+                    self.id,
+                    &AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                );
+            } else {
+                ctx.wait_for_sync(epoch);
+            }
+        }
         let Some(c) = &mut self.confirm else { return };
         let before = c.pending.len();
         while let Some(&(seq, epoch)) = c.waiting.front() {
