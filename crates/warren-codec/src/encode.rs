@@ -148,6 +148,25 @@ pub fn encode_delivery(
     body: &[u8],
     frame_max: u32,
 ) {
+    let d = (
+        consumer_tag,
+        delivery_tag,
+        redelivered,
+        exchange,
+        routing_key,
+    );
+    encode_delivery_head(out, channel, d, raw_properties, body.len());
+    encode_body(out, channel, body, frame_max);
+}
+
+/// `basic.deliver` and the content header of a delivery (the part both delivery encoders share).
+fn encode_delivery_head(
+    out: &mut BytesMut,
+    channel: ChannelId,
+    (consumer_tag, delivery_tag, redelivered, exchange, routing_key): (&str, u64, bool, &str, &str),
+    raw_properties: &[u8],
+    body_len: usize,
+) {
     encode_deliver(
         out,
         channel,
@@ -157,8 +176,7 @@ pub fn encode_delivery(
         exchange,
         routing_key,
     );
-    encode_content_header(out, channel, 60, body.len() as u64, raw_properties);
-    encode_body(out, channel, body, frame_max);
+    encode_content_header(out, channel, 60, body_len as u64, raw_properties);
 }
 
 /// Bodies at least this large are not copied into the output buffer by
@@ -182,16 +200,14 @@ pub fn encode_delivery_zero_copy(
     body: &bytes::Bytes,
     frame_max: u32,
 ) {
-    encode_deliver(
-        out,
-        channel,
+    let d = (
         consumer_tag,
         delivery_tag,
         redelivered,
         exchange,
         routing_key,
     );
-    encode_content_header(out, channel, 60, body.len() as u64, raw_properties);
+    encode_delivery_head(out, channel, d, raw_properties, body.len());
     if body.len() < ZERO_COPY_BODY {
         encode_body(out, channel, body, frame_max);
         return;
