@@ -3,54 +3,147 @@
 //! consumes the request and publishes the body back to the default exchange with the
 //! `reply_to` as routing key; the requester measures until the reply arrives.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::sync::watch;
 
 use crate::bench::{read_stamp, stamp, STAMP_LEN};
-use crate::conn::{check_close, peek_fast, put_body, put_header, put_publish, AmqpUri, Conn, Fast};
+use crate::conn::{
+    check_close, peek_fast, proto_err, put_body, put_header, put_publish, AmqpUri, Conn, Fast,
+};
 use crate::stats::{latency_of, new_histogram};
 use crate::{self_cpu_seconds, Mode, Options, Summary};
 
-/// Reads frames until one whole message has arrived; its raw properties and body are copied
-/// into the given (reused) buffers.
-pub async fn read_message(
-    conn: &mut Conn,
-    props: &mut Vec<u8>,
-    body: &mut Vec<u8>,
-) -> io::Result<()> {
-    let mut left: Option<u64> = None;
-    loop {
-        while let Some((f, n)) = peek_fast(&mut conn.rbuf, conn.frame_max)? {
-            let mut done = false;
-            match f {
-                Fast::Deliver(_) => {
-                    props.clear();
-                    body.clear();
-                    left = None;
-                }
-                Fast::Header(size) => {
-                    props.extend_from_slice(&conn.rbuf[19..n - 1]);
-                    left = Some(size);
-                    done = size == 0;
-                }
-                Fast::Body(len) => {
-                    body.extend_from_slice(&conn.rbuf[7..7 + len]);
-                    let l = left.unwrap_or(0).saturating_sub(len as u64);
-                    left = Some(l);
-                    done = l == 0;
-                }
-                Fast::Other(m) => check_close(&m)?,
-                _ => {}
+/// A connection switched to blocking socket I/O for the timed loop: a thread blocked in
+/// `read` is woken by the kernel directly when a frame arrives, without an event loop in
+/// between, so the tool adds as little as it can to the round trip it measures.
+struct Blocking {
+    stream: std::net::TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    frame_max: u32,
+    server: String,
+}
+
+impl Blocking {
+    fn from_conn(conn: Conn) -> io::Result<Blocking> {
+        let Conn {
+            stream,
+            rbuf,
+            wbuf,
+            frame_max,
+            server,
+        } = conn;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(Blocking {
+            stream,
+            rbuf,
+            wbuf,
+            frame_max,
+            server,
+        })
+    }
+
+    /// Back to an async connection (for the orderly close).
+    fn into_conn(self) -> io::Result<Conn> {
+        self.stream.set_nonblocking(true)?;
+        self.stream.set_read_timeout(None)?;
+        Ok(Conn {
+            stream: tokio::net::TcpStream::from_std(self.stream)?,
+            rbuf: self.rbuf,
+            wbuf: self.wbuf,
+            frame_max: self.frame_max,
+            server: self.server,
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf)?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes; `Ok(false)` when a read timeout passed with nothing read.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.rbuf.capacity() - self.rbuf.len() < 16 * 1024 {
+            self.rbuf.reserve(64 * 1024);
+        }
+        let len = self.rbuf.len();
+        let cap = self.rbuf.capacity();
+        self.rbuf.resize(cap, 0);
+        let r = self.stream.read(&mut self.rbuf[len..]);
+        match r {
+            Ok(0) => {
+                self.rbuf.truncate(len);
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed by the broker",
+                ))
             }
-            conn.rbuf.advance(n);
-            if done {
-                return Ok(());
+            Ok(n) => {
+                self.rbuf.truncate(len + n);
+                Ok(true)
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                self.rbuf.truncate(len);
+                Ok(false)
+            }
+            Err(e) => {
+                self.rbuf.truncate(len);
+                Err(e)
             }
         }
-        conn.fill().await?;
+    }
+
+    /// Reads frames until one whole message has arrived; its raw properties and body are
+    /// copied into the given (reused) buffers. `Ok(false)` when `stop` was set while waiting.
+    fn read_message(
+        &mut self,
+        props: &mut Vec<u8>,
+        body: &mut Vec<u8>,
+        stop: &AtomicBool,
+    ) -> io::Result<bool> {
+        let mut left: Option<u64> = None;
+        loop {
+            while let Some((f, n)) = peek_fast(&mut self.rbuf, self.frame_max)? {
+                let mut done = false;
+                match f {
+                    Fast::Deliver(_) => {
+                        props.clear();
+                        body.clear();
+                        left = None;
+                    }
+                    Fast::Header(size) => {
+                        props.extend_from_slice(&self.rbuf[19..n - 1]);
+                        left = Some(size);
+                        done = size == 0;
+                    }
+                    Fast::Body(len) => {
+                        body.extend_from_slice(&self.rbuf[7..7 + len]);
+                        let l = left.unwrap_or(0).saturating_sub(len as u64);
+                        left = Some(l);
+                        done = l == 0;
+                    }
+                    Fast::Other(m) => check_close(&m)?,
+                    _ => {}
+                }
+                self.rbuf.advance(n);
+                if done {
+                    return Ok(true);
+                }
+            }
+            while !self.fill()? {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+            }
+        }
     }
 }
 
@@ -62,14 +155,13 @@ fn reply_to_props(queue: &str) -> Vec<u8> {
     p.to_vec()
 }
 
-async fn responder(mut conn: Conn, mut stop: watch::Receiver<bool>) -> io::Result<()> {
+/// Answers every request with its body, published to its `reply_to`, until `stop` is set.
+fn responder(conn: &mut Blocking, stop: &AtomicBool) -> io::Result<()> {
+    conn.stream
+        .set_read_timeout(Some(Duration::from_millis(50)))?;
     let mut props = Vec::new();
     let mut body = Vec::new();
-    loop {
-        tokio::select! {
-            r = read_message(&mut conn, &mut props, &mut body) => r?,
-            _ = stop.changed() => break,
-        }
+    while conn.read_message(&mut props, &mut body, stop)? {
         let reply_to = warren_codec::decode_properties(&props)
             .and_then(|p| p.reply_to().as_ref().map(|s| s.as_str().to_string()))
             .unwrap_or_default();
@@ -80,9 +172,8 @@ async fn responder(mut conn: Conn, mut stop: watch::Receiver<bool>) -> io::Resul
             s.copy_from_slice(&body[..STAMP_LEN]);
             put_body(&mut conn.wbuf, &s, &body, body.len(), conn.frame_max);
         }
-        conn.flush().await?;
+        conn.flush()?;
     }
-    conn.close().await;
     Ok(())
 }
 
@@ -98,10 +189,17 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
     }
     let mut resp = Conn::connect(&uri, "warren-perf rtt responder").await?;
     resp.consume(&req_q, "rtt-responder", true).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let responder = tokio::spawn(responder(resp, stop_rx));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut resp = Blocking::from_conn(resp)?;
+    let resp_stop = stop.clone();
+    let responder = std::thread::spawn(move || {
+        let r = responder(&mut resp, &resp_stop);
+        (resp, r)
+    });
     let mut conn = Conn::connect(&uri, "warren-perf rtt requester").await?;
     conn.consume(&rep_q, "rtt-requester", true).await?;
+    let mut conn = Blocking::from_conn(conn)?;
+    let never = AtomicBool::new(false);
 
     let size = opts.body_size();
     let pad = vec![0u8; size];
@@ -128,8 +226,8 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
             size,
             conn.frame_max,
         );
-        conn.flush().await?;
-        read_message(&mut conn, &mut rprops, &mut rbody).await?;
+        conn.flush()?;
+        conn.read_message(&mut rprops, &mut rbody, &never)?;
         let us = (t.elapsed().as_nanos() as u64 / 1000).max(1);
         if rbody.len() < STAMP_LEN || read_stamp(&rbody[..STAMP_LEN]).0 != seq {
             bad += 1;
@@ -153,9 +251,15 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
     }
     let elapsed = base.elapsed().as_secs_f64();
     let cpu = self_cpu_seconds() - cpu0;
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), responder).await;
-    conn.close().await;
+    stop.store(true, Ordering::Relaxed);
+    match responder.join() {
+        Ok((resp, r)) => {
+            r?;
+            resp.into_conn()?.close().await;
+        }
+        Err(_) => return Err(proto_err("the responder thread panicked")),
+    }
+    conn.into_conn()?.close().await;
     if !opts.predeclared && !opts.keep_queues {
         admin.delete_queue(&req_q).await?;
         admin.delete_queue(&rep_q).await?;
