@@ -15,6 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 use warren_core::config::LogConfig;
+
+/// mimalloc instead of glibc malloc: messages are allocated on the publisher's worker thread and
+/// freed on the consumer's, a pattern where glibc's arenas spent about a fifth of the broker's
+/// CPU (free-list consolidation) in the 16-byte auto-ack profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use warren_core::datadir::DataDir;
 use warren_core::Config;
 
