@@ -20,9 +20,46 @@ fn start() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
-/// Milliseconds since the process started (monotonic).
+thread_local! {
+    /// The time of the batch of input this thread is handling (0: none, read the clock).
+    static BATCH_NOW: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Milliseconds since the process started (monotonic). Inside a [`ClockScope`] the time taken
+/// when the scope was entered: one clock read per batch of frames instead of several per message.
 pub fn now_ms() -> u64 {
-    start().elapsed().as_millis() as u64
+    let cached = BATCH_NOW.with(|c| c.get());
+    if cached != 0 {
+        return cached;
+    }
+    read_clock()
+}
+
+fn read_clock() -> u64 {
+    // Never 0, which means "not cached".
+    (start().elapsed().as_millis() as u64).max(1)
+}
+
+/// While alive, [`now_ms`] on this thread returns the time at which it was created. A
+/// connection holds one while it handles the frames of one socket read (synchronous code, so
+/// the task cannot move to another thread meanwhile); millisecond TTLs do not notice.
+pub struct ClockScope {
+    previous: u64,
+}
+
+impl ClockScope {
+    /// Reads the clock once and caches it for this thread.
+    pub fn enter() -> Self {
+        let now = read_clock();
+        let previous = BATCH_NOW.with(|c| c.replace(now));
+        ClockScope { previous }
+    }
+}
+
+impl Drop for ClockScope {
+    fn drop(&mut self) {
+        BATCH_NOW.with(|c| c.set(self.previous));
+    }
 }
 
 type Request = (u64, Weak<Queue>);

@@ -5,7 +5,9 @@
 //! [`ConnEvent::Deliver`](super::ConnEvent) and get their delivery tags here.
 
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use tracing::debug;
 
@@ -51,7 +53,7 @@ struct ChannelConsumer {
 /// A publish held until `tx.commit`.
 #[derive(Debug)]
 struct TxPublish {
-    queues: Vec<Arc<Queue>>,
+    queues: Arc<[Arc<Queue>]>,
     message: Arc<Message>,
     mandatory: bool,
 }
@@ -80,7 +82,7 @@ pub(crate) struct Channel {
     assembler: ContentAssembler,
     next_tag: u64,
     unacked: BTreeMap<u64, Unacked>,
-    consumers: HashMap<Arc<str>, ChannelConsumer>,
+    consumers: FxHashMap<Arc<str>, ChannelConsumer>,
     prefetch: u16,
     channel_credit: Arc<Credit>,
     confirm: Option<ConfirmState>,
@@ -101,7 +103,7 @@ struct RouteCache {
     version: u64,
     exchange: String,
     routing_key: String,
-    queues: Vec<Arc<Queue>>,
+    queues: Arc<[Arc<Queue>]>,
     exchange_name: Arc<str>,
 }
 
@@ -142,7 +144,7 @@ impl Channel {
             assembler: ContentAssembler::new(),
             next_tag: 1,
             unacked: BTreeMap::new(),
-            consumers: HashMap::new(),
+            consumers: FxHashMap::default(),
             prefetch: 0,
             channel_credit: Credit::new(0),
             confirm: None,
@@ -577,7 +579,7 @@ impl Channel {
                 };
                 let mut epoch = 0;
                 for p in state.publishes {
-                    epoch = epoch.max(self.enqueue(ctx, p.queues, p.message, p.mandatory));
+                    epoch = epoch.max(self.enqueue(ctx, &p.queues, p.message, p.mandatory));
                 }
                 let (mut acks, mut rejects, mut requeues) = (Vec::new(), Vec::new(), Vec::new());
                 for (_, u, how) in state.settles {
@@ -945,7 +947,7 @@ impl Channel {
             });
             return Ok(());
         }
-        self.enqueue(ctx, queues, message, p.mandatory);
+        self.enqueue(ctx, &queues, message, p.mandatory);
         Ok(())
     }
 
@@ -957,9 +959,11 @@ impl Channel {
         exchange: &str,
         routing_key: &str,
         props: &AMQPProperties,
-    ) -> AmqpResult<(Vec<Arc<Queue>>, Arc<str>)> {
+    ) -> AmqpResult<(Arc<[Arc<Queue>]>, Arc<str>)> {
         if props.headers().is_some() {
-            return vh.route_message(exchange, routing_key, props.headers().as_ref());
+            return vh
+                .route_message(exchange, routing_key, props.headers().as_ref())
+                .map(|(q, e)| (q.into(), e));
         }
         let version = vh.version();
         if let Some(c) = &self.route_cache {
@@ -968,6 +972,7 @@ impl Channel {
             }
         }
         let (queues, exchange_name) = vh.route_message(exchange, routing_key, None)?;
+        let queues: Arc<[Arc<Queue>]> = queues.into();
         self.route_cache = Some(RouteCache {
             version,
             exchange: exchange.to_string(),
@@ -983,14 +988,14 @@ impl Channel {
     fn enqueue(
         &mut self,
         ctx: &mut Ctx,
-        queues: Vec<Arc<Queue>>,
+        queues: &[Arc<Queue>],
         message: Arc<Message>,
         mandatory: bool,
     ) -> u64 {
         let mut routed = false;
         let mut rejected = false;
         let mut epoch = 0;
-        for q in &queues {
+        for q in queues {
             match q.publish(message.clone()) {
                 Enqueued::Yes(e) => {
                     routed = true;
