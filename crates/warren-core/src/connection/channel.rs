@@ -107,6 +107,14 @@ struct RouteCache {
     exchange_name: Arc<str>,
 }
 
+/// `a == b`, without calling `memcmp` for two empty strings (the default exchange's name):
+/// glibc's AVX-512 `memcmp` does a masked load even for length 0, and from the dangling pointer
+/// of an empty `String` that costs a fault-suppression assist of hundreds of cycles (it was
+/// ~10% of the broker's CPU in the 16 B publish profile).
+fn same_str(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
+}
+
 fn ok(ctx: &mut Ctx, ch: u16, m: AMQPClass) -> AmqpResult<()> {
     ctx.send_method(ch, &m);
     Ok(())
@@ -967,7 +975,10 @@ impl Channel {
         }
         let version = vh.version();
         if let Some(c) = &self.route_cache {
-            if c.version == version && c.exchange == exchange && c.routing_key == routing_key {
+            if c.version == version
+                && same_str(&c.exchange, exchange)
+                && same_str(&c.routing_key, routing_key)
+            {
                 return Ok((c.queues.clone(), c.exchange_name.clone()));
             }
         }
