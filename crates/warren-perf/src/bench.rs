@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
@@ -312,6 +312,11 @@ async fn producer(
 ) -> io::Result<()> {
     let body_size = opts.body_size();
     let pad = vec![0u8; body_size];
+    // Large bodies are not copied into the write buffer: their frames are written with
+    // `writev`, the payload coming straight from this shared pad.
+    let large = body_size >= LARGE_BODY;
+    let pad_bytes = Bytes::from(pad.clone());
+    let mut chunks: Vec<Bytes> = Vec::new();
     let props = raw_props(opts.persistent());
     let exchange = opts.exchange.as_bytes().to_vec();
     let frame_max = conn.frame_max;
@@ -378,11 +383,26 @@ async fn producer(
                 let key = &keys[(seq % keys.len() as u64) as usize];
                 put_publish(&mut wbuf, &exchange, key);
                 put_header(&mut wbuf, body_size as u64, props);
-                put_body(&mut wbuf, &stamp(seq, pid, ts), &pad, body_size, frame_max);
+                if large {
+                    put_body_chunks(
+                        &mut wbuf,
+                        &mut chunks,
+                        &stamp(seq, pid, ts),
+                        &pad_bytes,
+                        frame_max,
+                    );
+                } else {
+                    put_body(&mut wbuf, &stamp(seq, pid, ts), &pad, body_size, frame_max);
+                }
                 seq += 1;
             }
-            wr.write_all(&wbuf).await?;
-            wbuf.clear();
+            if large {
+                chunks.push(wbuf.split().freeze());
+                write_chunks(&mut wr, &mut chunks).await?;
+            } else {
+                wr.write_all(&wbuf).await?;
+                wbuf.clear();
+            }
             shared.sent[id].store(seq, Relaxed);
         }
         if opts.confirm.is_some() {
@@ -442,6 +462,13 @@ async fn consumer(
         }
     };
     let fm = conn.frame_max;
+    // Large messages: read big chunks, so that few frames straddle the end of the buffer
+    // (each of those is moved to the front when room is made).
+    let read_room = if opts.body_size() >= LARGE_BODY {
+        4 * 1024 * 1024
+    } else {
+        64 * 1024
+    };
     let mut unacked = 0u64;
     let mut tag = 0u64;
     let mut body_left = 0u64;
@@ -507,8 +534,8 @@ async fn consumer(
             }
             lats.clear();
         }
-        if conn.rbuf.capacity() - conn.rbuf.len() < 16 * 1024 {
-            conn.rbuf.reserve(64 * 1024);
+        if conn.rbuf.capacity() - conn.rbuf.len() < read_room / 4 {
+            conn.rbuf.reserve(read_room);
         }
         tokio::select! {
             r = conn.stream.read_buf(&mut conn.rbuf) => {
@@ -525,6 +552,72 @@ async fn consumer(
     }
     conn.close().await;
     Ok(tracker)
+}
+
+/// Bodies from this size on are written from a shared pad with `writev` (no copy).
+const LARGE_BODY: usize = 64 * 1024;
+
+/// Appends the body frames of one message (the pad's length) for [`write_chunks`]: frame
+/// headers, the stamp and frame ends go through `wbuf`, the payload is sliced from `pad`.
+fn put_body_chunks(
+    wbuf: &mut BytesMut,
+    chunks: &mut Vec<Bytes>,
+    stamp: &[u8; STAMP_LEN],
+    pad: &Bytes,
+    frame_max: u32,
+) {
+    let chunk = frame_max as usize - warren_codec::FRAME_OVERHEAD;
+    let size = pad.len();
+    let mut off = 0;
+    while off < size {
+        let n = chunk.min(size - off);
+        wbuf.put_u8(warren_codec::FRAME_BODY);
+        wbuf.put_u16(1);
+        wbuf.put_u32(n as u32);
+        let mut from = off;
+        if off == 0 {
+            let s = STAMP_LEN.min(n);
+            wbuf.put_slice(&stamp[..s]);
+            from = s;
+        }
+        chunks.push(wbuf.split().freeze());
+        if from < off + n {
+            chunks.push(pad.slice(from..off + n));
+        }
+        wbuf.put_u8(warren_codec::FRAME_END);
+        off += n;
+    }
+}
+
+/// Writes every chunk with vectored writes.
+async fn write_chunks(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    chunks: &mut Vec<Bytes>,
+) -> io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let slices: Vec<io::IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(64)
+            .map(|c| io::IoSlice::new(c))
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "socket closed"));
+        }
+        while n > 0 && first < chunks.len() {
+            let len = chunks[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                chunks[first].advance(n);
+                n = 0;
+            }
+        }
+    }
+    chunks.clear();
+    Ok(())
 }
 
 /// Runs producers and consumers as `opts` says.
