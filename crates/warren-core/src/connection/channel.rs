@@ -50,10 +50,13 @@ struct ChannelConsumer {
     credit: Arc<Credit>,
 }
 
+/// The queues a publish goes to (shared with the channel's route cache).
+type Targets = Arc<[Arc<Queue>]>;
+
 /// A publish held until `tx.commit`.
 #[derive(Debug)]
 struct TxPublish {
-    queues: Arc<[Arc<Queue>]>,
+    queues: Targets,
     message: Arc<Message>,
     mandatory: bool,
 }
@@ -103,7 +106,7 @@ struct RouteCache {
     version: u64,
     exchange: String,
     routing_key: String,
-    queues: Arc<[Arc<Queue>]>,
+    queues: Targets,
     exchange_name: Arc<str>,
 }
 
@@ -967,7 +970,7 @@ impl Channel {
         exchange: &str,
         routing_key: &str,
         props: &AMQPProperties,
-    ) -> AmqpResult<(Arc<[Arc<Queue>]>, Arc<str>)> {
+    ) -> AmqpResult<(Targets, Arc<str>)> {
         if props.headers().is_some() {
             return vh
                 .route_message(exchange, routing_key, props.headers().as_ref())
@@ -983,7 +986,7 @@ impl Channel {
             }
         }
         let (queues, exchange_name) = vh.route_message(exchange, routing_key, None)?;
-        let queues: Arc<[Arc<Queue>]> = queues.into();
+        let queues: Targets = queues.into();
         self.route_cache = Some(RouteCache {
             version,
             exchange: exchange.to_string(),
