@@ -90,7 +90,12 @@ impl Blocking {
                 self.rbuf.truncate(len + n);
                 Ok(true)
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 self.rbuf.truncate(len);
                 Ok(false)
             }
