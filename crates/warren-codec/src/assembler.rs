@@ -160,6 +160,47 @@ impl ContentAssembler {
 
     /// Feeds a content body frame.
     pub fn handle_body(&mut self, payload: Bytes) -> Result<Option<Command>, FrameError> {
+        if !matches!(self.state, State::ExpectBody { .. }) {
+            return Err(self.not_expecting_body());
+        }
+        self.account(payload.len())?;
+        let State::ExpectBody {
+            header,
+            first,
+            joined,
+            ..
+        } = &mut self.state
+        else {
+            unreachable!("state checked above")
+        };
+        match (first.take(), joined.as_mut()) {
+            (None, None) => *first = Some(payload),
+            (Some(f), None) => {
+                // A second frame: from here on the body is joined into one buffer (one copy).
+                let mut b = body_buffer(header.body_size);
+                b.extend_from_slice(&f);
+                b.extend_from_slice(&payload);
+                *joined = Some(b);
+            }
+            (_, Some(b)) => b.extend_from_slice(&payload),
+        }
+        Ok(self.complete())
+    }
+
+    /// Offers a body frame of `payload_len` bytes whose payload has not been read yet, so that
+    /// the reader can put it straight into the body buffer instead of joining it afterwards.
+    ///
+    /// When the assembler expects content body and the frame fits the announced size, returns
+    /// the body so far (a buffer with room for at least `payload_len` more bytes) and takes it
+    /// out of the assembler: the caller appends the frame's payload and hands the buffer back with
+    /// [`ContentAssembler::finish_direct`]. Otherwise (wrong state, too many bytes) returns `None`
+    /// and the frame should take the normal path, where [`ContentAssembler::handle_body`] gives
+    /// the error.
+    ///
+    /// The buffer reserves what the announced size promises only up to a bound (as
+    /// `handle_body` does) and otherwise grows with the frames actually announced, each at most
+    /// `frame_max` bytes.
+    pub fn begin_direct(&mut self, payload_len: usize) -> Option<DirectBody> {
         let State::ExpectBody {
             header,
             first,
@@ -168,40 +209,88 @@ impl ContentAssembler {
             ..
         } = &mut self.state
         else {
-            return Err(match self.state {
-                State::ExpectHeader(ref m) => FrameError::Unexpected(format!(
-                    "expected content header for class {}, got non content header frame instead",
-                    m.get_amqp_class_id()
-                ))
-                .on_method(method::ids(m)),
-                _ => FrameError::Unexpected(
-                    "expected method frame, got non method frame instead".into(),
-                ),
-            });
+            return None;
         };
-        *received += payload.len() as u64;
-        if *received > header.body_size {
-            return Err(FrameError::BadContentSize(format!(
-                "received {} bytes of content, more than the announced body size {}",
-                *received, header.body_size
-            )));
+        let after = received.checked_add(payload_len as u64)?;
+        if after > header.body_size {
+            return None;
         }
-        match (first.take(), joined.as_mut()) {
-            (None, None) => *first = Some(payload),
-            (Some(f), None) => {
-                // A second frame: from here on the body is joined into one buffer (one copy).
-                // The announced size is only trusted up to a bound: a peer could otherwise make
-                // us reserve 512 MiB per channel with a header and two 1-byte body frames.
-                let cap = header.body_size.min(MAX_BODY_PREALLOC) as usize;
-                let mut b = BytesMut::with_capacity(cap);
-                b.extend_from_slice(&f);
-                b.extend_from_slice(&payload);
-                *joined = Some(b);
+        let mut buf = match (joined.take(), first.take()) {
+            (Some(b), _) => b,
+            (None, first) => {
+                let mut b = body_buffer(header.body_size);
+                if let Some(f) = first {
+                    b.extend_from_slice(&f);
+                }
+                b
             }
-            (_, Some(b)) => b.extend_from_slice(&payload),
+        };
+        buf.reserve(payload_len);
+        Some(DirectBody {
+            buf,
+            completes: after == header.body_size,
+        })
+    }
+
+    /// Gives back the body buffer taken with [`ContentAssembler::begin_direct`] after `n` bytes
+    /// (one body frame's payload) were appended to it. Accounts them like
+    /// [`ContentAssembler::handle_body`], with the same errors, and returns the command when the
+    /// body is complete.
+    pub fn finish_direct(
+        &mut self,
+        buf: BytesMut,
+        n: usize,
+    ) -> Result<Option<Command>, FrameError> {
+        if !matches!(self.state, State::ExpectBody { .. }) {
+            return Err(self.not_expecting_body());
         }
-        if *received < header.body_size {
-            return Ok(None);
+        self.account(n)?;
+        let State::ExpectBody { first, joined, .. } = &mut self.state else {
+            unreachable!("state checked above")
+        };
+        *first = None;
+        *joined = Some(buf);
+        Ok(self.complete())
+    }
+
+    /// The error for a body frame when no body is expected.
+    fn not_expecting_body(&self) -> FrameError {
+        match self.state {
+            State::ExpectHeader(ref m) => FrameError::Unexpected(format!(
+                "expected content header for class {}, got non content header frame instead",
+                m.get_amqp_class_id()
+            ))
+            .on_method(method::ids(m)),
+            _ => {
+                FrameError::Unexpected("expected method frame, got non method frame instead".into())
+            }
+        }
+    }
+
+    /// Counts `n` more body bytes; more than the header announced is an error.
+    fn account(&mut self, n: usize) -> Result<(), FrameError> {
+        if let State::ExpectBody {
+            header, received, ..
+        } = &mut self.state
+        {
+            *received = received.saturating_add(n as u64);
+            if *received > header.body_size {
+                return Err(FrameError::BadContentSize(format!(
+                    "received {} bytes of content, more than the announced body size {}",
+                    *received, header.body_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The finished command once every announced body byte has arrived.
+    fn complete(&mut self) -> Option<Command> {
+        match &self.state {
+            State::ExpectBody {
+                header, received, ..
+            } if *received >= header.body_size => {}
+            _ => return None,
         }
         let State::ExpectBody {
             method,
@@ -211,19 +300,34 @@ impl ContentAssembler {
             ..
         } = std::mem::take(&mut self.state)
         else {
-            unreachable!("state checked above")
+            return None;
         };
         let body = match (first, joined) {
             (_, Some(b)) => b.freeze(),
             (Some(f), None) => f,
             (None, None) => Bytes::new(),
         };
-        Ok(Some(Command::Content {
+        Some(Command::Content {
             method,
             header,
             body,
-        }))
+        })
     }
+}
+
+/// A body buffer lent out by [`ContentAssembler::begin_direct`].
+#[derive(Debug)]
+pub struct DirectBody {
+    /// The body so far, with room for the frame's payload.
+    pub buf: BytesMut,
+    /// The frame is the body's last one.
+    pub completes: bool,
+}
+
+/// A buffer for a multi-frame body. The announced size is only trusted up to a bound: a peer
+/// could otherwise make us reserve 512 MiB per channel with a header and two 1-byte body frames.
+fn body_buffer(body_size: u64) -> BytesMut {
+    BytesMut::with_capacity(body_size.min(MAX_BODY_PREALLOC) as usize)
 }
 
 #[cfg(test)]
@@ -322,5 +426,129 @@ mod tests {
         a.handle_method(publish()).unwrap();
         a.handle_header(header(2)).unwrap();
         assert!(a.handle_body(Bytes::from_static(b"xyz")).is_err());
+    }
+
+    /// Runs one body frame through the direct path: lend the buffer, append, give it back.
+    fn direct(a: &mut ContentAssembler, payload: &[u8]) -> Result<Option<Command>, FrameError> {
+        let Some(DirectBody { mut buf, .. }) = a.begin_direct(payload.len()) else {
+            panic!("direct refused for {} bytes", payload.len());
+        };
+        assert!(buf.capacity() - buf.len() >= payload.len());
+        buf.extend_from_slice(payload);
+        a.finish_direct(buf, payload.len())
+    }
+
+    #[test]
+    fn direct_body_frames_are_accounted_and_complete() {
+        let body: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut a = ContentAssembler::new();
+        a.handle_method(publish()).unwrap();
+        a.handle_header(header(body.len() as u64)).unwrap();
+        // Direct, normal, direct: the paths mix within one body.
+        assert_eq!(direct(&mut a, &body[..4000]), Ok(None));
+        assert_eq!(
+            a.handle_body(Bytes::copy_from_slice(&body[4000..5000])),
+            Ok(None)
+        );
+        let d = a.begin_direct(5000).expect("direct");
+        assert!(d.completes);
+        let mut buf = d.buf;
+        buf.extend_from_slice(&body[5000..]);
+        match a.finish_direct(buf, 5000) {
+            Ok(Some(Command::Content { body: got, .. })) => assert_eq!(&got[..], &body[..]),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(a.is_idle());
+
+        // A first frame that came the normal way is joined into the direct buffer.
+        a.handle_method(publish()).unwrap();
+        a.handle_header(header(6)).unwrap();
+        assert_eq!(a.handle_body(Bytes::from_static(b"ab")), Ok(None));
+        let d = a.begin_direct(4).expect("direct");
+        assert!(d.completes);
+        let mut buf = d.buf;
+        buf.extend_from_slice(b"cdef");
+        match a.finish_direct(buf, 4) {
+            Ok(Some(Command::Content { body, .. })) => assert_eq!(&body[..], b"abcdef"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn direct_refuses_what_handle_body_rejects() {
+        // Too many bytes: no direct buffer, and the normal path gives the error.
+        let mut a = ContentAssembler::new();
+        a.handle_method(publish()).unwrap();
+        a.handle_header(header(10)).unwrap();
+        assert_eq!(direct(&mut a, b"12345678"), Ok(None));
+        assert!(a.begin_direct(3).is_none());
+        let err = a.handle_body(Bytes::from_static(b"9ab")).unwrap_err();
+        assert_eq!(
+            err.reply_text(),
+            "FRAME_ERROR - received 11 bytes of content, more than the announced body size 10"
+        );
+
+        // finish_direct checks the count it is given like handle_body does.
+        let mut a = ContentAssembler::new();
+        a.handle_method(publish()).unwrap();
+        a.handle_header(header(10)).unwrap();
+        let d = a.begin_direct(10).expect("direct");
+        assert_eq!(
+            a.finish_direct(d.buf, 11).unwrap_err().reply_text(),
+            "FRAME_ERROR - received 11 bytes of content, more than the announced body size 10"
+        );
+
+        // Not expecting a body: no direct buffer, and finishing is the handle_body error.
+        let mut a = ContentAssembler::new();
+        assert!(a.begin_direct(1).is_none());
+        assert_eq!(
+            a.finish_direct(BytesMut::new(), 1)
+                .unwrap_err()
+                .reply_text(),
+            "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
+        );
+        a.handle_method(publish()).unwrap();
+        assert!(a.begin_direct(1).is_none());
+        let err = a.finish_direct(BytesMut::new(), 1).unwrap_err();
+        assert_eq!(err.reply_code(), crate::ReplyCode::UnexpectedFrame);
+        assert_eq!(err.method_ids(), (60, 40));
+    }
+
+    #[test]
+    fn interleaving_during_direct_body_is_unexpected_frame() {
+        let mut a = ContentAssembler::new();
+        a.handle_method(publish()).unwrap();
+        a.handle_header(header(100)).unwrap();
+        assert_eq!(direct(&mut a, &[1; 40]), Ok(None));
+        let err = a.handle_method(publish()).unwrap_err();
+        assert_eq!(
+            err.reply_text(),
+            "UNEXPECTED_FRAME - expected content body, got non content body frame instead"
+        );
+        assert_eq!(err.method_ids(), (60, 40));
+        let err = a.handle_header(header(100)).unwrap_err();
+        assert_eq!(err.reply_code(), crate::ReplyCode::UnexpectedFrame);
+        // The body still completes after the refused frames.
+        assert!(matches!(
+            direct(&mut a, &[2; 60]),
+            Ok(Some(Command::Content { body, .. })) if body.len() == 100 && body[40] == 2
+        ));
+    }
+
+    #[test]
+    fn direct_buffer_is_not_preallocated_beyond_a_bound() {
+        let mut a = ContentAssembler::new();
+        a.handle_method(publish()).unwrap();
+        a.handle_header(header(MAX_BODY_SIZE)).unwrap();
+        let d = a.begin_direct(100).expect("direct");
+        assert!(!d.completes);
+        assert!(d.buf.capacity() as u64 <= MAX_BODY_PREALLOC);
+        a.finish_direct(d.buf, 0).unwrap();
+        // Frames beyond the preallocation grow the buffer by what they announce.
+        let d = a
+            .begin_direct(2 * MAX_BODY_PREALLOC as usize)
+            .expect("direct");
+        assert!(d.buf.capacity() >= 2 * MAX_BODY_PREALLOC as usize);
+        assert!(d.buf.capacity() <= 4 * MAX_BODY_PREALLOC as usize);
     }
 }

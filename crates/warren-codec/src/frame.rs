@@ -143,6 +143,16 @@ impl FrameError {
         }
     }
 
+    /// The error for a frame of `frame_type` whose `payload` is followed by `octet` instead of
+    /// the frame-end octet.
+    pub fn bad_frame_end(frame_type: u8, octet: u8, payload: &[u8]) -> Self {
+        FrameError::BadFrameEnd {
+            frame_type,
+            octet,
+            snippet: payload_snippet(payload),
+        }
+    }
+
     /// The reply text, already in RabbitMQ's `"NAME - explanation"` form and at most 255 bytes.
     pub fn reply_text(&self) -> String {
         let mut s = self.to_string();
@@ -182,6 +192,22 @@ pub fn decode_protocol_header(buf: &mut BytesMut) -> HeaderOutcome {
     HeaderOutcome::Accepted
 }
 
+/// When `buf` starts with the header of a body frame whose payload `decode_frame` would accept
+/// but that is not complete in `buf` yet: its channel and payload size.
+pub fn partial_body_frame(buf: &[u8], frame_max: u32) -> Option<(ChannelId, usize)> {
+    let h = buf.get(..7)?;
+    if h[0] != crate::FRAME_BODY {
+        return None;
+    }
+    let channel = u16::from_be_bytes([h[1], h[2]]);
+    let size = u32::from_be_bytes([h[3], h[4], h[5], h[6]]);
+    if size > frame_max.max(FRAME_MIN_SIZE) {
+        return None;
+    }
+    let size = size as usize;
+    (buf.len() < 7 + size + 1).then_some((channel, size))
+}
+
 /// Decodes one frame from the front of `buf`.
 ///
 /// Returns `Ok(None)` when more bytes are needed (and reserves room for the rest of the frame).
@@ -213,11 +239,11 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     }
     let end = buf[total - 1];
     if end != FRAME_END {
-        return Err(FrameError::BadFrameEnd {
+        return Err(FrameError::bad_frame_end(
             frame_type,
-            octet: end,
-            snippet: payload_snippet(&buf[7..total - 1]),
-        });
+            end,
+            &buf[7..total - 1],
+        ));
     }
     let frame = buf.split_to(total).freeze();
     let payload = frame.slice(7..total - 1);

@@ -23,8 +23,10 @@ pub mod frame;
 pub mod method;
 mod reply;
 
-pub use assembler::{Command, ContentAssembler, ContentHeader};
-pub use frame::{decode_frame, decode_protocol_header, Frame, FrameError, HeaderOutcome};
+pub use assembler::{Command, ContentAssembler, ContentHeader, DirectBody};
+pub use frame::{
+    decode_frame, decode_protocol_header, partial_body_frame, Frame, FrameError, HeaderOutcome,
+};
 pub use reply::ReplyCode;
 
 /// Re-exports of the protocol types this codec speaks (from `amq-protocol`), so that the rest of

@@ -4,7 +4,7 @@
 //! A channel is owned by its connection task and never awaits. Deliveries arrive from queues as
 //! [`ConnEvent::Deliver`](super::ConnEvent) and get their delivery tags here.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};
 
 use rustc_hash::FxHashMap;
@@ -19,7 +19,9 @@ use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use warren_codec::proto::{
     access, basic, channel, confirm, exchange, queue, tx, AMQPClass, AMQPProperties,
 };
-use warren_codec::{encode, method, Command, ContentAssembler, ContentHeader, ReplyCode};
+use warren_codec::{
+    encode, method, Command, ContentAssembler, ContentHeader, DirectBody, ReplyCode,
+};
 
 /// What a client did with delivered messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +236,27 @@ impl Channel {
         match self
             .assembler
             .handle_body(payload)
+            .map_err(AmqpError::from)?
+        {
+            Some(cmd) => self.handle_command(ctx, cmd),
+            None => Ok(()),
+        }
+    }
+
+    /// Lends the body buffer for a body frame of `len` payload bytes to be read into directly
+    /// (see `ContentAssembler::begin_direct`).
+    pub fn begin_direct(&mut self, len: usize) -> Option<DirectBody> {
+        if self.closing {
+            return None;
+        }
+        self.assembler.begin_direct(len)
+    }
+
+    /// Takes back the body buffer after a body frame of `len` bytes was read into it.
+    pub fn finish_direct(&mut self, ctx: &mut Ctx, buf: BytesMut, len: usize) -> AmqpResult<()> {
+        match self
+            .assembler
+            .finish_direct(buf, len)
             .map_err(AmqpError::from)?
         {
             Some(cmd) => self.handle_command(ctx, cmd),

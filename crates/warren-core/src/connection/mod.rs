@@ -12,27 +12,31 @@
 
 mod channel;
 mod handshake;
+mod input;
 mod writer;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::broker::Broker;
 use crate::error::AmqpError;
 use crate::queue::Delivery;
 use crate::vhost::VHost;
 use channel::Channel;
+use input::{Direct, Input, DIRECT_MIN};
 use warren_codec::proto::{connection, AMQPClass};
-use warren_codec::{decode_frame, encode, ChannelId, Frame, ReplyCode};
+use warren_codec::{
+    decode_frame, encode, partial_body_frame, ChannelId, Frame, FrameError, ReplyCode, FRAME_BODY,
+    FRAME_END,
+};
 use writer::WriterMsg;
 
 /// Sender half of a connection's event channel.
@@ -151,8 +155,6 @@ impl State {
 
 /// How long we wait for `close-ok` after sending `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Read buffer starting size.
-const READ_BUF: usize = 64 * 1024;
 
 /// Connection-wide context the channels work in.
 pub(crate) struct Ctx {
@@ -301,7 +303,7 @@ impl Connection {
         reader: &mut tokio::net::tcp::OwnedReadHalf,
         shutdown: CancellationToken,
     ) {
-        let mut inbuf = BytesMut::with_capacity(READ_BUF);
+        let mut input = Input::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutting_down = false;
@@ -319,11 +321,11 @@ impl Connection {
             // the socket is also read without waiting every few turns spent on events.
             if event_turns >= 8 && can_read {
                 event_turns = 0;
-                match reader.try_read_buf(&mut inbuf) {
+                match input.try_read(reader) {
                     Ok(0) => return,
                     Ok(_) => {
                         self.last_recv = Instant::now();
-                        self.handle_input(&mut inbuf);
+                        self.handle_input(&mut input);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return,
@@ -365,7 +367,7 @@ impl Connection {
                         alarm_open = false;
                     }
                 }
-                r = reader.read_buf(&mut inbuf), if can_read => {
+                r = input.read(reader), if can_read => {
                     event_turns = 0;
                     match r {
                         Ok(0) | Err(_) => {
@@ -376,7 +378,7 @@ impl Connection {
                         }
                         Ok(_) => {
                             self.last_recv = Instant::now();
-                            self.handle_input(&mut inbuf);
+                            self.handle_input(&mut input);
                         }
                     }
                 }
@@ -392,9 +394,7 @@ impl Connection {
             if self.state == State::Done {
                 return;
             }
-            if inbuf.capacity() - inbuf.len() < 4096 && inbuf.len() < READ_BUF {
-                inbuf.reserve(READ_BUF);
-            }
+            input.make_room();
         }
     }
 
@@ -482,8 +482,16 @@ impl Connection {
         }
     }
 
-    fn handle_input(&mut self, inbuf: &mut BytesMut) {
+    fn handle_input(&mut self, input: &mut Input) {
         let _clock = crate::timer::ClockScope::enter();
+        if let Some(d) = &input.direct {
+            if d.left > 0 || input.buf.is_empty() {
+                // Payload went into the body buffer; nothing to decode yet.
+                return;
+            }
+            self.finish_direct(input);
+        }
+        let inbuf = &mut input.buf;
         if self.state == State::AwaitHeader {
             match warren_codec::decode_protocol_header(inbuf) {
                 warren_codec::HeaderOutcome::NeedMore => return,
@@ -502,22 +510,90 @@ impl Connection {
             }
         }
         while self.state != State::Done {
+            if inbuf.len() >= 7 {
+                input.header_only = false;
+            }
+            if let Some(d) = self.begin_direct(inbuf) {
+                input.direct = Some(d);
+                break;
+            }
             match decode_frame(inbuf, self.ctx.frame_max) {
                 Ok(Some(frame)) => self.handle_frame(frame),
                 Ok(None) => break,
                 Err(e) => {
-                    let err = AmqpError::from(e);
-                    if self.state == State::Closing {
-                        self.state = State::Done;
-                    } else {
-                        warn!(error = %err.text, "frame error");
-                        self.close_connection(err);
-                        // The rest of the buffer cannot be framed any more.
-                        inbuf.clear();
-                    }
+                    self.frame_error(e, inbuf);
                     break;
                 }
             }
+        }
+    }
+
+    /// A frame the connection cannot go on from: close it (or, closing already, stop).
+    fn frame_error(&mut self, e: FrameError, inbuf: &mut BytesMut) {
+        let err = AmqpError::from(e);
+        if self.state == State::Closing {
+            self.state = State::Done;
+        } else {
+            warn!(error = %err.text, "frame error");
+            self.close_connection(err);
+            // The rest of the buffer cannot be framed any more.
+            inbuf.clear();
+        }
+    }
+
+    /// Starts a direct body read (see `input.rs`) when `inbuf` starts with a large body frame
+    /// that is not complete yet and its channel is assembling a body the frame fits. The
+    /// payload bytes already read move into the body buffer and leave `inbuf`.
+    fn begin_direct(&mut self, inbuf: &mut BytesMut) -> Option<Direct> {
+        if self.state != State::Running {
+            return None;
+        }
+        let (channel, len) = partial_body_frame(inbuf, self.ctx.frame_max)?;
+        if len < DIRECT_MIN {
+            return None;
+        }
+        let body = self.channels.get_mut(&channel)?.begin_direct(len)?;
+        let mut buf = body.buf;
+        inbuf.advance(7);
+        // partial_body_frame: fewer than len + 1 bytes follow the header.
+        let have = inbuf.len().min(len);
+        buf.extend_from_slice(&inbuf[..have]);
+        inbuf.advance(have);
+        trace!(channel, len, have, "direct body read");
+        Some(Direct {
+            channel,
+            buf,
+            len,
+            left: len - have,
+            more: !body.completes,
+        })
+    }
+
+    /// Ends a direct body read once its payload is in and `input.buf` holds the next octet:
+    /// checks that it is the frame end and hands the body buffer back to the channel, which
+    /// completes the message when this was the body's last frame.
+    fn finish_direct(&mut self, input: &mut Input) {
+        let Some(&end) = input.buf.first() else {
+            return;
+        };
+        let Some(d) = input.direct.take() else {
+            return;
+        };
+        input.buf.advance(1);
+        if end != FRAME_END {
+            let payload = &d.buf[d.buf.len().saturating_sub(d.len)..];
+            let e = FrameError::bad_frame_end(FRAME_BODY, end, payload);
+            self.frame_error(e, &mut input.buf);
+            return;
+        }
+        input.header_only = d.more;
+        if self.state != State::Running {
+            // Closing: like any other frame, the body is dropped.
+            return;
+        }
+        let r = self.with_channel(d.channel, |ch, ctx| ch.finish_direct(ctx, d.buf, d.len));
+        if let Err(e) = r {
+            self.close_connection(e);
         }
     }
 
