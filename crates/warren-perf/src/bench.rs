@@ -3,9 +3,12 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::mem::MaybeUninit;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use warren_codec::{FRAME_BODY, FRAME_END};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
@@ -474,10 +477,61 @@ async fn consumer(
     let mut body_left = 0u64;
     let mut first_body = false;
     let mut lats: Vec<u64> = Vec::with_capacity(4096);
+    // Payload bytes of the current large body frame to drop in the kernel, and whether its
+    // frame-end octet is still to be checked.
+    let mut skip = 0usize;
+    let mut expect_end = false;
+    let mut scratch: Vec<MaybeUninit<u8>> = Vec::new();
     loop {
         let now = shared.now_ns();
         let mut got = 0u64;
-        while let Some((f, n)) = peek_fast(&mut conn.rbuf, fm)? {
+        loop {
+            if skip > 0 {
+                break;
+            }
+            if expect_end {
+                match conn.rbuf.first() {
+                    None => break,
+                    Some(&FRAME_END) => {
+                        conn.rbuf.advance(1);
+                        expect_end = false;
+                    }
+                    Some(_) => return Err(proto_err("bad frame end after a large body frame")),
+                }
+            }
+            // A large body frame not all in the buffer yet: everything this tool needs (the
+            // size, and the stamp at the start of a body) is in its first bytes, so account it
+            // now and let the kernel drop the rest of its payload instead of copying it in.
+            if let Some((len, have)) = partial_large_body(&conn.rbuf) {
+                if first_body || body_left >= len as u64 {
+                    let complete = take_body(
+                        &conn.rbuf[7..7 + have],
+                        len,
+                        &mut first_body,
+                        &mut body_left,
+                        &mut tracker,
+                        &mut lats,
+                        now,
+                    );
+                    conn.rbuf.clear();
+                    skip = len - have;
+                    expect_end = true;
+                    if complete {
+                        got += 1;
+                        if ack_every > 0 {
+                            unacked += 1;
+                            if unacked >= ack_every {
+                                put_ack(&mut conn.wbuf, tag, ack_every > 1);
+                                unacked = 0;
+                            }
+                        }
+                    }
+                    break;
+                }
+            }
+            let Some((f, n)) = peek_fast(&mut conn.rbuf, fm)? else {
+                break;
+            };
             let mut complete = false;
             match f {
                 Fast::Deliver(t) => tag = t,
@@ -490,18 +544,15 @@ async fn consumer(
                     }
                 }
                 Fast::Body(len) => {
-                    if first_body {
-                        first_body = false;
-                        if len >= STAMP_LEN {
-                            let (seq, pid, ts) = read_stamp(&conn.rbuf[7..7 + STAMP_LEN]);
-                            tracker.record(pid, seq);
-                            lats.push(now.saturating_sub(ts) / 1000);
-                        } else {
-                            tracker.foreign += 1;
-                        }
-                    }
-                    body_left = body_left.saturating_sub(len as u64);
-                    complete = body_left == 0;
+                    complete = take_body(
+                        &conn.rbuf[7..7 + len],
+                        len,
+                        &mut first_body,
+                        &mut body_left,
+                        &mut tracker,
+                        &mut lats,
+                        now,
+                    );
                 }
                 Fast::Other(m) => check_close(&m)?,
                 _ => {}
@@ -537,13 +588,26 @@ async fn consumer(
         if conn.rbuf.capacity() - conn.rbuf.len() < read_room / 4 {
             conn.rbuf.reserve(read_room);
         }
-        tokio::select! {
-            r = conn.stream.read_buf(&mut conn.rbuf) => {
-                if r? == 0 {
-                    return Err(proto_err("consumer connection closed by the broker"));
-                }
+        if skip > 0 && scratch.is_empty() {
+            // Never written to (MSG_TRUNC), so it costs address space, not memory.
+            scratch.resize(4 * 1024 * 1024, MaybeUninit::uninit());
+        }
+        let n = if skip > 0 {
+            tokio::select! {
+                r = discard(&conn.stream, skip, &mut scratch) => r?,
+                _ = stop.changed() => break,
             }
-            _ = stop.changed() => break,
+        } else {
+            tokio::select! {
+                r = conn.stream.read_buf(&mut conn.rbuf) => r?,
+                _ = stop.changed() => break,
+            }
+        };
+        if n == 0 {
+            return Err(proto_err("consumer connection closed by the broker"));
+        }
+        if skip > 0 {
+            skip = skip.saturating_sub(n);
         }
     }
     if unacked > 0 {
@@ -552,6 +616,62 @@ async fn consumer(
     }
     conn.close().await;
     Ok(tracker)
+}
+
+/// Accounts `len` bytes of body (`payload` holds at least the start of them): the stamp at the
+/// start of a message records its sequence and latency. True when the message is complete.
+fn take_body(
+    payload: &[u8],
+    len: usize,
+    first_body: &mut bool,
+    body_left: &mut u64,
+    tracker: &mut Tracker,
+    lats: &mut Vec<u64>,
+    now: u64,
+) -> bool {
+    if *first_body {
+        *first_body = false;
+        if len >= STAMP_LEN && payload.len() >= STAMP_LEN {
+            let (seq, pid, ts) = read_stamp(&payload[..STAMP_LEN]);
+            tracker.record(pid, seq);
+            lats.push(now.saturating_sub(ts) / 1000);
+        } else {
+            tracker.foreign += 1;
+        }
+    }
+    *body_left = body_left.saturating_sub(len as u64);
+    *body_left == 0
+}
+
+/// A body frame of at least [`LARGE_BODY`] payload bytes at the front of `buf`, not complete,
+/// with at least its stamp's worth of payload present: (payload length, payload bytes present).
+fn partial_large_body(buf: &[u8]) -> Option<(usize, usize)> {
+    if buf.len() < 7 + STAMP_LEN || buf[0] != FRAME_BODY {
+        return None;
+    }
+    let len = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
+    let have = buf.len() - 7;
+    (len >= LARGE_BODY && have < len).then_some((len, have))
+}
+
+/// Drops up to `n` bytes from the socket without copying them (`recv` with `MSG_TRUNC`, which
+/// on TCP discards the bytes in the kernel). `Ok(0)` is the end of the stream.
+async fn discard(
+    stream: &tokio::net::TcpStream,
+    n: usize,
+    scratch: &mut [MaybeUninit<u8>],
+) -> io::Result<usize> {
+    let len = n.min(scratch.len());
+    loop {
+        stream.readable().await?;
+        match stream.try_io(tokio::io::Interest::READABLE, || {
+            socket2::SockRef::from(stream).recv_with_flags(&mut scratch[..len], libc::MSG_TRUNC)
+        }) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Bodies from this size on are written from a shared pad with `writev` (no copy).
