@@ -518,13 +518,7 @@ async fn consumer(
                     expect_end = true;
                     if complete {
                         got += 1;
-                        if ack_every > 0 {
-                            unacked += 1;
-                            if unacked >= ack_every {
-                                put_ack(&mut conn.wbuf, tag, ack_every > 1);
-                                unacked = 0;
-                            }
-                        }
+                        ack_when_due(&mut conn.wbuf, &mut unacked, ack_every, tag);
                     }
                     break;
                 }
@@ -560,13 +554,7 @@ async fn consumer(
             conn.rbuf.advance(n);
             if complete {
                 got += 1;
-                if ack_every > 0 {
-                    unacked += 1;
-                    if unacked >= ack_every {
-                        put_ack(&mut conn.wbuf, tag, ack_every > 1);
-                        unacked = 0;
-                    }
-                }
+                ack_when_due(&mut conn.wbuf, &mut unacked, ack_every, tag);
             }
         }
         if !conn.wbuf.is_empty() {
@@ -616,6 +604,19 @@ async fn consumer(
     }
     conn.close().await;
     Ok(tracker)
+}
+
+/// Manual acks: counts one more received message and queues a (multiple) ack for `tag` every
+/// `ack_every` messages (0: auto-ack, nothing to do).
+fn ack_when_due(wbuf: &mut BytesMut, unacked: &mut u64, ack_every: u64, tag: u64) {
+    if ack_every == 0 {
+        return;
+    }
+    *unacked += 1;
+    if *unacked >= ack_every {
+        put_ack(wbuf, tag, ack_every > 1);
+        *unacked = 0;
+    }
 }
 
 /// Accounts `len` bytes of body (`payload` holds at least the start of them): the stamp at the
