@@ -10,6 +10,29 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warren_core::{Broker, Config};
 
+/// Connects lapin to `uri`, failing the test if that takes more than 10 s.
+pub async fn connect_uri(uri: &str) -> lapin::Connection {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(uri, lapin::ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect in time")
+    .expect("lapin connects")
+}
+
+/// Ready messages of `queue`, via a passive declare on `ch`.
+pub async fn message_count(ch: &lapin::Channel, queue: &str) -> u32 {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await
+        .expect("passive declare")
+        .message_count()
+}
+
 /// A running broker; shut down when dropped.
 pub struct TestBroker {
     /// Address it listens on.

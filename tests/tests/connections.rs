@@ -9,17 +9,7 @@ use lapin::BasicProperties;
 use warren_codec::proto::{basic, AMQPClass};
 use warren_codec::{Frame, FRAME_BODY};
 use warren_tests::raw::{content_header_bytes, frame_bytes, Handshake, RawClient};
-use warren_tests::TestBroker;
-
-async fn connect_uri(uri: &str) -> lapin::Connection {
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        lapin::Connection::connect(uri, lapin::ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect in time")
-    .expect("lapin connects")
-}
+use warren_tests::{connect_uri, TestBroker};
 
 /// Declares `q`, publishes `body` to it and gets it back on `ch`.
 async fn round_trip(ch: &lapin::Channel, q: &str, body: &[u8]) {

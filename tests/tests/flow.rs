@@ -9,24 +9,13 @@ use std::time::Duration;
 use warren_codec::proto::{basic, connection, AMQPClass};
 use warren_codec::{Frame, FRAME_BODY};
 use warren_tests::raw::{content_header_bytes, frame_bytes, RawClient};
-use warren_tests::TestBroker;
+use warren_tests::{message_count as count, TestBroker};
 
 async fn publish_raw(c: &mut RawClient, queue: &str, body: &[u8]) {
     c.send_publish(1, "", queue).await;
     c.send_raw(&content_header_bytes(1, body.len() as u64))
         .await;
     c.send_raw(&frame_bytes(FRAME_BODY, 1, body)).await;
-}
-
-async fn count(ch: &lapin::Channel, q: &str) -> u32 {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    ch.queue_declare(q.into(), passive, FieldTable::default())
-        .await
-        .expect("passive declare")
-        .message_count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use lapin::BasicProperties;
 use warren_codec::proto::{basic, AMQPClass};
 use warren_codec::FRAME_BODY;
 use warren_tests::raw::{content_header_bytes, frame_bytes, method_bytes, RawClient};
-use warren_tests::TestBroker;
+use warren_tests::{connect_uri, message_count, TestBroker};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -40,16 +40,6 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
                 .wrapping_add(seed * 7)) as u8
         })
         .collect()
-}
-
-async fn connect_uri(uri: &str) -> lapin::Connection {
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        lapin::Connection::connect(uri, lapin::ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect in time")
-    .expect("lapin connects")
 }
 
 async fn declare(ch: &lapin::Channel, q: &str) {
@@ -93,20 +83,10 @@ fn assert_same(got: &[u8], want: &[u8], what: &str) {
     }
 }
 
-async fn message_count(b: &TestBroker, q: &str) -> u32 {
+/// Ready messages of `q`, on a connection of its own.
+async fn ready_count(b: &TestBroker, q: &str) -> u32 {
     let (conn, ch) = b.channel().await;
-    let n = ch
-        .queue_declare(
-            q.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("passive declare")
-        .message_count();
+    let n = message_count(&ch, q).await;
     conn.close(200, "bye".into()).await.expect("close");
     n
 }
@@ -304,7 +284,7 @@ async fn bad_frame_end_after_a_direct_payload_is_frame_error() {
     assert_eq!((class, method), (0, 0));
     c.send_close_ok().await;
     c.expect_closed_socket().await;
-    assert_eq!(message_count(&b, "bad-end").await, 0);
+    assert_eq!(ready_count(&b, "bad-end").await, 0);
     assert_healthy(&b, "bad-end").await;
     conn.close(200, "bye".into()).await.expect("close");
     b.stop().await;
@@ -350,7 +330,7 @@ async fn checks_still_apply_to_large_body_frames() {
     let (code, _, _, _) = c.expect_connection_close().await;
     assert_eq!(code, 501);
 
-    assert_eq!(message_count(&b, "checks").await, 0);
+    assert_eq!(ready_count(&b, "checks").await, 0);
     assert_healthy(&b, "checks").await;
     conn.close(200, "bye".into()).await.expect("close");
     b.stop().await;
@@ -374,7 +354,7 @@ async fn client_dropping_mid_body_does_not_disturb_the_broker() {
         drop(c);
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(message_count(&b, "dropped").await, 0);
+    assert_eq!(ready_count(&b, "dropped").await, 0);
     assert_healthy(&b, "dropped").await;
     conn.close(200, "bye".into()).await.expect("close");
     b.stop().await;

@@ -11,7 +11,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer, Exchan
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::timeout;
-use warren_tests::{eventually, TestBroker};
+use warren_tests::{eventually, message_count as count, TestBroker};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// How long "no further delivery" is waited for.
@@ -120,21 +120,6 @@ async fn consume(ch: &Channel, queue: &str, tag: &str, no_ack: bool) -> Consumer
     )
     .await
     .expect("basic.consume")
-}
-
-/// Ready messages, via a passive declare.
-async fn count(ch: &Channel, queue: &str) -> u32 {
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("passive declare")
-    .message_count()
 }
 
 async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<lapin::message::BasicGetMessage> {
