@@ -100,6 +100,10 @@ SC = [
     ("fixed10k", "fixed 10,000 msg/s, 1 producer, 1 consumer, 16 B, auto-ack", "consumer latency p99 us",
      lambda d: d["latency"]["p99_us"], "", "lower"),
     ("fixed10k", "", "consumer latency p50 us", lambda d: d["latency"]["p50_us"], "", "lower"),
+    ("drain16", "1,000,000 16 B transient messages published first (no consumer), then drained by one auto-ack consumer, prefetch 1000",
+     "drained msg/s", lambda d: d["drain_rate"], "", "higher"),
+    ("drain1k_ack", "200,000 1 KiB transient messages published first, then drained by one consumer, ack every 100, prefetch 1000",
+     "drained msg/s", lambda d: d["drain_rate"], "", "higher"),
 ]
 
 model, cores, ram = cpuinfo()

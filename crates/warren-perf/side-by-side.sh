@@ -19,7 +19,7 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 DRAIN=${DRAIN:-10} # seconds without progress before undelivered messages count as missing
 OUT_DOC=${OUT_DOC:-$ROOT/docs/PERFORMANCE.md}
-SCENARIOS=${SCENARIOS:-"autoack ack publish_only persistent_confirms fanout10 topic1000 large1mib rtt fixed10k memory"}
+SCENARIOS=${SCENARIOS:-"autoack ack publish_only persistent_confirms fanout10 topic1000 large1mib rtt fixed10k drain16 drain1k_ack memory"}
 WORK=$(mktemp -d /tmp/side-by-side.XXXXXX)
 chmod 755 "$WORK" # the RabbitMQ node runs as user rabbitmq
 RESULTS=$WORK/results.tsv
@@ -120,6 +120,8 @@ args_for() {
     large1mib) echo "-x 1 -y 1 -s 1048576 -a" ;;
     rtt) echo "rtt -s 16" ;;
     fixed10k) echo "-x 1 -y 1 -s 16 -a -r 10000" ;;
+    drain16) echo "drain -x 1 -y 1 -s 16 -a -q 1000 -C 1000000" ;;
+    drain1k_ack) echo "drain -x 1 -y 1 -s 1024 -q 1000 -A 100 -C 200000" ;;
   esac
 }
 

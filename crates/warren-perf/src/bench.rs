@@ -741,7 +741,44 @@ async fn write_chunks(
     Ok(())
 }
 
-/// Runs producers and consumers as `opts` says.
+/// Connects, subscribes and starts the consumer tasks.
+async fn start_consumers(
+    uri: &AmqpUri,
+    opts: &Arc<Options>,
+    plan: &Plan,
+    shared: &Arc<Shared>,
+    stop_rx: &watch::Receiver<bool>,
+) -> io::Result<Vec<tokio::task::JoinHandle<io::Result<Tracker>>>> {
+    let mut setups = Vec::new();
+    for c in 0..opts.consumers {
+        let uri = uri.clone();
+        let opts = opts.clone();
+        let queue = plan.queues[plan.consumer_queue[c]].clone();
+        setups.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(&uri, &format!("warren-perf consumer {c}")).await?;
+            if opts.qos > 0 {
+                conn.qos(opts.qos).await?;
+            }
+            conn.consume(&queue, &format!("warren-perf-{c}"), opts.autoack)
+                .await?;
+            Ok::<Conn, io::Error>(conn)
+        }));
+    }
+    let mut consumers = Vec::new();
+    for (c, s) in setups.into_iter().enumerate() {
+        let conn = s.await.map_err(io::Error::other)??;
+        consumers.push(tokio::spawn(consumer(
+            c,
+            conn,
+            opts.clone(),
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    Ok(consumers)
+}
+
+/// Runs producers and consumers as `opts` says (mode run or drain).
 pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Summary> {
     let uri = AmqpUri::parse(&opts.uri)?;
     let opts = Arc::new(opts.clone());
@@ -766,34 +803,15 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
         failed: AtomicBool::new(false),
     });
 
-    // Consumers first, all subscribed before any producer starts.
-    let mut setups = Vec::new();
-    for c in 0..opts.consumers {
-        let uri = uri.clone();
-        let opts = opts.clone();
-        let queue = plan.queues[plan.consumer_queue[c]].clone();
-        setups.push(tokio::spawn(async move {
-            let mut conn = Conn::connect(&uri, &format!("warren-perf consumer {c}")).await?;
-            if opts.qos > 0 {
-                conn.qos(opts.qos).await?;
-            }
-            conn.consume(&queue, &format!("warren-perf-{c}"), opts.autoack)
-                .await?;
-            Ok::<Conn, io::Error>(conn)
-        }));
-    }
+    // Consumers first, all subscribed before any producer starts (in drain mode: only once
+    // every producer has finished, so that they drain a standing backlog).
+    let drain_mode = opts.mode == Mode::Drain;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut consumers = Vec::new();
-    for (c, s) in setups.into_iter().enumerate() {
-        let conn = s.await.map_err(io::Error::other)??;
-        consumers.push(tokio::spawn(consumer(
-            c,
-            conn,
-            opts.clone(),
-            shared.clone(),
-            stop_rx.clone(),
-        )));
-    }
+    let mut consumers = if drain_mode {
+        Vec::new()
+    } else {
+        start_consumers(&uri, &opts, &plan, &shared, &stop_rx).await?
+    };
     let mut setups = Vec::new();
     for p in 0..opts.producers {
         let uri = uri.clone();
@@ -885,6 +903,9 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
         }
     }
     let sent_per: Vec<u64> = shared.sent.iter().map(|s| s.load(Relaxed)).collect();
+    if drain_mode && first_err.is_none() {
+        consumers = start_consumers(&uri, &opts, &plan, &shared, &stop_rx).await?;
+    }
 
     // Drain: wait until everything routed to a consumed queue has arrived, or progress stops.
     let consumed: Vec<bool> = (0..plan.queues.len())
@@ -917,6 +938,7 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
     } else {
         0.0
     };
+    let drained = shared.received.load(Relaxed) - received_in_run;
     let _ = stop_tx.send(true);
     let mut trackers = Vec::new();
     for h in consumers {
@@ -981,7 +1003,7 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
     let size = opts.body_size();
     let mb = |n: u64| n as f64 * size as f64 / 1e6 / run_s;
     Ok(Summary {
-        mode: Mode::Run,
+        mode: opts.mode,
         uri: uri.redacted(),
         server,
         producers: opts.producers,
@@ -1004,6 +1026,11 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
         missing,
         foreign,
         drain_s,
+        drain_rate: if drain_s > 0.0 {
+            drained as f64 / drain_s
+        } else {
+            0.0
+        },
         client_cpu_s: cpu,
         client_cpu_us_per_msg: if sent + received_total > 0 {
             cpu * 1e6 / (sent + received_total) as f64

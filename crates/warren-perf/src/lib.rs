@@ -31,6 +31,10 @@ pub enum Mode {
     Rtt,
     /// Open `--connections` idle connections (one channel each) and hold them.
     Hold,
+    /// Producers publish first (`-C` messages each, or for `-z` seconds) with no consumer
+    /// attached; then the consumers attach and drain the standing backlog. Reports the drain
+    /// rate and verifies that every message arrived exactly once.
+    Drain,
 }
 
 /// Command-line options, modelled on PerfTest's.
@@ -41,7 +45,8 @@ pub enum Mode {
     about = "AMQP 0-9-1 load generator (PerfTest-like)"
 )]
 pub struct Options {
-    /// Mode: run (producers/consumers), rtt (request-reply latency), hold (idle connections).
+    /// Mode: run (producers/consumers), rtt (request-reply latency), hold (idle connections),
+    /// drain (publish a backlog first, then drain it).
     #[arg(value_enum, default_value_t = Mode::Run)]
     pub mode: Mode,
     /// Broker URI.
@@ -209,6 +214,8 @@ pub struct Summary {
     pub foreign: u64,
     /// Seconds spent draining after producers stopped.
     pub drain_s: f64,
+    /// Messages received after producers stopped, per second of draining.
+    pub drain_rate: f64,
     /// This process's CPU time (user+system) during the run, seconds.
     pub client_cpu_s: f64,
     /// Client CPU per message (sent + received), microseconds.
@@ -234,7 +241,7 @@ pub fn self_cpu_seconds() -> f64 {
 /// Runs what `opts` asks for, writing per-second lines (unless `--json`) to `out`.
 pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Summary> {
     match opts.mode {
-        Mode::Run => bench::run(opts, out).await,
+        Mode::Run | Mode::Drain => bench::run(opts, out).await,
         Mode::Rtt => rtt::run(opts, out).await,
         Mode::Hold => hold::run(opts, out).await,
     }
@@ -256,7 +263,7 @@ pub fn write_summary(s: &Summary, out: &mut dyn Write) -> io::Result<()> {
                 l.count, s.duration_s, s.receive_rate, l.p50_us, l.p95_us, l.p99_us, l.max_us, l.mean_us
             )?;
         }
-        Mode::Run => {
+        Mode::Run | Mode::Drain => {
             writeln!(
                 out,
                 "producers {}, consumers {}, body {} B, {:.1} s",
@@ -272,6 +279,15 @@ pub fn write_summary(s: &Summary, out: &mut dyn Write) -> io::Result<()> {
                 "received {} during run ({:.0} msg/s, {:.2} MB/s), {} in total after {:.1} s drain",
                 s.received, s.receive_rate, s.receive_mb_s, s.received_total, s.drain_s
             )?;
+            if s.mode == Mode::Drain {
+                writeln!(
+                    out,
+                    "drained {} in {:.2} s ({:.0} msg/s)",
+                    s.received_total - s.received,
+                    s.drain_s,
+                    s.drain_rate
+                )?;
+            }
             writeln!(
                 out,
                 "consumer latency p50 {} us, p95 {} us, p99 {} us, max {} us, mean {:.1} us ({} samples)",

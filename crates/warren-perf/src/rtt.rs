@@ -295,6 +295,7 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
         missing: 0,
         foreign: 0,
         drain_s: 0.0,
+        drain_rate: 0.0,
         client_cpu_s: cpu,
         client_cpu_us_per_msg: if seq > 0 {
             cpu * 1e6 / (2 * seq) as f64

@@ -107,3 +107,46 @@ async fn large_messages_are_counted_exactly() {
     token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
+
+/// Drain mode: the backlog is published with no consumer attached, then drained; every
+/// message must arrive exactly once, and the drain rate is reported. The tool runs on its own
+/// runtime thread, as a separate client process would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_mode_publishes_then_drains_everything() {
+    let (uri, token, task) = broker().await;
+    let opts = warren_perf::Options::from_args([
+        "warren-perf",
+        "drain",
+        "--uri",
+        &uri,
+        "-C",
+        "600000",
+        "-a",
+        "-q",
+        "1000",
+        "-z",
+        "120",
+        "--drain",
+        "5",
+    ])
+    .expect("flags parse");
+    let s = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut out = Vec::new();
+        rt.block_on(warren_perf::run(&opts, &mut out))
+    })
+    .join()
+    .expect("client thread")
+    .expect("run succeeds");
+    assert_eq!(s.mode, warren_perf::Mode::Drain);
+    assert_eq!(s.sent, 600_000, "{s:?}");
+    assert_eq!(s.received, 0, "nothing consumed while publishing: {s:?}");
+    assert_eq!(s.received_total, s.sent, "{s:?}");
+    assert_eq!((s.missing, s.duplicates), (0, 0), "{s:?}");
+    assert!(s.drain_rate > 0.0, "{s:?}");
+    token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
