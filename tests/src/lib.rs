@@ -1,6 +1,7 @@
 //! Helpers for black-box tests: start a Warren broker in-process on an ephemeral loopback port
 //! and connect real AMQP clients to it over TCP.
 
+pub mod drain;
 pub mod raw;
 
 use std::net::SocketAddr;

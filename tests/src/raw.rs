@@ -238,6 +238,13 @@ impl RawClient {
         }
     }
 
+    /// The socket as a blocking std socket, with the bytes already read and not yet decoded.
+    pub fn into_std(self) -> (std::net::TcpStream, BytesMut) {
+        let s = self.stream.into_std().expect("into std socket");
+        s.set_nonblocking(false).expect("blocking socket");
+        (s, self.buf)
+    }
+
     /// Writes `bytes` as they are.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         tokio::time::timeout(TIMEOUT, self.stream.write_all(bytes))

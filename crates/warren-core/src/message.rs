@@ -93,6 +93,19 @@ impl Message {
     pub fn size(&self) -> usize {
         self.body.len()
     }
+
+    /// About how many bytes a delivery of this message takes on the wire (`basic.deliver`,
+    /// content header and body frames; the consumer tag not included): what output
+    /// backpressure counts, so that a backlog of tiny messages is bounded by its real output
+    /// size, not by its body bytes alone.
+    pub fn wire_size(&self) -> usize {
+        const FRAMES: usize = 3 * 8 + 4 + 8 + 2 + 12;
+        FRAMES
+            + self.exchange.len()
+            + self.routing_key.len()
+            + self.raw_properties.len()
+            + self.body.len()
+    }
 }
 
 /// A message in a queue: its position (`seq`, which requeues restore), redelivery flag,

@@ -794,7 +794,15 @@ impl Channel {
         }
         let Some(c) = self.consumers.get(&d.consumer_tag) else {
             if !d.no_ack {
+                // The window the delivery took is free again: other consumers of this channel
+                // that wait on it are woken (their queues kicked); the returned message wakes
+                // its own queue.
                 self.channel_credit.release();
+                return_undelivered(d);
+                if self.channel_credit.limit() != 0 {
+                    self.kick_consumer_queues();
+                }
+                return;
             }
             return return_undelivered(d);
         };
@@ -911,6 +919,11 @@ impl Channel {
         let all: Vec<Unacked> = std::mem::take(&mut self.unacked).into_values().collect();
         self.release_credit(&all);
         requeue_grouped(all);
+        if self.channel_credit_limited() {
+            // Requeued queues dispatch themselves; consumers of other queues waiting on the
+            // channel-wide window need a kick.
+            self.kick_consumer_queues();
+        }
         Ok(())
     }
 

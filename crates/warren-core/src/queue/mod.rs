@@ -99,9 +99,11 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// Whether the consumer may take another message now. Prefetch credit is checked first,
+    /// so that only a consumer held back by its connection's output parks on it (see `Flow`).
     fn has_credit(&self) -> bool {
-        self.flow.writable()
-            && (self.no_ack || (self.credit.available() && self.channel_credit.available()))
+        (self.no_ack || (self.credit.available() && self.channel_credit.available()))
+            && self.flow.writable()
     }
 }
 
@@ -118,6 +120,8 @@ pub struct Delivery {
     pub message: QueuedMessage,
     /// Delivered to a no-ack consumer (already settled in the queue).
     pub no_ack: bool,
+    /// Output bytes reserved for it on the consumer's connection (see `Flow`).
+    pub reserved: usize,
 }
 
 /// A message leaving the queue for a dead-letter exchange (or for nowhere, without one).
@@ -831,14 +835,15 @@ impl Queue {
                 self.mark_delivered(&message);
             }
             let no_ack = c.no_ack;
-            let size = message.msg.size();
-            c.flow.reserve(size);
+            let reserved = message.msg.wire_size() + c.tag.len();
+            c.flow.reserve(reserved);
             let delivery = Delivery {
                 channel: c.channel,
                 consumer_tag: c.tag.clone(),
                 queue: Arc::clone(self),
                 message,
                 no_ack,
+                reserved,
             };
             match c.tx.send(ConnEvent::Deliver(delivery)) {
                 Ok(()) => {
@@ -848,7 +853,7 @@ impl Queue {
                 }
                 Err(e) => {
                     // The connection is gone: put the message back and forget the consumer.
-                    c.flow.unreserve(size);
+                    c.flow.unreserve(reserved);
                     if let ConnEvent::Deliver(mut d) = e.0 {
                         d.message.deliveries -= 1;
                         st.ready_bytes += d.message.msg.size() as u64;
