@@ -1,0 +1,18 @@
+//! The black-box tests: one integration binary (lapin, pika, raw sockets, against an
+//! in-process broker over TCP), one module per area. One binary links lapin and the broker
+//! once instead of once per file.
+
+mod connections;
+mod direct_reply_to;
+mod drain;
+mod durability;
+mod errors;
+mod flow;
+mod foundation;
+mod interop;
+mod large_bodies;
+mod messaging;
+mod paging;
+mod queue_features;
+mod smoke;
+mod tutorials;
