@@ -8,12 +8,16 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use std::hint::black_box;
 use std::sync::Arc;
 use warren_codec::proto::{AMQPProperties, FieldTable};
+use warren_core::clock::Clock;
 use warren_core::message::Message;
-use warren_core::queue::{Queue, QueueArgs, QueueOptions, Settle};
+use warren_core::queue::memory_sink::MemorySink;
+use warren_core::queue::timers::Timers;
+use warren_core::queue::{
+    self, Got, QueueArgs, QueueInfo, QueueOptions, QueueRef, Services, Settle, Waiter,
+};
 use warren_core::store::segment::SegmentStore;
 use warren_core::store::sync::Syncer;
 use warren_core::store::MessageStore;
-use warren_core::timer::Timers;
 
 fn message(body: usize) -> Arc<Message> {
     Arc::new(Message::new(
@@ -25,20 +29,25 @@ fn message(body: usize) -> Arc<Message> {
     ))
 }
 
-fn queue() -> Arc<Queue> {
-    Queue::create(
-        "q".into(),
-        "/".into(),
-        QueueOptions {
+fn queue() -> QueueRef {
+    let info = QueueInfo {
+        name: "q".into(),
+        vhost: "/".into(),
+        options: QueueOptions {
             durable: false,
             exclusive_owner: None,
             auto_delete: false,
             arguments: FieldTable::default(),
         },
-        QueueArgs::default(),
-        None,
-        Timers::new(),
-    )
+        args: QueueArgs::default(),
+        store_dir: None,
+    };
+    let services = Services {
+        timers: Timers::new(Clock::System),
+        pager: None,
+        clock: Clock::System,
+    };
+    queue::create(info, None, &services, 1)
 }
 
 fn bench_queue(c: &mut Criterion) {
@@ -47,15 +56,19 @@ fn bench_queue(c: &mut Criterion) {
     let m = message(16);
     g.bench_function("publish_get_ack_1000x16B", |b| {
         let q = queue();
+        let waiter = Waiter {
+            sink: MemorySink::new(),
+            channel: 1,
+        };
         b.iter(|| {
             for _ in 0..1000 {
-                let _ = q.publish(m.clone());
+                let _ = q.publish(m.clone(), 1);
             }
             let mut got = Vec::with_capacity(1000);
-            while let Some((msg, _)) = q.get(false) {
+            while let Got::Message(msg, _) = q.get(false, 1, &waiter) {
                 got.push(msg);
             }
-            q.settle(black_box(got), Settle::Ack);
+            q.settle(black_box(got), Settle::Ack, 1);
         })
     });
     g.finish();
@@ -72,7 +85,7 @@ fn bench_store(c: &mut Criterion) {
         let m = message(size);
         g.bench_function(name, |b| {
             let dir = tempfile::tempdir().expect("tempdir");
-            let syncer = Syncer::start();
+            let syncer = Syncer::start().expect("sync thread");
             let store =
                 SegmentStore::open(dir.path(), syncer.clone(), 16 * 1024 * 1024, 0).expect("store");
             let mut id = 0u64;

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// More AMQP listeners besides `amqp.bind`:`amqp.port` (address, port).
+    pub listeners: Vec<ListenerConfig>,
     /// The AMQP listener.
     pub amqp: AmqpConfig,
     /// Users and login rules.
@@ -81,6 +83,16 @@ pub struct AmqpConfig {
     pub max_message_size: u64,
     /// Seconds a client has to finish the handshake (RabbitMQ: 10).
     pub handshake_timeout: u64,
+}
+
+/// One more AMQP listener (`[[listeners]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to bind.
+    pub bind: String,
+    /// TCP port (0: ephemeral).
+    pub port: u16,
 }
 
 /// Users.
@@ -213,11 +225,26 @@ impl Config {
 
     /// Checks every value, returning the first one out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for l in &self.listeners {
+            check_bind(&l.bind).map_err(|r| invalid("listeners.bind", r))?;
+        }
         self.amqp.validate()?;
         self.auth.validate()?;
         self.storage.validate()?;
         self.memory.validate()?;
         self.log.validate()
+    }
+}
+
+impl Config {
+    /// Every AMQP listener: `amqp.bind`:`amqp.port` first, then `listeners`.
+    pub fn amqp_listeners(&self) -> Vec<ListenerConfig> {
+        let mut v = vec![ListenerConfig {
+            bind: self.amqp.bind.clone(),
+            port: self.amqp.port,
+        }];
+        v.extend(self.listeners.iter().cloned());
+        v
     }
 }
 

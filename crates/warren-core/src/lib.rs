@@ -1,31 +1,37 @@
-//! Warren's broker core: connections, channels, vhosts, exchanges, bindings, queues, consumers.
+//! Warren's broker core: connections, channels, vhosts, exchanges, bindings, queues, consumers,
+//! storage and the metadata log.
 //!
-//! # Layout
-//! - [`server`]: accept loop and shutdown.
+//! # Layout (lower layers first; each depends only on the ones before it)
+//! - [`clock`], [`message`], [`error`], [`config`], `value`: plain types.
+//! - [`exchange`]: exchange types and binding tables (topic trie, headers matching).
+//! - [`store`]: message storage (trait, memory and segment-file stores), group commit, pager.
+//! - [`metadata`]: metadata commands and the log that makes them durable.
+//! - [`queue`]: queues behind one handle, and the interfaces (`Sink`, `QueueOwner`) the upper
+//!   layers implement.
+//! - [`vhost`]: exchanges, queues and bindings of one virtual host, routing, and applying
+//!   metadata commands.
+//! - [`broker`]: broker-wide state and the metadata path.
 //! - `connection` (module): one task per client connection (handshake, heartbeats, channels)
 //!   plus a writer task.
-//! - [`vhost`]: exchanges, queues and bindings of one virtual host, and routing.
-//! - [`exchange`]: exchange types and binding tables (topic trie, headers matching).
-//! - [`queue`]: a queue's messages, consumers and delivery loop.
-//! - [`message`], [`error`], [`config`], [`broker`], [`datadir`].
+//! - [`server`]: listeners, the accept loop and shutdown. [`datadir`]: the data dir lock.
 //!
 //! See `docs/ARCHITECTURE.md` for the task layout, the publish -> route -> enqueue -> deliver ->
 //! ack walk-through and the lock order.
 
 pub mod broker;
+pub mod clock;
 pub mod config;
 mod connection;
 pub mod datadir;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod metadata;
 pub mod queue;
 pub mod server;
 pub mod store;
-pub mod timer;
 mod value;
 pub mod vhost;
 
 pub use broker::Broker;
 pub use config::Config;
-pub use connection::{ConnEvent, ConnSender, Flow};

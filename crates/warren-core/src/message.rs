@@ -118,7 +118,7 @@ pub struct QueuedMessage {
     pub msg: Arc<Message>,
     /// Whether it was delivered before.
     pub redelivered: bool,
-    /// When it expires ([`crate::timer::now_ms`] time; 0 = never).
+    /// When it expires (broker [`crate::clock::Clock`] time; 0 = never).
     pub expires_at: u64,
     /// How many times it was handed to a client.
     pub deliveries: u32,

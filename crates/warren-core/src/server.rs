@@ -1,6 +1,12 @@
-//! Accept loop and broker-wide shutdown.
+//! Listeners, the accept loop and broker-wide shutdown.
+//!
+//! The broker listens on a list of listeners (`amqp.bind`:`amqp.port` and `[[listeners]]`),
+//! one accept task each. A TCP connection is served by `connection::serve_tcp`; any other byte
+//! stream (TLS, a Unix socket) by [`serve_connection`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,6 +21,18 @@ pub async fn bind(config: &Config) -> std::io::Result<TcpListener> {
     TcpListener::bind((config.amqp.bind.as_str(), config.amqp.port)).await
 }
 
+/// Binds every AMQP listener of `config` (`amqp` first); the error names the one that failed.
+pub async fn bind_all(config: &Config) -> Result<Vec<TcpListener>, String> {
+    let mut out = Vec::new();
+    for l in config.amqp_listeners() {
+        let listener = TcpListener::bind((l.bind.as_str(), l.port))
+            .await
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", l.bind, l.port))?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
 /// Runs the broker on `listener` until `shutdown` is cancelled, then closes every client
 /// connection with 320 CONNECTION_FORCED and returns once they are gone. Durable state lives in
 /// `config.storage.data_dir`, which the caller has opened and locked.
@@ -23,10 +41,19 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    run_all(config, vec![listener], shutdown).await
+}
+
+/// Like [`run`], on several listeners.
+pub async fn run_all(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let broker = tokio::task::spawn_blocking(move || Broker::open(config))
         .await
         .map_err(std::io::Error::other)??;
-    run_broker(broker, listener, shutdown).await
+    run_broker_on(broker, listeners, shutdown).await
 }
 
 /// Like [`run`], with a broker built by the caller (tests inspect it).
@@ -35,27 +62,60 @@ pub async fn run_broker(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    run_broker_on(broker, vec![listener], shutdown).await
+}
+
+/// Serves one AMQP connection over any byte stream (TLS, a Unix socket, a test pipe) until it
+/// closes or `shutdown` is cancelled.
+pub async fn serve_connection<S>(
+    broker: Arc<Broker>,
+    stream: S,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    connection::serve_stream(broker, stream, peer, shutdown).await
+}
+
+/// Runs `broker` on `listeners` until `shutdown`, then closes every connection.
+pub async fn run_broker_on(
+    broker: Arc<Broker>,
+    listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     broker.timers.start();
     spawn_memory_monitor(broker.clone(), shutdown.clone());
     let tracker = TaskTracker::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    let broker = broker.clone();
-                    let shutdown = shutdown.clone();
-                    tracker.spawn(connection::serve(broker, stream, peer, shutdown));
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut accept_loops = Vec::new();
+    for listener in listeners {
+        let broker = broker.clone();
+        let shutdown = shutdown.clone();
+        let tracker = tracker.clone();
+        accept_loops.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = listener.accept() => match r {
+                        Ok((stream, peer)) => {
+                            let broker = broker.clone();
+                            let shutdown = shutdown.clone();
+                            tracker.spawn(connection::serve_tcp(broker, stream, peer, shutdown));
+                        }
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
                 }
             }
-        }
+        }));
     }
-    drop(listener);
+    shutdown.cancelled().await;
+    for a in accept_loops {
+        let _ = a.await;
+    }
     tracker.close();
     info!(
         connections = tracker.len(),

@@ -109,22 +109,19 @@ async fn run(config: Config) -> Result<(), String> {
 
     // Held until the broker has stopped: the lock keeps a second warren off this directory.
     let data_dir = DataDir::open(&config.storage.data_dir).map_err(|e| e.to_string())?;
-    let listener = warren_core::server::bind(&config).await.map_err(|e| {
-        format!(
-            "cannot listen on {}:{}: {e}",
-            config.amqp.bind, config.amqp.port
-        )
-    })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    info!(
-        %addr,
-        data_dir = %data_dir.path().display(),
-        version = env!("CARGO_PKG_VERSION"),
-        "listening"
-    );
-    warren_core::server::run(config, listener, shutdown)
+    let listeners = warren_core::server::bind_all(&config).await?;
+    for l in &listeners {
+        let addr = l
+            .local_addr()
+            .map_err(|e| format!("cannot read the listening address: {e}"))?;
+        info!(
+            %addr,
+            data_dir = %data_dir.path().display(),
+            version = env!("CARGO_PKG_VERSION"),
+            "listening"
+        );
+    }
+    warren_core::server::run_all(config, listeners, shutdown)
         .await
         .map_err(|e| format!("broker failed: {e}"))?;
     drop(data_dir);

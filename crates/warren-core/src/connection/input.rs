@@ -10,8 +10,9 @@
 //! copy, and the read buffer does not grow to hold large frames.
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use std::future::Future;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use warren_codec::ChannelId;
 
 /// Read buffer starting size.
@@ -71,7 +72,7 @@ impl Input {
 
     /// Reads what the socket has (waiting for something) into the direct frame's body buffer
     /// or into the read buffer. `Ok(0)` is the end of the stream.
-    pub async fn read(&mut self, sock: &mut OwnedReadHalf) -> std::io::Result<usize> {
+    pub async fn read<R: AsyncRead + Unpin>(&mut self, sock: &mut R) -> std::io::Result<usize> {
         if let Some(d) = self.direct.as_mut().filter(|d| d.left > 0) {
             let n = sock.read_buf(&mut (&mut d.buf).limit(d.left)).await?;
             d.left = d.left.saturating_sub(n);
@@ -83,16 +84,14 @@ impl Input {
         }
     }
 
-    /// Like [`Input::read`] without waiting (`WouldBlock` when nothing is there).
-    pub fn try_read(&mut self, sock: &mut OwnedReadHalf) -> std::io::Result<usize> {
-        if let Some(d) = self.direct.as_mut().filter(|d| d.left > 0) {
-            let n = sock.try_read_buf(&mut (&mut d.buf).limit(d.left))?;
-            d.left = d.left.saturating_sub(n);
-            return Ok(n);
-        }
-        match self.limit() {
-            Some(limit) => sock.try_read_buf(&mut (&mut self.buf).limit(limit)),
-            None => sock.try_read_buf(&mut self.buf),
+    /// Like [`Input::read`] without waiting (`WouldBlock` when nothing is there): polls the
+    /// read once.
+    pub fn try_read<R: AsyncRead + Unpin>(&mut self, sock: &mut R) -> std::io::Result<usize> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let read = std::pin::pin!(self.read(sock));
+        match read.poll(&mut cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
         }
     }
 

@@ -1,25 +1,37 @@
 //! One client connection: the reader loop, the handshake, heartbeats and close handling.
 //!
-//! A connection is two tasks. The *connection task* (this module) reads the socket, decodes
-//! frames, runs the handshake state machine and every channel's methods, and receives
-//! [`ConnEvent`]s (deliveries from queues, consumer cancellations). Everything it sends goes into
-//! one output buffer that is handed, once per loop turn, to the *writer task* ([`writer`]), so
-//! frames produced together leave in one `write` and a client that does not read never blocks
-//! the reading side.
+//! A connection is two tasks. The *connection task* (this module) reads the byte stream,
+//! decodes frames, runs the handshake state machine and every channel's methods, and receives
+//! [`ConnEvent`]s (deliveries from queues, consumer cancellations, sync rounds, applied
+//! metadata commands). Everything it sends goes into one output buffer that is written once
+//! per loop turn, directly over TCP when nothing is pending, otherwise by the *writer task*
+//! ([`writer`]), so a client that does not read never blocks the reading side.
 //!
-//! Channels are plain state machines owned by the connection task (see `channel.rs`): no broker
-//! operation awaits, so there is nothing a channel could block its siblings on.
+//! A connection runs over any byte stream ([`serve_stream`]: TLS, a Unix socket, a test
+//! pipe); TCP ([`serve_tcp`]) keeps its direct-write fast path.
+//!
+//! Channels are plain state machines owned by the connection task (see `channel/`): no broker
+//! operation awaits. A channel that must wait (a durable declaration until the metadata log
+//! has made it durable, a `basic.get` for a paged batch, a `tx.commit` for its sync round) is
+//! *paused*: its later frames are held, in order, until it resumes, while every other channel
+//! goes on.
+//!
+//! Files: this one (the loop and frame routing), `flow.rs` (output backpressure), `sink.rs`
+//! (events, and the interfaces of the lower layers the connection implements), `input.rs`
+//! (the read buffer and direct body reads), `writer.rs`, `handshake.rs`, `channel/`.
 
 mod channel;
+mod flow;
 mod handshake;
 mod input;
+mod sink;
 mod writer;
 
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -27,11 +39,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::broker::Broker;
+use crate::clock::Millis;
 use crate::error::AmqpError;
-use crate::queue::Delivery;
 use crate::vhost::VHost;
 use channel::Channel;
+use flow::Flow;
 use input::{Direct, Input, DIRECT_MIN};
+pub(crate) use sink::{ConnEvent, ConnSink};
 use warren_codec::proto::{connection, AMQPClass};
 use warren_codec::{
     decode_frame, encode, partial_body_frame, ChannelId, Frame, FrameError, ReplyCode, FRAME_BODY,
@@ -39,116 +53,7 @@ use warren_codec::{
 };
 use writer::WriterMsg;
 
-/// Sender half of a connection's event channel.
-pub type ConnSender = mpsc::UnboundedSender<ConnEvent>;
-
-/// Output backpressure of one connection: bytes handed to the writer and not yet written,
-/// plus the estimated output of deliveries queues have handed over and the connection has not
-/// encoded yet. At [`Flow::HIGH`] the connection stops reading its socket and its consumers get
-/// nothing more (so a client that does not read cannot make the broker buffer without bound).
-///
-/// Wake-ups have one owner, the connection task. Whoever finds the connection not writable (a
-/// queue's dispatch skipping a consumer, or the connection itself before reading) marks it
-/// *parked*; every place that lowers the level checks for a parked mark afterwards: the
-/// connection task at the end of each turn ([`Flow::resume_due`], after encoding deliveries
-/// and writing directly), the writer task after each write (it pokes the connection task,
-/// which then does the same check). Once the level is below [`Flow::LOW`] and the mark is
-/// set, the connection task clears it and kicks the queues of its consumers. The mark is set
-/// before the level is read again and the level is lowered before the mark is read (both
-/// `SeqCst`), so a dispatch that parks concurrently with the last decrement is either seen by
-/// the check or sees the lowered level itself: no wake-up is lost.
-#[derive(Debug, Default)]
-pub struct Flow {
-    pending: AtomicUsize,
-    /// Estimated output bytes of deliveries handed to the connection and not yet encoded.
-    reserved: AtomicUsize,
-    parked: AtomicBool,
-    drained: tokio::sync::Notify,
-}
-
-impl Flow {
-    /// Stop at this many output bytes.
-    pub const HIGH: usize = 8 * 1024 * 1024;
-    /// Resume below this many.
-    pub const LOW: usize = 2 * 1024 * 1024;
-
-    fn level(&self) -> usize {
-        self.pending.load(Ordering::SeqCst) + self.reserved.load(Ordering::SeqCst)
-    }
-
-    /// Whether more output may be produced for this connection. When not, the connection is
-    /// marked parked, and its task kicks its consumers' queues once it drains.
-    pub fn writable(&self) -> bool {
-        if self.level() < Self::HIGH {
-            return true;
-        }
-        self.parked.store(true, Ordering::SeqCst);
-        // Re-read after parking: a decrement that raced with the first read is seen here, or
-        // it sees the mark (see the type's docs).
-        self.level() < Self::HIGH
-    }
-
-    /// A queue hands this connection a delivery of about `n` output bytes.
-    pub fn reserve(&self, n: usize) {
-        self.reserved.fetch_add(n, Ordering::SeqCst);
-    }
-
-    /// The delivery reserved with [`Flow::reserve`] was encoded (or returned).
-    pub fn unreserve(&self, n: usize) {
-        let _ = self
-            .reserved
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-                Some(v.saturating_sub(n))
-            });
-    }
-
-    /// Nothing is waiting at (or being written by) the writer.
-    fn idle(&self) -> bool {
-        self.pending.load(Ordering::Acquire) == 0
-    }
-
-    fn queued(&self, n: usize) {
-        self.pending.fetch_add(n, Ordering::SeqCst);
-    }
-
-    /// The writer wrote `n` bytes; pokes the connection task if someone is parked and the
-    /// level is low enough to resume.
-    pub(crate) fn written(&self, n: usize) {
-        let _ = self
-            .pending
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-                Some(v.saturating_sub(n))
-            });
-        if self.level() < Self::LOW && self.parked.load(Ordering::SeqCst) {
-            self.drained.notify_one();
-        }
-    }
-
-    /// The connection task's check after every turn: true (once) when something parked on this
-    /// connection's output and it has drained below [`Flow::LOW`], i.e. its consumers' queues
-    /// must be kicked now.
-    fn resume_due(&self) -> bool {
-        self.level() < Self::LOW && self.parked.swap(false, Ordering::SeqCst)
-    }
-}
-
-/// Something another part of the broker tells a connection.
-#[derive(Debug)]
-pub enum ConnEvent {
-    /// A queue delivers a message to one of this connection's consumers.
-    Deliver(Delivery),
-    /// A sync round completed: persistent messages may be confirmable now.
-    Synced,
-    /// A queue was deleted under one of this connection's consumers.
-    ConsumerCancelled {
-        /// Channel of the consumer.
-        channel: u16,
-        /// Its tag.
-        tag: Arc<str>,
-    },
-}
-
-/// Where the handshake or the connection stands.
+/// Where the connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Waiting for the 8-byte protocol header.
@@ -182,6 +87,9 @@ impl State {
 /// How long we wait for `close-ok` after sending `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Bytes of frames held for paused channels above which the connection stops reading.
+const PAUSED_MAX: usize = 4 * 1024 * 1024;
+
 /// Connection-wide context the channels work in.
 pub(crate) struct Ctx {
     pub broker: Arc<Broker>,
@@ -199,8 +107,8 @@ pub(crate) struct Ctx {
     pub out: BytesMut,
     /// Output already cut into pieces (zero-copy bodies), to be written before `out`.
     pub chunks: Vec<bytes::Bytes>,
-    /// Our own event sender, given to consumers.
-    pub events: ConnSender,
+    /// This connection as queues and the syncer see it.
+    pub sink: Arc<ConnSink>,
     /// Channels with confirms to flush at the end of this turn.
     pub confirms_dirty: Vec<ChannelId>,
     /// Highest sync epoch we asked to be told about (0: none pending).
@@ -211,6 +119,8 @@ pub(crate) struct Ctx {
     pub published: bool,
     /// Output backpressure.
     pub flow: Arc<Flow>,
+    /// The broker clock's time for the batch of input or events being handled.
+    pub now: Millis,
 }
 
 impl Ctx {
@@ -230,11 +140,20 @@ impl Ctx {
     pub fn wait_for_sync(&mut self, epoch: u64) {
         if epoch > self.sync_waiting_for {
             if let Some(s) = &self.broker.syncer {
-                s.notify_when_durable(epoch, &self.events);
+                let w: Arc<dyn crate::store::sync::SyncWaiter> = self.sink.clone();
+                s.notify_when_durable(epoch, &w);
                 self.sync_waiting_for = epoch;
             }
         }
     }
+}
+
+/// How the connection's output reaches the byte stream.
+enum Out {
+    /// TCP: the connection task writes directly when the writer is idle.
+    Tcp(Arc<tokio::net::tcp::OwnedWriteHalf>),
+    /// Any other stream: everything goes through the writer task, which owns the write half.
+    Task,
 }
 
 /// A client connection.
@@ -245,12 +164,14 @@ pub(crate) struct Connection {
     channels: rustc_hash::FxHashMap<ChannelId, Channel>,
     events_rx: mpsc::UnboundedReceiver<ConnEvent>,
     writer: mpsc::UnboundedSender<WriterMsg>,
-    /// The socket's write half, shared with the writer task (see `writer.rs`).
-    sock: Arc<tokio::net::tcp::OwnedWriteHalf>,
+    out: Out,
     /// The broker's memory alarm.
     alarm: tokio::sync::watch::Receiver<bool>,
     /// `connection.blocked` was sent and not yet undone.
     blocked_sent: bool,
+    /// The client sent `connection.close` while channels were paused: handled once they
+    /// have resumed (their held frames came before it).
+    close_deferred: bool,
     started: Instant,
     last_recv: Instant,
     last_sent: Instant,
@@ -258,7 +179,7 @@ pub(crate) struct Connection {
 }
 
 /// Serves one accepted TCP connection until it closes.
-pub async fn serve(
+pub async fn serve_tcp(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -266,69 +187,109 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let (mut reader, write_half) = stream.into_split();
-    let (wtx, wrx) = mpsc::unbounded_channel();
     let flow = Arc::new(Flow::default());
     let sock = Arc::new(write_half);
-    let writer_task = tokio::spawn(writer::run(sock.clone(), wrx, flow.clone()));
-    let alarm = broker.alarm.subscribe();
-    let (etx, erx) = mpsc::unbounded_channel();
-    let conn_id = broker.next_conn_id();
-    let frame_max = broker.config.amqp.frame_max;
-    let channel_max = broker.config.amqp.channel_max;
-    let now = Instant::now();
-    let mut conn = Connection {
-        ctx: Ctx {
-            broker,
-            conn_id,
-            peer,
-            vhost: None,
-            user: String::new(),
-            frame_max,
-            channel_max,
-            heartbeat: 0,
-            cap_consumer_cancel_notify: false,
-            cap_auth_failure_close: false,
-            out: BytesMut::with_capacity(4096),
-            chunks: Vec::new(),
-            events: etx,
-            confirms_dirty: Vec::new(),
-            sync_waiting_for: 0,
-            cap_connection_blocked: false,
-            published: false,
-            flow,
-        },
-        state: State::AwaitHeader,
-        channels: rustc_hash::FxHashMap::default(),
-        events_rx: erx,
-        writer: wtx,
-        sock,
-        alarm,
-        blocked_sent: false,
-        started: now,
-        last_recv: now,
-        last_sent: now,
-        close_deadline: None,
-    };
-    let span = tracing::info_span!("conn", id = conn_id, peer = %peer);
-    async move {
-        debug!("accepted");
-        conn.run(&mut reader, shutdown).await;
-        conn.teardown();
-        let _ = conn.writer.send(WriterMsg::Shutdown);
-        drop(conn);
-        let _ = writer_task.await;
-        debug!("closed");
-    }
-    .instrument(span)
-    .await
+    let (wtx, wrx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(writer::run_tcp(sock.clone(), wrx, flow.clone()));
+    let conn = Connection::new(broker, peer, flow, wtx, Out::Tcp(sock));
+    conn.serve(&mut reader, shutdown, writer_task).await
+}
+
+/// Serves one connection over any byte stream (TLS, a Unix socket, ...) until it closes.
+pub async fn serve_stream<S>(
+    broker: Arc<Broker>,
+    stream: S,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, write_half) = tokio::io::split(stream);
+    let flow = Arc::new(Flow::default());
+    let (wtx, wrx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(writer::run_stream(write_half, wrx, flow.clone()));
+    let conn = Connection::new(broker, peer, flow, wtx, Out::Task);
+    conn.serve(&mut reader, shutdown, writer_task).await
 }
 
 impl Connection {
-    async fn run(
-        &mut self,
-        reader: &mut tokio::net::tcp::OwnedReadHalf,
+    fn new(
+        broker: Arc<Broker>,
+        peer: SocketAddr,
+        flow: Arc<Flow>,
+        writer: mpsc::UnboundedSender<WriterMsg>,
+        out: Out,
+    ) -> Self {
+        let alarm = broker.alarm.subscribe();
+        let (etx, erx) = mpsc::unbounded_channel();
+        let conn_id = broker.next_conn_id();
+        let frame_max = broker.config.amqp.frame_max;
+        let channel_max = broker.config.amqp.channel_max;
+        let now = Instant::now();
+        let clock_now = broker.clock.now();
+        Connection {
+            ctx: Ctx {
+                broker,
+                conn_id,
+                peer,
+                vhost: None,
+                user: String::new(),
+                frame_max,
+                channel_max,
+                heartbeat: 0,
+                cap_consumer_cancel_notify: false,
+                cap_auth_failure_close: false,
+                out: BytesMut::with_capacity(4096),
+                chunks: Vec::new(),
+                sink: ConnSink::new(etx, flow.clone()),
+                confirms_dirty: Vec::new(),
+                sync_waiting_for: 0,
+                cap_connection_blocked: false,
+                published: false,
+                flow,
+                now: clock_now,
+            },
+            state: State::AwaitHeader,
+            channels: rustc_hash::FxHashMap::default(),
+            events_rx: erx,
+            writer,
+            out,
+            alarm,
+            blocked_sent: false,
+            close_deferred: false,
+            started: now,
+            last_recv: now,
+            last_sent: now,
+            close_deadline: None,
+        }
+    }
+
+    async fn serve<R: AsyncRead + Unpin>(
+        mut self,
+        reader: &mut R,
         shutdown: CancellationToken,
+        writer_task: tokio::task::JoinHandle<()>,
     ) {
+        let span = tracing::info_span!("conn", id = self.ctx.conn_id, peer = %self.ctx.peer);
+        async move {
+            debug!("accepted");
+            self.run(reader, shutdown).await;
+            self.teardown();
+            let _ = self.writer.send(WriterMsg::Shutdown);
+            drop(self);
+            let _ = writer_task.await;
+            debug!("closed");
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Bytes held for paused channels.
+    fn paused_bytes(&self) -> usize {
+        self.channels.values().map(Channel::held_bytes).sum()
+    }
+
+    async fn run<R: AsyncRead + Unpin>(&mut self, reader: &mut R, shutdown: CancellationToken) {
         let mut input = Input::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -340,7 +301,10 @@ impl Connection {
             let alarm_blocks =
                 *self.alarm.borrow() && self.ctx.published && self.state == State::Running;
             self.signal_blocked(alarm_blocks);
-            let can_read = out_ok && !alarm_blocks;
+            let can_read = out_ok
+                && !alarm_blocks
+                && !self.close_deferred
+                && (self.state != State::Running || self.paused_bytes() < PAUSED_MAX);
             let flow = self.ctx.flow.clone();
             // Biased, cheapest first (a ready branch stops the polling of the rest). So that a
             // steady stream of deliveries cannot starve reading the socket (acks, heartbeats),
@@ -373,6 +337,7 @@ impl Connection {
                 ev = self.events_rx.recv() => {
                     event_turns += 1;
                     if let Some(ev) = ev {
+                        self.ctx.now = self.ctx.broker.clock.now();
                         self.handle_event(ev);
                         for _ in 0..1024 {
                             match self.events_rx.try_recv() {
@@ -410,15 +375,16 @@ impl Connection {
                         // Not reading on purpose: the client is not the one being silent.
                         self.last_recv = Instant::now();
                     }
-                    self.on_tick()
+                    self.on_tick(Instant::now())
                 }
             }
             self.flush();
             if self.ctx.flow.resume_due() {
                 // Output drained after something parked on it (see `Flow`): consumers of this
                 // connection may get messages again, and reading resumes at the next turn.
+                let now = self.ctx.broker.clock.now();
                 for ch in self.channels.values() {
-                    ch.kick_consumer_queues();
+                    ch.kick_consumer_queues(now);
                 }
                 self.flush();
             }
@@ -453,7 +419,7 @@ impl Connection {
         self.flush();
     }
 
-    /// Hands the output buffer to the writer.
+    /// Hands the output to the socket (directly when nothing is pending) or the writer.
     fn flush(&mut self) {
         for id in std::mem::take(&mut self.ctx.confirms_dirty) {
             if let Some(ch) = self.channels.get_mut(&id) {
@@ -464,23 +430,26 @@ impl Connection {
             let tail = self.ctx.out.split().freeze();
             self.ctx.chunks.push(tail);
         }
-        if !self.ctx.chunks.is_empty() {
-            let mut chunks = std::mem::take(&mut self.ctx.chunks);
-            // Nothing queued at the writer: write now, from this task, and hand over only
-            // what the kernel does not take.
-            if self.ctx.flow.idle() {
-                let _ = writer::try_write_now(&self.sock, &mut chunks);
-            }
-            if !chunks.is_empty() {
-                self.ctx.flow.queued(chunks.iter().map(|c| c.len()).sum());
-                let _ = self.writer.send(WriterMsg::Chunks(chunks));
-            }
-            self.last_sent = Instant::now();
+        if self.ctx.chunks.is_empty() {
+            return;
         }
+        let mut chunks = std::mem::take(&mut self.ctx.chunks);
+        // Nothing queued at the writer: write now, from this task, and hand over only what
+        // the kernel does not take.
+        if let Out::Tcp(sock) = &self.out {
+            if self.ctx.flow.idle() {
+                let _ = writer::try_write_now(sock, &mut chunks);
+            }
+        }
+        if !chunks.is_empty() {
+            self.ctx.flow.queued(chunks.iter().map(|c| c.len()).sum());
+            let _ = self.writer.send(WriterMsg::Chunks(chunks));
+        }
+        self.last_sent = Instant::now();
     }
 
-    fn on_tick(&mut self) {
-        let now = Instant::now();
+    /// Handshake timeout, close timeout and heartbeats at time `now`.
+    fn on_tick(&mut self, now: Instant) {
         match self.state {
             State::AwaitHeader | State::Starting | State::Tuning | State::Opening => {
                 let limit = Duration::from_secs(self.ctx.broker.config.amqp.handshake_timeout);
@@ -514,7 +483,7 @@ impl Connection {
     }
 
     fn handle_input(&mut self, input: &mut Input) {
-        let _clock = crate::timer::ClockScope::enter();
+        self.ctx.now = self.ctx.broker.clock.now();
         if let Some(d) = &input.direct {
             if d.left > 0 || input.buf.is_empty() {
                 // Payload went into the body buffer; nothing to decode yet.
@@ -666,6 +635,23 @@ impl Connection {
             }
             return;
         }
+        // Frames of a paused channel wait, in order, until it resumes.
+        let frame = match frame {
+            Frame::Method { channel, .. }
+            | Frame::Header { channel, .. }
+            | Frame::Body { channel, .. }
+                if channel != 0 =>
+            {
+                match self.channels.get_mut(&channel) {
+                    Some(ch) if ch.is_paused() => {
+                        ch.hold(frame);
+                        return;
+                    }
+                    _ => frame,
+                }
+            }
+            f => f,
+        };
         let r = match frame {
             Frame::Heartbeat => Ok(()),
             Frame::Method { channel: 0, method } => self.handle_channel0(method),
@@ -693,12 +679,11 @@ impl Connection {
         match method {
             AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
                 debug!(code = c.reply_code, text = %c.reply_text, "client closed the connection");
-                self.teardown();
-                self.ctx.send_method(
-                    0,
-                    &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
-                );
-                self.state = State::Done;
+                if self.channels.values().any(Channel::is_paused) {
+                    self.close_deferred = true;
+                    return Ok(());
+                }
+                self.client_close();
                 Ok(())
             }
             AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(()),
@@ -715,6 +700,16 @@ impl Connection {
                 AmqpError::channel_error("unexpected method in connection state running").on(ids),
             ),
         }
+    }
+
+    /// The client's `connection.close`: release everything, answer, finish.
+    fn client_close(&mut self) {
+        self.teardown();
+        self.ctx.send_method(
+            0,
+            &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+        self.state = State::Done;
     }
 
     /// Runs `f` on an open channel; frames for a closing channel are dropped, and frames for an
@@ -791,14 +786,21 @@ impl Connection {
                 self.ctx.flow.unreserve(d.reserved);
                 match self.channels.get_mut(&d.channel) {
                     Some(ch) => ch.deliver(&mut self.ctx, d),
-                    None => channel::return_undelivered(d),
+                    None => channel::return_undelivered(d, self.ctx.now),
                 }
             }
             ConnEvent::Synced => {
                 self.ctx.sync_waiting_for = 0;
                 let durable = self.ctx.durable_epoch();
-                for ch in self.channels.values_mut() {
+                let mut resumed = Vec::new();
+                for (id, ch) in self.channels.iter_mut() {
                     ch.on_synced(&mut self.ctx, durable);
+                    if ch.sync_resumable(durable) {
+                        resumed.push(*id);
+                    }
+                }
+                for id in resumed {
+                    self.resume(id, channel::Resume::Synced);
                 }
             }
             ConnEvent::ConsumerCancelled { channel, tag } => {
@@ -806,6 +808,41 @@ impl Connection {
                     ch.consumer_cancelled(&mut self.ctx, &tag);
                 }
             }
+            ConnEvent::Applied { channel, result } => {
+                self.resume(channel, channel::Resume::Applied(result));
+            }
+            ConnEvent::Wake { channel } => self.resume(channel, channel::Resume::Woken),
+        }
+    }
+
+    /// A paused channel's wait is over: it finishes what it was doing, then the frames held
+    /// for it are handled in order (it may pause again, holding the rest).
+    fn resume(&mut self, id: ChannelId, why: channel::Resume) {
+        if !matches!(self.state, State::Running) {
+            return;
+        }
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let Some((r, held)) = ch.resume(&mut self.ctx, why) else {
+            return;
+        };
+        if let Err(e) = r {
+            if e.is_hard() {
+                self.close_connection(e);
+                return;
+            }
+            ch.close_with(&mut self.ctx, e);
+        }
+        for f in held {
+            if self.state != State::Running {
+                break;
+            }
+            self.handle_frame(f);
+        }
+        if self.close_deferred && !self.channels.values().any(Channel::is_paused) {
+            self.close_deferred = false;
+            self.client_close();
         }
     }
 
@@ -833,6 +870,8 @@ impl Connection {
 
     /// Releases every channel (requeue unacked, cancel consumers) and exclusive queues.
     fn teardown(&mut self) {
+        let now = self.ctx.broker.clock.now();
+        self.ctx.now = now;
         for (_, mut ch) in self.channels.drain() {
             ch.teardown(&mut self.ctx);
         }
@@ -843,71 +882,8 @@ impl Connection {
         while let Ok(ev) = self.events_rx.try_recv() {
             if let ConnEvent::Deliver(d) = ev {
                 self.ctx.flow.unreserve(d.reserved);
-                channel::return_undelivered(d);
+                channel::return_undelivered(d, now);
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Flow;
-
-    /// The issue-11 stall: a dispatch burst reserves the whole window and parks; the connection
-    /// encodes everything and writes it directly (the writer never sees a byte). The check at
-    /// the end of the connection's turn must resume, exactly once.
-    #[test]
-    fn reserved_window_drained_without_the_writer_resumes() {
-        let f = Flow::default();
-        let mut reserved = 0;
-        while f.writable() {
-            f.reserve(100);
-            reserved += 100;
-        }
-        assert!(!f.resume_due(), "still full");
-        f.unreserve(reserved - Flow::LOW);
-        assert!(!f.resume_due(), "not below the low mark yet");
-        f.unreserve(Flow::LOW);
-        assert!(f.resume_due(), "drained: kick the consumers");
-        assert!(!f.resume_due(), "one kick per park");
-        assert!(f.writable());
-    }
-
-    /// Bytes queued at the writer: the writer's write pokes the connection task once the level
-    /// is low, and only when something parked.
-    #[tokio::test]
-    async fn writer_drain_pokes_the_connection_when_parked() {
-        let f = Flow::default();
-        f.queued(Flow::HIGH);
-        assert!(!f.writable());
-        f.written(Flow::HIGH - Flow::LOW);
-        let poked =
-            tokio::time::timeout(std::time::Duration::from_millis(20), f.drained.notified());
-        assert!(poked.await.is_err(), "not below the low mark: no poke");
-        f.written(Flow::LOW);
-        tokio::time::timeout(std::time::Duration::from_secs(1), f.drained.notified())
-            .await
-            .expect("poked");
-        assert!(f.resume_due());
-        // Without a park, draining pokes nobody.
-        f.queued(1000);
-        f.written(1000);
-        assert!(!f.resume_due());
-    }
-
-    /// Parking and the last decrement racing on two threads never lose the wake-up: either the
-    /// parking side sees the connection writable again, or the connection's check sees the mark.
-    #[test]
-    fn park_and_drain_race_loses_no_wakeup() {
-        for _ in 0..2000 {
-            let f = std::sync::Arc::new(Flow::default());
-            f.reserve(Flow::HIGH);
-            let g = f.clone();
-            let parker = std::thread::spawn(move || g.writable());
-            f.unreserve(Flow::HIGH);
-            let resumed = f.resume_due();
-            let writable = parker.join().expect("join");
-            assert!(writable || resumed, "a park was missed");
         }
     }
 }

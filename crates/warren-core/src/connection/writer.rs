@@ -1,18 +1,21 @@
 //! The writer task: writes whatever the connection task could not write at once, batching
 //! chunks that queued up while a previous write was in progress.
 //!
-//! The socket's write half is shared (`Arc<OwnedWriteHalf>`, whose `try_write*` take `&self`):
-//! when nothing is pending, the connection task writes its output directly (one syscall, no task
-//! wake-up on the latency path); only what the kernel does not take at once goes through here.
-//! Order is kept because the connection writes directly only while the writer has nothing.
+//! Over TCP the socket's write half is shared (`Arc<OwnedWriteHalf>`, whose `try_write*` take
+//! `&self`): when nothing is pending, the connection task writes its output directly (one
+//! syscall, no task wake-up on the latency path); only what the kernel does not take at once
+//! goes through here. Order is kept because the connection writes directly only while the
+//! writer has nothing. Any other byte stream (TLS, a Unix socket) cannot be written from two
+//! tasks: its write half belongs to this task alone and every output goes through it.
 
 use bytes::Bytes;
 use std::io::IoSlice;
 use std::sync::Arc;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-use super::Flow;
+use super::flow::Flow;
 
 /// A message for the writer.
 #[derive(Debug)]
@@ -23,31 +26,65 @@ pub(crate) enum WriterMsg {
     Shutdown,
 }
 
-pub(crate) async fn run(
+/// Takes the next batch (waiting for the first message); false once told to shut down.
+async fn next_batch(rx: &mut mpsc::UnboundedReceiver<WriterMsg>, batch: &mut Vec<Bytes>) -> bool {
+    let mut go_on = true;
+    match rx.recv().await {
+        Some(WriterMsg::Chunks(v)) => batch.extend(v),
+        Some(WriterMsg::Shutdown) | None => go_on = false,
+    }
+    while go_on && batch.len() < 64 {
+        match rx.try_recv() {
+            Ok(WriterMsg::Chunks(v)) => batch.extend(v),
+            Ok(WriterMsg::Shutdown) => go_on = false,
+            Err(_) => break,
+        }
+    }
+    go_on
+}
+
+/// The writer of a TCP connection (sharing the write half with the connection task).
+pub(crate) async fn run_tcp(
     sock: Arc<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<WriterMsg>,
     flow: Arc<Flow>,
 ) {
     let mut batch: Vec<Bytes> = Vec::with_capacity(64);
-    let mut shutdown = false;
-    while !shutdown {
-        match rx.recv().await {
-            Some(WriterMsg::Chunks(v)) => batch.extend(v),
-            Some(WriterMsg::Shutdown) | None => shutdown = true,
+    loop {
+        let go_on = next_batch(&mut rx, &mut batch).await;
+        let n: usize = batch.iter().map(|b| b.len()).sum();
+        let r = write_all_tcp(&sock, &mut batch).await;
+        flow.written(n);
+        if r.is_err() || !go_on {
+            // On an error the peer is gone; the connection task notices on its read side.
+            return;
         }
-        while !shutdown && batch.len() < 64 {
-            match rx.try_recv() {
-                Ok(WriterMsg::Chunks(v)) => batch.extend(v),
-                Ok(WriterMsg::Shutdown) => shutdown = true,
-                Err(_) => break,
+    }
+}
+
+/// The writer of any other byte stream: it owns the write half.
+pub(crate) async fn run_stream<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
+    flow: Arc<Flow>,
+) {
+    let mut batch: Vec<Bytes> = Vec::with_capacity(64);
+    loop {
+        let go_on = next_batch(&mut rx, &mut batch).await;
+        let n: usize = batch.iter().map(|b| b.len()).sum();
+        let mut r = Ok(());
+        for b in batch.drain(..) {
+            if r.is_ok() {
+                r = w.write_all(&b).await;
             }
         }
-        let n: usize = batch.iter().map(|b| b.len()).sum();
-        let r = write_all(&sock, &mut batch).await;
+        if r.is_ok() {
+            r = w.flush().await;
+        }
         flow.written(n);
-        if r.is_err() {
-            // The peer is gone; the connection task notices on its read side.
-            break;
+        if r.is_err() || !go_on {
+            let _ = w.shutdown().await;
+            return;
         }
     }
 }
@@ -84,7 +121,7 @@ fn advance(batch: &mut Vec<Bytes>, mut n: usize) {
     batch.drain(..done);
 }
 
-async fn write_all(sock: &OwnedWriteHalf, batch: &mut Vec<Bytes>) -> std::io::Result<()> {
+async fn write_all_tcp(sock: &OwnedWriteHalf, batch: &mut Vec<Bytes>) -> std::io::Result<()> {
     batch.retain(|b| !b.is_empty());
     while !batch.is_empty() {
         sock.writable().await?;

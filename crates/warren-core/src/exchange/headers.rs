@@ -270,6 +270,42 @@ fn erlang_term(v: &AMQPValue) -> String {
     }
 }
 
+/// The headers exchange's router: each binding's parsed `x-match` rule, tried in turn.
+#[derive(Debug, Default)]
+pub(super) struct HeadersRouter {
+    rules: Vec<(XMatch, FieldTable, super::Destination)>,
+}
+
+impl super::Router for HeadersRouter {
+    fn add(&mut self, dest: &super::Destination, _key: &str, args: &FieldTable) {
+        let xm = parse_x_match(args).unwrap_or(XMatch::All);
+        self.rules.push((xm, args.clone(), dest.clone()));
+    }
+
+    fn remove(&mut self, dest: &super::Destination, _key: &str, args: &FieldTable) {
+        if let Some(i) = self
+            .rules
+            .iter()
+            .position(|(_, a, d)| d == dest && a == args)
+        {
+            self.rules.remove(i);
+        }
+    }
+
+    fn route(
+        &self,
+        _routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<super::Destination>,
+    ) {
+        for (xm, args, d) in &self.rules {
+            if headers_match(*xm, args, headers) {
+                out.push(d.clone());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::proto::{ByteArray, DecimalValue, FieldArray, LongString, ShortString};

@@ -1,10 +1,13 @@
 //! Exchanges and their binding tables.
 //!
-//! An [`Exchange`] holds its declared properties and a [`BindingTable`] indexed for its type:
-//! a hash map for direct, a list for fanout, a trie for topic ([`topic::TopicTrie`]) and a list
-//! of parsed `x-match` rules for headers. Exchanges live in the vhost topology
+//! An [`Exchange`] holds its declared properties, its bindings by destination, and a
+//! [`Router`] for its type that indexes them for routing: a hash map for direct, a set for
+//! fanout, a trie for topic ([`topic::TopicTrie`]) and a list of parsed `x-match` rules for
+//! headers. Exchanges live in the vhost topology
 //! (`crate::vhost`), which is read on every publish and written only by declare/bind/delete.
 
+mod direct;
+mod fanout;
 pub mod headers;
 pub mod topic;
 
@@ -69,24 +72,27 @@ pub struct Binding {
     pub arguments: FieldTable,
 }
 
-/// An exchange's bindings, indexed for its type.
-#[derive(Debug)]
-pub struct BindingTable {
-    all: Vec<Binding>,
-    direct: HashMap<String, Vec<Destination>>,
-    fanout: Vec<Destination>,
-    topic: topic::TopicTrie<Destination>,
-    headers: Vec<(headers::XMatch, FieldTable, Destination)>,
+/// The routing index of one exchange type: told about every binding added and removed (each
+/// distinct `(destination, key, arguments)` once), asked for the destinations of a message.
+/// One implementation per type, one file each (`direct.rs`, `fanout.rs`, `topic.rs`,
+/// `headers.rs`); new types (delayed, consistent-hash) plug in here.
+pub trait Router: Send + Sync + std::fmt::Debug {
+    /// A binding was added.
+    fn add(&mut self, dest: &Destination, key: &str, args: &FieldTable);
+    /// A binding was removed.
+    fn remove(&mut self, dest: &Destination, key: &str, args: &FieldTable);
+    /// Appends the destinations a message with `routing_key` and `headers` goes to (possibly
+    /// with duplicates; the caller dedupes).
+    fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>);
 }
 
-impl BindingTable {
-    fn new() -> Self {
-        Self {
-            all: Vec::new(),
-            direct: HashMap::new(),
-            fanout: Vec::new(),
-            topic: topic::TopicTrie::new(),
-            headers: Vec::new(),
+impl ExchangeKind {
+    fn router(self) -> Box<dyn Router> {
+        match self {
+            Self::Direct => Box::<direct::DirectRouter>::default(),
+            Self::Fanout => Box::<fanout::FanoutRouter>::default(),
+            Self::Topic => Box::<topic::TopicRouter>::default(),
+            Self::Headers => Box::<headers::HeadersRouter>::default(),
         }
     }
 }
@@ -106,7 +112,11 @@ pub struct Exchange {
     pub internal: bool,
     /// Declare arguments as given.
     pub arguments: FieldTable,
-    bindings: BindingTable,
+    /// Every binding, by destination: `(key, arguments)` pairs (usually one). Adding,
+    /// removing and dropping a destination cost O(its own bindings), whatever the total.
+    by_dest: HashMap<Destination, Vec<(Box<str>, FieldTable)>>,
+    count: usize,
+    router: Box<dyn Router>,
 }
 
 impl Exchange {
@@ -126,7 +136,9 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
-            bindings: BindingTable::new(),
+            by_dest: HashMap::new(),
+            count: 0,
+            router: kind.router(),
         }
     }
 
@@ -141,9 +153,25 @@ impl Exchange {
         }
     }
 
-    /// All bindings with this exchange as source.
-    pub fn bindings(&self) -> &[Binding] {
-        &self.bindings.all
+    /// Number of bindings with this exchange as source.
+    pub fn binding_count(&self) -> usize {
+        self.count
+    }
+
+    /// All bindings with this exchange as source (in no particular order).
+    pub fn bindings(&self) -> impl Iterator<Item = Binding> + '_ {
+        self.by_dest.iter().flat_map(|(d, v)| {
+            v.iter().map(move |(k, a)| Binding {
+                destination: d.clone(),
+                routing_key: k.to_string(),
+                arguments: a.clone(),
+            })
+        })
+    }
+
+    /// Whether this exchange has a binding to `dest`.
+    pub fn binds_to(&self, dest: &Destination) -> bool {
+        self.by_dest.contains_key(dest)
     }
 
     /// Validates binding arguments for this exchange type (headers: `x-match`).
@@ -157,90 +185,49 @@ impl Exchange {
 
     /// Adds a binding; false if an identical one exists. Call [`Self::validate_binding`] first.
     pub fn bind(&mut self, b: Binding) -> bool {
-        if self.bindings.all.contains(&b) {
+        let v = self.by_dest.entry(b.destination.clone()).or_default();
+        if v.iter()
+            .any(|(k, a)| **k == *b.routing_key && *a == b.arguments)
+        {
             return false;
         }
-        let t = &mut self.bindings;
-        match self.kind {
-            ExchangeKind::Direct => t
-                .direct
-                .entry(b.routing_key.clone())
-                .or_default()
-                .push(b.destination.clone()),
-            ExchangeKind::Fanout => t.fanout.push(b.destination.clone()),
-            ExchangeKind::Topic => {
-                t.topic.insert(&b.routing_key, b.destination.clone());
-            }
-            ExchangeKind::Headers => {
-                let xm = headers::parse_x_match(&b.arguments).unwrap_or(headers::XMatch::All);
-                t.headers
-                    .push((xm, b.arguments.clone(), b.destination.clone()));
-            }
-        }
-        t.all.push(b);
+        self.router
+            .add(&b.destination, &b.routing_key, &b.arguments);
+        v.push((b.routing_key.into_boxed_str(), b.arguments));
+        self.count += 1;
         true
     }
 
     /// Removes a binding; false if it did not exist.
     pub fn unbind(&mut self, b: &Binding) -> bool {
-        let t = &mut self.bindings;
-        let Some(pos) = t.all.iter().position(|x| x == b) else {
+        let Some(v) = self.by_dest.get_mut(&b.destination) else {
             return false;
         };
-        t.all.remove(pos);
-        match self.kind {
-            ExchangeKind::Direct => {
-                if let Some(v) = t.direct.get_mut(&b.routing_key) {
-                    if let Some(i) = v.iter().position(|d| *d == b.destination) {
-                        v.remove(i);
-                    }
-                    if v.is_empty() {
-                        t.direct.remove(&b.routing_key);
-                    }
-                }
-            }
-            ExchangeKind::Fanout => {
-                if let Some(i) = t.fanout.iter().position(|d| *d == b.destination) {
-                    t.fanout.remove(i);
-                }
-            }
-            ExchangeKind::Topic => {
-                // The trie holds (pattern, destination) once; keep it while another binding
-                // with the same pair (other arguments) remains.
-                let still = t
-                    .all
-                    .iter()
-                    .any(|x| x.routing_key == b.routing_key && x.destination == b.destination);
-                if !still {
-                    t.topic.remove(&b.routing_key, &b.destination);
-                }
-            }
-            ExchangeKind::Headers => {
-                if let Some(i) = t
-                    .headers
-                    .iter()
-                    .position(|(_, args, d)| *d == b.destination && *args == b.arguments)
-                {
-                    t.headers.remove(i);
-                }
-            }
+        let Some(i) = v
+            .iter()
+            .position(|(k, a)| **k == *b.routing_key && *a == b.arguments)
+        else {
+            return false;
+        };
+        let (key, args) = v.swap_remove(i);
+        if v.is_empty() {
+            self.by_dest.remove(&b.destination);
         }
+        self.router.remove(&b.destination, &key, &args);
+        self.count -= 1;
         true
     }
 
     /// Removes every binding to `dest`; returns how many were removed.
     pub fn unbind_destination(&mut self, dest: &Destination) -> usize {
-        let doomed: Vec<Binding> = self
-            .bindings
-            .all
-            .iter()
-            .filter(|b| b.destination == *dest)
-            .cloned()
-            .collect();
-        for b in &doomed {
-            self.unbind(b);
+        let Some(v) = self.by_dest.remove(dest) else {
+            return 0;
+        };
+        for (k, a) in &v {
+            self.router.remove(dest, k, a);
         }
-        doomed.len()
+        self.count -= v.len();
+        v.len()
     }
 
     /// Appends the destinations a message with `routing_key` and `headers` goes to (possibly
@@ -251,22 +238,6 @@ impl Exchange {
         headers: Option<&FieldTable>,
         out: &mut Vec<Destination>,
     ) {
-        let t = &self.bindings;
-        match self.kind {
-            ExchangeKind::Direct => {
-                if let Some(v) = t.direct.get(routing_key) {
-                    out.extend(v.iter().cloned());
-                }
-            }
-            ExchangeKind::Fanout => out.extend(t.fanout.iter().cloned()),
-            ExchangeKind::Topic => t.topic.route(routing_key, out),
-            ExchangeKind::Headers => {
-                for (xm, args, d) in &t.headers {
-                    if headers::headers_match(*xm, args, headers) {
-                        out.push(d.clone());
-                    }
-                }
-            }
-        }
+        self.router.route(routing_key, headers, out);
     }
 }

@@ -402,6 +402,44 @@ impl<T: Clone + Eq + Hash> TopicTrie<T> {
     }
 }
 
+/// The topic exchange's router: the trie holds each `(pattern, destination)` once; bindings
+/// that differ only in their arguments are counted.
+#[derive(Debug, Default)]
+pub(super) struct TopicRouter {
+    trie: TopicTrie<super::Destination>,
+    counts: HashMap<(Box<str>, super::Destination), u32>,
+}
+
+impl super::Router for TopicRouter {
+    fn add(&mut self, dest: &super::Destination, key: &str, _args: &super::proto::FieldTable) {
+        let n = self.counts.entry((key.into(), dest.clone())).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            self.trie.insert(key, dest.clone());
+        }
+    }
+
+    fn remove(&mut self, dest: &super::Destination, key: &str, _args: &super::proto::FieldTable) {
+        let k = (Box::<str>::from(key), dest.clone());
+        if let Some(n) = self.counts.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(&k);
+                self.trie.remove(key, dest);
+            }
+        }
+    }
+
+    fn route(
+        &self,
+        routing_key: &str,
+        _headers: Option<&super::proto::FieldTable>,
+        out: &mut Vec<super::Destination>,
+    ) {
+        self.trie.route(routing_key, out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,26 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
+/// The queue type (`x-queue-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueKind {
+    /// `classic` (the default).
+    #[default]
+    Classic,
+    /// `quorum`: served by the classic implementation on one node until replication exists.
+    Quorum,
+}
+
+impl QueueKind {
+    /// The type name as RabbitMQ reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::Classic => "classic",
+            QueueKind::Quorum => "quorum",
+        }
+    }
+}
+
 /// Typed queue arguments.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueArgs {
@@ -44,6 +64,8 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     /// `x-delivery-limit` (RabbitMQ has it on quorum queues; Warren on every queue).
     pub delivery_limit: Option<u64>,
+    /// `x-queue-type`.
+    pub kind: QueueKind,
 }
 
 impl QueueArgs {
@@ -122,13 +144,17 @@ impl QueueArgs {
             }
         }
         if let Some(ty) = text("x-queue-type")? {
-            // Quorum queues are served as durable classic queues (no replication here).
-            if ty != "classic" && ty != "quorum" {
-                return Err(bad(
-                    "x-queue-type",
-                    format!("\"unsupported queue type '{ty}'\""),
-                ));
-            }
+            a.kind = match ty.as_str() {
+                "classic" => QueueKind::Classic,
+                // Served by the classic implementation (no replication here).
+                "quorum" => QueueKind::Quorum,
+                _ => {
+                    return Err(bad(
+                        "x-queue-type",
+                        format!("\"unsupported queue type '{ty}'\""),
+                    ))
+                }
+            };
         }
         Ok(a)
     }

@@ -7,13 +7,14 @@
 //! - [`sync::Syncer`]: the group-commit thread. Appends only copy bytes into memory; the syncer
 //!   writes every dirty store and fsyncs it in rounds, so many messages share one fsync. A
 //!   publisher confirm for a persistent message waits for the round that covers it.
-//! - [`definitions`]: durable exchanges, queues and bindings, rewritten atomically on change.
+//! - [`pager::Pager`]: the thread that reads paged backlogs back (and drops them on purge), so
+//!   no disk read runs on the event loop or under a queue lock.
 //!
 //! This module (the trait) must not depend on an implementation. One conformance suite
 //! (`tests`) runs against both implementations.
 
-pub mod definitions;
 pub mod memory;
+pub mod pager;
 pub(crate) mod record;
 pub mod segment;
 pub mod sync;
@@ -67,9 +68,16 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     fn append_position(&self) -> TailCursor {
         TailCursor::default()
     }
-    /// Reads up to `max` paged messages from `cursor` on, advancing it.
+    /// Reads up to `max` paged messages from `cursor` on, advancing it. Blocking disk I/O:
+    /// called on the pager thread only.
     fn read_tail(&self, _cursor: &mut TailCursor, _max: usize) -> std::io::Result<Vec<Recovered>> {
         Ok(Vec::new())
+    }
+    /// Forgets the paged messages from `cursor` on whose ids are below `below` (a purge of the
+    /// paged backlog) and makes that durable; returns how many. Blocking disk I/O: called on
+    /// the pager thread only.
+    fn drop_tail(&self, _cursor: TailCursor, _below: u64) -> std::io::Result<u64> {
+        Ok(0)
     }
     /// The recovered backlog beyond the in-memory limit: where it starts, how many messages,
     /// how many body bytes.

@@ -60,6 +60,9 @@ struct Inner {
     /// Segments from this one on may hold a paged backlog being read by offset: never
     /// compacted (offsets must not move under a reader).
     tail_floor: Option<u32>,
+    /// The directory exists on disk (a new queue's is created by its first flush, so that
+    /// declaring a durable queue touches no disk on the event loop).
+    dir_exists: bool,
 }
 
 /// A segment is compacted when at most a quarter of its messages are still live.
@@ -115,6 +118,27 @@ fn scan_file(path: &Path, dropped: &mut usize) -> std::io::Result<Vec<(u8, Bytes
 }
 
 impl SegmentStore {
+    /// A new, empty store in `dir`, which must not exist yet. Nothing touches the disk now:
+    /// the directory and files are created by the first flush (in the sync thread).
+    pub fn create(
+        dir: &Path,
+        syncer: Arc<Syncer>,
+        segment_size: u64,
+        memory_limit: usize,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            dir: dir.to_path_buf(),
+            segment_size,
+            inner: Mutex::new(Inner::default()),
+            files: Mutex::new(HashMap::new()),
+            syncer,
+            me: me.clone(),
+            recovered: Mutex::new(Vec::new()),
+            recovered_tail: Mutex::new(None),
+            memory_limit,
+        })
+    }
+
     /// Opens (creating if needed) the store in `dir` and recovers its messages: at most
     /// `memory_limit` of them (0 = all) are loaded, the rest stay on disk as a paged backlog.
     pub fn open(
@@ -229,6 +253,7 @@ impl SegmentStore {
             }
         }
         recovered.sort_by_key(|r| r.id);
+        inner.dir_exists = true;
         let on_disk = tail.as_ref().map_or(0, |t| t.1);
         if !recovered.is_empty() || on_disk > 0 || damaged > 0 {
             info!(dir = %dir.display(), in_memory = recovered.len(), on_disk, damaged_records = damaged, "recovered queue store");
@@ -529,6 +554,28 @@ impl MessageStore for SegmentStore {
         Ok(out)
     }
 
+    fn drop_tail(&self, cursor: TailCursor, below: u64) -> std::io::Result<u64> {
+        let mut cursor = cursor;
+        let mut dropped = 0u64;
+        loop {
+            let batch = self.read_tail(&mut cursor, 4096)?;
+            if batch.is_empty() {
+                break;
+            }
+            for r in batch {
+                if r.id >= below {
+                    continue;
+                }
+                dropped += 1;
+                if r.message.persistent {
+                    self.ack(r.id);
+                }
+            }
+        }
+        self.flush()?;
+        Ok(dropped)
+    }
+
     fn take_recovered_tail(&self) -> Option<(TailCursor, u64, u64)> {
         self.recovered_tail.lock().take()
     }
@@ -558,13 +605,18 @@ impl Flush for SegmentStore {
         // The files lock is taken first and held throughout, so that two flushers (the sync
         // thread and a queue reading its paged backlog) write batches in order.
         let mut files = self.files.lock();
-        let (pending, to_delete, to_compact, destroyed) = {
+        let (pending, to_delete, to_compact, destroyed, dir_exists) = {
             let mut inner = self.inner.lock();
+            let dir_exists = inner.dir_exists;
+            if !inner.pending.is_empty() {
+                inner.dir_exists = true;
+            }
             (
                 std::mem::take(&mut inner.pending),
                 std::mem::take(&mut inner.to_delete),
                 std::mem::take(&mut inner.to_compact),
                 inner.destroyed,
+                dir_exists,
             )
         };
         if destroyed {
@@ -573,6 +625,12 @@ impl Flush for SegmentStore {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
             };
+        }
+        if !dir_exists && !pending.is_empty() {
+            fs::create_dir_all(&self.dir)?;
+            if let Some(parent) = self.dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
         }
         let mut touched: Vec<(u32, FileKind)> = Vec::new();
         let mut created = false;

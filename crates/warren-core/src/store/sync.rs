@@ -5,6 +5,14 @@
 //! store, then publishes the round as durable and wakes the connections waiting on it (they send
 //! their publisher confirms). While one round fsyncs, the next accumulates: under load, many
 //! messages share each fsync.
+//!
+//! The metadata log registers as a *first* flusher: in every round it is written and fsynced
+//! before any message store, so a round that deletes a queue's files (a store destroyed after
+//! `queue.delete`) has made the delete record durable first, and a message confirmed in a
+//! round has its queue's declaration durable too (it was appended no later).
+//!
+//! Who waits implements [`SyncWaiter`] (the AMQP connection does); this module knows nothing
+//! of connections.
 
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,19 +20,25 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use tracing::error;
 
-use crate::connection::{ConnEvent, ConnSender};
-
 /// Something the syncer flushes: write pending bytes, fsync, delete what is garbage.
 pub trait Flush: Send + Sync {
     /// Writes and fsyncs pending data.
     fn flush(&self) -> std::io::Result<()>;
 }
 
+/// Someone waiting for a sync round (a connection with confirms or replies to send).
+pub trait SyncWaiter: Send + Sync {
+    /// A round it asked about (or a later one) is durable: check [`Syncer::durable`].
+    fn synced(&self);
+}
+
 #[derive(Default)]
 struct State {
     next_round: u64,
+    /// Flushed before `dirty` in each round (the metadata log).
+    dirty_first: Vec<Arc<dyn Flush>>,
     dirty: Vec<Arc<dyn Flush>>,
-    waiters: Vec<ConnSender>,
+    waiters: Vec<Arc<dyn SyncWaiter>>,
     stop: bool,
 }
 
@@ -45,8 +59,9 @@ impl std::fmt::Debug for Syncer {
 }
 
 impl Syncer {
-    /// Starts the sync thread.
-    pub fn start() -> Arc<Self> {
+    /// Starts the sync thread. Failing to start it is an error: without it no persistent
+    /// message or durable declaration would ever be confirmed.
+    pub fn start() -> std::io::Result<Arc<Self>> {
         let s = Arc::new(Self {
             state: Mutex::new(State {
                 next_round: 1,
@@ -59,12 +74,9 @@ impl Syncer {
         let me = s.clone();
         let handle = std::thread::Builder::new()
             .name("warren-sync".into())
-            .spawn(move || me.run());
-        match handle {
-            Ok(h) => *s.thread.lock() = Some(h),
-            Err(e) => error!(error = %e, "cannot start the sync thread"),
-        }
-        s
+            .spawn(move || me.run())?;
+        *s.thread.lock() = Some(handle);
+        Ok(s)
     }
 
     /// The highest round whose data is on disk.
@@ -75,21 +87,42 @@ impl Syncer {
     /// Registers `store` for the next round (once per round: `queued_for` remembers) and
     /// returns that round. Call with the store's own lock held, after adding the pending bytes.
     pub fn register(&self, store: &Arc<dyn Flush>, queued_for: &mut u64) -> u64 {
+        self.register_in(store, queued_for, false)
+    }
+
+    /// Like [`Syncer::register`], for a flusher that goes first in its round (the metadata
+    /// log).
+    pub fn register_first(&self, store: &Arc<dyn Flush>, queued_for: &mut u64) -> u64 {
+        self.register_in(store, queued_for, true)
+    }
+
+    fn register_in(&self, store: &Arc<dyn Flush>, queued_for: &mut u64, first: bool) -> u64 {
         let mut st = self.state.lock();
         let r = st.next_round;
         if *queued_for != r {
-            st.dirty.push(store.clone());
+            if first {
+                st.dirty_first.push(store.clone());
+            } else {
+                st.dirty.push(store.clone());
+            }
             *queued_for = r;
             self.cv.notify_one();
         }
         r
     }
 
-    /// Asks for a [`ConnEvent::Synced`] once `epoch` is durable (at once if it already is).
-    pub fn notify_when_durable(&self, epoch: u64, waiter: &ConnSender) {
+    /// The round the next registration goes into (what a change made now becomes durable
+    /// with, once registered).
+    pub fn next_round(&self) -> u64 {
+        self.state.lock().next_round
+    }
+
+    /// Calls `waiter.synced()` once `epoch` is durable (at once if it already is).
+    pub fn notify_when_durable(&self, epoch: u64, waiter: &Arc<dyn SyncWaiter>) {
         let mut st = self.state.lock();
         if self.durable() >= epoch {
-            let _ = waiter.send(ConnEvent::Synced);
+            drop(st);
+            waiter.synced();
         } else {
             st.waiters.push(waiter.clone());
         }
@@ -99,7 +132,7 @@ impl Syncer {
     pub fn barrier(&self) {
         let target = {
             let st = self.state.lock();
-            if st.dirty.is_empty() {
+            if st.dirty.is_empty() && st.dirty_first.is_empty() {
                 st.next_round - 1
             } else {
                 st.next_round
@@ -121,19 +154,23 @@ impl Syncer {
 
     fn run(&self) {
         loop {
-            let (round, dirty) = {
+            let (round, first, dirty) = {
                 let mut st = self.state.lock();
-                while st.dirty.is_empty() && !st.stop {
+                while st.dirty.is_empty() && st.dirty_first.is_empty() && !st.stop {
                     self.cv.wait(&mut st);
                 }
-                if st.dirty.is_empty() && st.stop {
+                if st.dirty.is_empty() && st.dirty_first.is_empty() && st.stop {
                     return;
                 }
                 let r = st.next_round;
                 st.next_round += 1;
-                (r, std::mem::take(&mut st.dirty))
+                (
+                    r,
+                    std::mem::take(&mut st.dirty_first),
+                    std::mem::take(&mut st.dirty),
+                )
             };
-            for s in &dirty {
+            for s in first.iter().chain(&dirty) {
                 if let Err(e) = s.flush() {
                     // A confirm is a promise that the message is on disk. After a failed write
                     // or fsync we can no longer tell what is (PostgreSQL's "fsyncgate"), so
@@ -145,7 +182,7 @@ impl Syncer {
             self.durable.store(round, Ordering::Release);
             let waiters = std::mem::take(&mut self.state.lock().waiters);
             for w in waiters {
-                let _ = w.send(ConnEvent::Synced);
+                w.synced();
             }
         }
     }

@@ -43,7 +43,7 @@ impl Reopen for Seg {
 fn seg(dir: &Path, segment_size: u64) -> Seg {
     Seg {
         dir: dir.to_path_buf(),
-        syncer: Syncer::start(),
+        syncer: Syncer::start().expect("sync thread"),
         segment_size,
     }
 }

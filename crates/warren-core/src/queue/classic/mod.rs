@@ -1,0 +1,536 @@
+//! The classic queue: its ready messages, consumers, delivery loop, and the features that act
+//! on them (TTL, expiry, length limits, dead-lettering, priorities, single active consumer,
+//! consumer priorities, paging of long backlogs).
+//!
+//! Each queue owns its state behind one short-lived mutex (see `docs/ARCHITECTURE.md` for why a
+//! lock and not an actor task). Every operation is synchronous, takes the time from its
+//! caller and never awaits or touches the disk: publishers enqueue and dispatch in their own
+//! task; deliveries go to the consumer's [`Sink`](super::Sink); paged batches are read by the
+//! pager thread and arrive as [`ClassicQueue::paged`].
+//!
+//! Files: this one (the state and the [`Queue`] operations), `dispatch.rs` (consumer choice
+//! and the delivery loop), `paging.rs` (the on-disk part of long backlogs), `limits.rs`
+//! (TTL, length limits, timers), `ready.rs` (the ready list).
+//!
+//! Lock rule: a queue lock is never held while taking the vhost topology lock or another
+//! queue's lock. Work that needs them (dead-lettering, deleting an expired queue) is collected
+//! under the lock and carried out after it is released.
+
+mod dispatch;
+mod limits;
+mod paging;
+mod ready;
+
+use parking_lot::Mutex;
+use std::sync::{Arc, OnceLock, Weak};
+
+use super::{
+    AfterCancel, Consumer, Enqueued, Got, Overflow, Queue, QueueInfo, QueueOwner, QueueRef, Reason,
+    Services, Settle, Waiter,
+};
+use crate::clock::Millis;
+use crate::error::{AmqpError, AmqpResult};
+use crate::message::{Message, QueuedMessage};
+use crate::store::StoreRef;
+use paging::Tail;
+use ready::Ready;
+
+/// A message leaving the queue for a dead-letter exchange (or for nowhere, without one).
+#[derive(Debug)]
+struct Dead {
+    message: QueuedMessage,
+    reason: Reason,
+    /// The message is in this queue's store (so the store must forget it).
+    stored: bool,
+}
+
+#[derive(Debug)]
+struct State {
+    ready: Ready,
+    ready_bytes: u64,
+    unacked: u64,
+    consumers: Vec<Consumer>,
+    next_consumer: usize,
+    next_seq: u64,
+    deleted: bool,
+    had_consumer: bool,
+    /// Last time the queue was used (declared, consumed from, got from): for `x-expires`.
+    last_used: Millis,
+    /// The earliest wake-up already asked of the timer service.
+    timer_at: Option<Millis>,
+    /// Ready messages that are only on disk (a paged backlog), after all of `ready`.
+    tail: Tail,
+    /// Channels waiting for a paged batch (`basic.get` found nothing in memory) or for a
+    /// paged backlog to be dropped (purge).
+    waiters: Vec<Waiter>,
+}
+
+/// A classic queue.
+#[derive(Debug)]
+pub struct ClassicQueue {
+    info: QueueInfo,
+    /// Where persistent messages of a durable queue are stored (none: not persisted).
+    store: Option<StoreRef>,
+    services: Services,
+    /// The vhost, for dead-lettering and self-deletion (`x-expires`).
+    owner: OnceLock<Weak<dyn QueueOwner>>,
+    me: Weak<ClassicQueue>,
+    state: Mutex<State>,
+}
+
+impl ClassicQueue {
+    /// A queue whose persistent messages go to `store` (if any); messages the store recovered
+    /// are loaded (delivered ones come back with `redelivered=true`).
+    pub fn create(
+        info: QueueInfo,
+        store: Option<StoreRef>,
+        services: &Services,
+        now: Millis,
+    ) -> QueueRef {
+        let mut st = State {
+            ready: Ready::new(info.args.max_priority),
+            ready_bytes: 0,
+            unacked: 0,
+            consumers: Vec::new(),
+            next_consumer: 0,
+            next_seq: 0,
+            deleted: false,
+            had_consumer: false,
+            last_used: now,
+            timer_at: None,
+            tail: Tail::default(),
+            waiters: Vec::new(),
+        };
+        if let Some(s) = &store {
+            st.next_seq = s.next_id();
+            for r in s.take_recovered() {
+                st.next_seq = st.next_seq.max(r.id + 1);
+                st.ready_bytes += r.message.size() as u64;
+                st.ready
+                    .push_back(limits::recovered_message(&info.args, r, now));
+            }
+            if let Some((cursor, count, bytes)) = s.take_recovered_tail() {
+                st.tail = Tail::recovered(cursor, count, bytes);
+            }
+        }
+        let q = Arc::new_cyclic(|me| Self {
+            info,
+            store,
+            services: services.clone(),
+            owner: OnceLock::new(),
+            me: me.clone(),
+            state: Mutex::new(st),
+        });
+        {
+            let mut st = q.state.lock();
+            q.schedule(&mut st);
+            q.request_page(&mut st);
+        }
+        q
+    }
+
+    /// This queue as a handle.
+    fn handle(&self) -> Option<QueueRef> {
+        self.me.upgrade().map(|q| q as QueueRef)
+    }
+
+    /// The store of a message of this queue that is in it.
+    fn store_for(&self, m: &QueuedMessage) -> Option<&StoreRef> {
+        self.store.as_ref().filter(|_| m.stored)
+    }
+
+    fn total_len(st: &State) -> u64 {
+        st.ready.len() as u64 + st.tail.count
+    }
+
+    fn total_bytes(st: &State) -> u64 {
+        st.ready_bytes + st.tail.bytes
+    }
+
+    /// Forgets settled messages in the store.
+    fn store_ack(&self, msgs: &[QueuedMessage]) {
+        for m in msgs {
+            if let Some(s) = self.store_for(m) {
+                s.ack(m.seq);
+            }
+        }
+    }
+
+    fn mark_delivered(&self, m: &QueuedMessage) {
+        if !m.redelivered {
+            if let Some(s) = self.store_for(m) {
+                s.delivered(m.seq);
+            }
+        }
+    }
+
+    /// Carries out dead-lettering collected under the lock (no lock held here).
+    fn dead_letter(&self, dead: Vec<Dead>, now: Millis) {
+        if dead.is_empty() {
+            return;
+        }
+        let owner = self.owner.get().and_then(Weak::upgrade);
+        for d in dead {
+            if let (Some(vh), Some(dlx)) = (&owner, &self.info.args.dead_letter_exchange) {
+                let dl = super::deadletter::dead_lettered(
+                    &d.message.msg,
+                    d.reason,
+                    &self.info.name,
+                    dlx,
+                    self.info.args.dead_letter_routing_key.as_deref(),
+                );
+                vh.dead_letter(dl, d.reason, now);
+            }
+            if d.stored {
+                self.store_ack(std::slice::from_ref(&d.message));
+            }
+        }
+    }
+
+    /// Wakes the channels waiting on this queue (after the lock is released).
+    fn wake(waiters: Vec<Waiter>) {
+        for w in waiters {
+            w.sink.wake(w.channel);
+        }
+    }
+}
+
+impl Queue for ClassicQueue {
+    fn info(&self) -> &QueueInfo {
+        &self.info
+    }
+
+    fn attach(&self, owner: Weak<dyn QueueOwner>) {
+        let _ = self.owner.set(owner);
+    }
+
+    fn message_count(&self) -> u32 {
+        u32::try_from(Self::total_len(&self.state.lock())).unwrap_or(u32::MAX)
+    }
+
+    fn consumer_count(&self) -> u32 {
+        u32::try_from(self.state.lock().consumers.len()).unwrap_or(u32::MAX)
+    }
+
+    fn unacked_count(&self) -> u64 {
+        self.state.lock().unacked
+    }
+
+    fn touch(&self, now: Millis) {
+        let mut st = self.state.lock();
+        st.last_used = now;
+        self.schedule(&mut st);
+    }
+
+    fn publish(&self, msg: Arc<Message>, now: Millis) -> Enqueued {
+        let mut dead = Vec::new();
+        let result = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Enqueued::Gone;
+            }
+            self.expire_head(&mut st, now, &mut dead);
+            let size = msg.size() as u64;
+            let args = &self.info.args;
+            let full = args.max_length.is_some_and(|m| Self::total_len(&st) >= m)
+                || args
+                    .max_length_bytes
+                    .is_some_and(|m| Self::total_bytes(&st) + size > m);
+            if full && args.overflow != Overflow::DropHead {
+                if args.overflow == Overflow::RejectPublishDlx {
+                    dead.push(Dead {
+                        message: QueuedMessage::new(0, msg, 0),
+                        reason: Reason::Maxlen,
+                        stored: false,
+                    });
+                }
+                Enqueued::Rejected
+            } else {
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                let epoch = match self.page_out(&mut st, seq, &msg) {
+                    Some(epoch) => epoch,
+                    None => {
+                        let mut m = QueuedMessage::new(seq, msg, 0);
+                        let mut epoch = 0;
+                        if let Some(s) = self.store.as_ref().filter(|_| m.msg.persistent) {
+                            epoch = s.append(seq, &m.msg);
+                            m.stored = true;
+                        }
+                        m.expires_at = limits::expiry(args, &m.msg, now);
+                        st.ready_bytes += size;
+                        st.ready.push_back(m);
+                        epoch
+                    }
+                };
+                self.dispatch(&mut st, now, &mut dead);
+                self.enforce_limits(&mut st, &mut dead);
+                // A TTL of 0 means "deliver now or never": what dispatch could not place expires.
+                self.expire_head(&mut st, now + 1, &mut dead);
+                self.schedule(&mut st);
+                Enqueued::Yes(epoch)
+            }
+        };
+        self.dead_letter(dead, now);
+        result
+    }
+
+    fn consume(&self, consumer: Consumer, now: Millis) -> AmqpResult<()> {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Err(AmqpError::no_queue(&self.info.name, &self.info.vhost));
+            }
+            if st.consumers.iter().any(|c| c.exclusive)
+                || (consumer.exclusive && !st.consumers.is_empty())
+            {
+                return Err(AmqpError::access_refused(format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.info.name, self.info.vhost
+                )));
+            }
+            st.consumers.push(consumer);
+            st.had_consumer = true;
+            st.last_used = now;
+            self.dispatch(&mut st, now, &mut dead);
+        }
+        self.dead_letter(dead, now);
+        Ok(())
+    }
+
+    fn cancel(&self, conn_id: u64, channel: u16, tag: &str, now: Millis) -> AfterCancel {
+        let mut dead = Vec::new();
+        let after = {
+            let mut st = self.state.lock();
+            let before = st.consumers.len();
+            st.consumers
+                .retain(|c| !(c.conn_id == conn_id && c.channel == channel && &*c.tag == tag));
+            if st.consumers.len() < before {
+                if st.next_consumer >= st.consumers.len() {
+                    st.next_consumer = 0;
+                }
+                st.last_used = now;
+                // With a single active consumer, the next one takes over now.
+                self.dispatch(&mut st, now, &mut dead);
+                self.schedule(&mut st);
+            }
+            if self.info.options.auto_delete
+                && st.had_consumer
+                && st.consumers.is_empty()
+                && !st.deleted
+            {
+                AfterCancel::AutoDelete
+            } else {
+                AfterCancel::Keep
+            }
+        };
+        self.dead_letter(dead, now);
+        after
+    }
+
+    fn get(&self, no_ack: bool, now: Millis, waiter: &Waiter) -> Got {
+        let mut dead = Vec::new();
+        let got = {
+            let mut st = self.state.lock();
+            st.last_used = now;
+            self.expire_head(&mut st, now, &mut dead);
+            self.request_page(&mut st);
+            let got = match st.ready.pop_front() {
+                Some(mut m) => {
+                    st.ready_bytes = st.ready_bytes.saturating_sub(m.msg.size() as u64);
+                    m.deliveries += 1;
+                    if no_ack {
+                        self.store_ack(std::slice::from_ref(&m));
+                    } else {
+                        st.unacked += 1;
+                        self.mark_delivered(&m);
+                    }
+                    let left = u32::try_from(Self::total_len(&st)).unwrap_or(u32::MAX);
+                    Got::Message(m, left)
+                }
+                None if st.tail.count > 0 => {
+                    st.waiters.push(waiter.clone());
+                    Got::Wait
+                }
+                None => Got::Empty,
+            };
+            self.schedule(&mut st);
+            got
+        };
+        self.dead_letter(dead, now);
+        got
+    }
+
+    fn settle(&self, msgs: Vec<QueuedMessage>, how: Settle, now: Millis) {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.state.lock();
+            st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
+            self.dispatch(&mut st, now, &mut dead);
+        }
+        match how {
+            Settle::Ack => self.store_ack(&msgs),
+            Settle::Reject => dead.extend(msgs.into_iter().map(|message| Dead {
+                message,
+                reason: Reason::Rejected,
+                stored: true,
+            })),
+        }
+        self.dead_letter(dead, now);
+    }
+
+    fn forget(&self, m: &QueuedMessage) {
+        self.store_ack(std::slice::from_ref(m));
+    }
+
+    fn requeue(&self, msgs: Vec<QueuedMessage>, now: Millis) {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.state.lock();
+            st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
+            if st.deleted {
+                return;
+            }
+            for mut m in msgs {
+                if self
+                    .info
+                    .args
+                    .delivery_limit
+                    .is_some_and(|l| u64::from(m.deliveries) > l)
+                {
+                    dead.push(Dead {
+                        message: m,
+                        reason: Reason::DeliveryLimit,
+                        stored: true,
+                    });
+                    continue;
+                }
+                m.redelivered = true;
+                st.ready_bytes += m.msg.size() as u64;
+                st.ready.insert_in_order(m);
+            }
+            self.dispatch(&mut st, now, &mut dead);
+            self.enforce_limits(&mut st, &mut dead);
+            self.schedule(&mut st);
+        }
+        self.dead_letter(dead, now);
+    }
+
+    fn return_undelivered(&self, mut m: QueuedMessage, was_unacked: bool, now: Millis) {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.state.lock();
+            if was_unacked {
+                st.unacked = st.unacked.saturating_sub(1);
+            }
+            if st.deleted {
+                return;
+            }
+            m.deliveries = m.deliveries.saturating_sub(1);
+            st.ready_bytes += m.msg.size() as u64;
+            st.ready.insert_in_order(m);
+            self.dispatch(&mut st, now, &mut dead);
+        }
+        self.dead_letter(dead, now);
+    }
+
+    fn kick(&self, now: Millis) {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.state.lock();
+            self.dispatch(&mut st, now, &mut dead);
+        }
+        self.dead_letter(dead, now);
+    }
+
+    fn on_timer(&self, now: Millis) {
+        let mut dead = Vec::new();
+        let expire_queue = {
+            let mut st = self.state.lock();
+            st.timer_at = None;
+            if st.deleted {
+                return;
+            }
+            self.expire_head(&mut st, now + 1, &mut dead);
+            if st.tail.retry_due(now) {
+                self.request_page(&mut st);
+            }
+            let unused = self
+                .info
+                .args
+                .expires
+                .is_some_and(|e| st.consumers.is_empty() && now >= st.last_used + e);
+            if !unused {
+                self.schedule(&mut st);
+            }
+            unused
+        };
+        self.dead_letter(dead, now);
+        if expire_queue {
+            if let (Some(vh), Some(me)) = (self.owner.get().and_then(Weak::upgrade), self.handle())
+            {
+                tracing::debug!(queue = %self.info.name, "queue expired (x-expires)");
+                vh.expired(&me);
+            }
+        }
+    }
+
+    fn purge(&self, _now: Millis, waiter: &Waiter) -> (u32, bool) {
+        let mut st = self.state.lock();
+        let purged = st.ready.drain();
+        st.ready_bytes = 0;
+        self.store_ack(&purged);
+        let n = purged.len() as u64 + st.tail.count;
+        let wait = self.drop_tail(&mut st, waiter);
+        (u32::try_from(n).unwrap_or(u32::MAX), wait)
+    }
+
+    fn check_delete(&self, if_unused: bool, if_empty: bool) -> AmqpResult<()> {
+        let st = self.state.lock();
+        if if_unused && !st.consumers.is_empty() {
+            return Err(AmqpError::precondition_failed(format!(
+                "queue '{}' in vhost '{}' in use",
+                self.info.name, self.info.vhost
+            )));
+        }
+        if if_empty && Self::total_len(&st) > 0 {
+            return Err(AmqpError::precondition_failed(format!(
+                "queue '{}' in vhost '{}' not empty",
+                self.info.name, self.info.vhost
+            )));
+        }
+        Ok(())
+    }
+
+    fn mark_deleted(&self) -> u32 {
+        let (waiters, consumers, n) = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return 0;
+            }
+            st.deleted = true;
+            let n = u32::try_from(Self::total_len(&st)).unwrap_or(u32::MAX);
+            st.ready.drain();
+            st.ready_bytes = 0;
+            st.tail = Tail::default();
+            if let Some(s) = &self.store {
+                s.destroy();
+            }
+            (
+                std::mem::take(&mut st.waiters),
+                std::mem::take(&mut st.consumers),
+                n,
+            )
+        };
+        for c in consumers {
+            c.sink.cancelled(c.channel, c.tag.clone());
+        }
+        Self::wake(waiters);
+        n
+    }
+
+    fn is_deleted(&self) -> bool {
+        self.state.lock().deleted
+    }
+}

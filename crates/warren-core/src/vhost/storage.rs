@@ -1,0 +1,181 @@
+//! Where a vhost keeps durable queues' messages, recovery of those stores, and the snapshot
+//! of the vhost's durable metadata (for the metadata log's compaction).
+//!
+//! Each durable queue incarnation has its own directory under `<vhost dir>/queues/`, named
+//! when the queue is declared (the name is part of the logged command) and created by the
+//! store's first flush in the sync thread, so a declaration touches no disk on the event loop.
+//! At startup the directory list is read once; replayed declarations claim their directories,
+//! and what nobody claims (a queue deleted before a crash finished removing it) is removed.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+use super::{is_default_exchange, VHost};
+use crate::exchange::Destination;
+use crate::metadata::{BindingDef, Command, ExchangeDef, QueueDef};
+use crate::store::segment::SegmentStore;
+use crate::store::sync::Syncer;
+use crate::store::StoreRef;
+
+/// Where a vhost keeps durable state.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    /// The vhost's directory.
+    pub dir: PathBuf,
+    /// The group-commit service.
+    pub syncer: Arc<Syncer>,
+    /// Size at which a queue's segment file is rotated.
+    pub segment_size: u64,
+    /// Ready messages a durable queue keeps in memory before paging the rest to disk
+    /// (0 = never page).
+    pub memory_limit: usize,
+}
+
+impl Storage {
+    fn queues_dir(&self) -> PathBuf {
+        self.dir.join("queues")
+    }
+
+    /// The store directories present now (startup).
+    pub(super) fn existing_dirs(&self) -> std::io::Result<HashSet<String>> {
+        let dir = self.queues_dir();
+        std::fs::create_dir_all(&dir)?;
+        let mut out = HashSet::new();
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            out.insert(e.file_name().to_string_lossy().into_owned());
+        }
+        Ok(out)
+    }
+}
+
+/// FNV-1a, for short stable directory names.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A fresh store directory name for a new incarnation of queue `name`: a queue deleted and
+/// declared again never sees its predecessor's files.
+pub fn new_store_dir(name: &str) -> String {
+    format!("{:016x}-{}", fnv1a(name.as_bytes()), super::random_suffix())
+}
+
+impl VHost {
+    /// Whether this vhost keeps durable state on disk.
+    pub fn persistent(&self) -> bool {
+        self.storage.is_some()
+    }
+
+    /// The store of a durable queue incarnation: opened (recovering its messages) when a
+    /// previous run left its directory, otherwise new (nothing touches the disk now).
+    pub(super) fn store_for(&self, store_dir: &str) -> std::io::Result<Option<StoreRef>> {
+        let Some(s) = &self.storage else {
+            return Ok(None);
+        };
+        let path = s.queues_dir().join(store_dir);
+        let existed = self
+            .unclaimed
+            .lock()
+            .as_mut()
+            .is_some_and(|u| u.remove(store_dir));
+        let store = if existed {
+            SegmentStore::open(&path, s.syncer.clone(), s.segment_size, s.memory_limit)?
+        } else {
+            SegmentStore::create(&path, s.syncer.clone(), s.segment_size, s.memory_limit)
+        };
+        Ok(Some(store as StoreRef))
+    }
+
+    /// Ends recovery: store directories no replayed queue claimed are garbage.
+    pub fn finish_recovery(&self) {
+        let Some(unclaimed) = self.unclaimed.lock().take() else {
+            return;
+        };
+        let Some(s) = &self.storage else { return };
+        for d in &unclaimed {
+            if let Err(e) = std::fs::remove_dir_all(s.queues_dir().join(d)) {
+                warn!(dir = %d, error = %e, "cannot remove the store of a deleted queue");
+            }
+        }
+        let topo = self.topo.read();
+        info!(
+            vhost = %self.name,
+            exchanges = topo.exchanges.len() - super::DEFAULT_EXCHANGES.len(),
+            queues = topo.queues.len(),
+            removed_stores = unclaimed.len(),
+            "recovered durable definitions"
+        );
+    }
+
+    /// The commands that rebuild this vhost's durable metadata.
+    pub fn snapshot(&self) -> Vec<Command> {
+        let topo = self.topo.read();
+        let vhost = self.name.to_string();
+        let mut out = Vec::new();
+        let durable_queue = |n: &str| {
+            topo.queues
+                .get(n)
+                .is_some_and(|q| q.options().durable && q.options().exclusive_owner.is_none())
+        };
+        for x in topo.exchanges.values() {
+            if x.durable && !is_default_exchange(&x.name) {
+                out.push(Command::DeclareExchange(ExchangeDef {
+                    vhost: vhost.clone(),
+                    name: x.name.to_string(),
+                    kind: x.kind.as_str().into(),
+                    durable: true,
+                    auto_delete: x.auto_delete,
+                    internal: x.internal,
+                    arguments: x.arguments.clone(),
+                }));
+            }
+        }
+        for q in topo.queues.values() {
+            let i = q.info();
+            if let (true, None, Some(dir)) = (
+                i.options.durable,
+                i.options.exclusive_owner,
+                i.store_dir.as_ref(),
+            ) {
+                out.push(Command::DeclareQueue(QueueDef {
+                    vhost: vhost.clone(),
+                    name: i.name.to_string(),
+                    durable: true,
+                    auto_delete: i.options.auto_delete,
+                    arguments: i.options.arguments.clone(),
+                    store_dir: dir.clone(),
+                    exclusive_owner: None,
+                }));
+            }
+        }
+        for x in topo.exchanges.values() {
+            if !x.durable {
+                continue;
+            }
+            for b in x.bindings() {
+                let (dest, ty, durable) = match &b.destination {
+                    Destination::Queue(q) => (q, "queue", durable_queue(q)),
+                    Destination::Exchange(e) => (
+                        e,
+                        "exchange",
+                        topo.exchanges.get(&**e).is_some_and(|x| x.durable),
+                    ),
+                };
+                if durable {
+                    out.push(Command::Bind(BindingDef {
+                        vhost: vhost.clone(),
+                        source: x.name.to_string(),
+                        destination: dest.to_string(),
+                        destination_type: ty.into(),
+                        routing_key: b.routing_key,
+                        arguments: b.arguments,
+                    }));
+                }
+            }
+        }
+        out
+    }
+}
