@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use warren_core::clock::{Clock, ManualClock};
 use warren_core::{Broker, Config};
 
 /// Connects lapin to `uri`, failing the test if that takes more than 10 s.
@@ -40,6 +41,8 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// The broker state (for white-box checks).
     pub broker: Arc<Broker>,
+    /// The broker's clock, when it runs on a manual one ([`TestBroker::advance`]).
+    pub clock: Option<Arc<ManualClock>>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -56,19 +59,55 @@ impl TestBroker {
         Self::launch(Broker::new(config)).await
     }
 
+    /// Starts a broker with default settings on a manual clock: time moves only with
+    /// [`TestBroker::advance`].
+    pub async fn start_manual() -> Self {
+        let (clock, handle) = Clock::manual();
+        let mut b = Self::launch(Broker::with_clock(Config::default(), clock)).await;
+        b.clock = Some(handle);
+        b
+    }
+
     /// Starts a broker that keeps durable state in `data_dir` (recovering what is there).
     pub async fn start_durable(data_dir: &std::path::Path) -> Self {
         Self::start_durable_with(data_dir, Config::default()).await
     }
 
     /// Like [`Self::start_durable`] with other settings.
-    pub async fn start_durable_with(data_dir: &std::path::Path, mut config: Config) -> Self {
+    pub async fn start_durable_with(data_dir: &std::path::Path, config: Config) -> Self {
+        Self::start_durable_on(data_dir, config, Clock::System).await
+    }
+
+    /// Like [`Self::start_durable`], on a manual clock.
+    pub async fn start_durable_manual(data_dir: &std::path::Path) -> Self {
+        let (clock, handle) = Clock::manual();
+        let mut b = Self::start_durable_on(data_dir, Config::default(), clock).await;
+        b.clock = Some(handle);
+        b
+    }
+
+    async fn start_durable_on(
+        data_dir: &std::path::Path,
+        mut config: Config,
+        clock: Clock,
+    ) -> Self {
         config.storage.data_dir = data_dir.to_path_buf();
-        let broker = tokio::task::spawn_blocking(move || Broker::open(config))
+        let broker = tokio::task::spawn_blocking(move || Broker::open_with_clock(config, clock))
             .await
             .expect("join")
             .expect("broker opens its data dir");
         Self::launch(broker).await
+    }
+
+    /// Moves the manual clock forward by `by`, and waits until every queue timer due by then
+    /// has fired.
+    pub async fn advance(&self, by: Duration) {
+        let clock = self.clock.as_ref().expect("started on a manual clock");
+        clock.advance(by);
+        let now = clock.now();
+        tokio::time::timeout(Duration::from_secs(10), self.broker.timers.settled(now))
+            .await
+            .expect("queue timers settled");
     }
 
     async fn launch(broker: Arc<Broker>) -> Self {
@@ -84,6 +123,7 @@ impl TestBroker {
         Self {
             addr,
             broker,
+            clock: None,
             shutdown,
             task: Some(task),
         }

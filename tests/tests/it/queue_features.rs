@@ -293,18 +293,17 @@ async fn dlx_setup(ch: &Channel) {
 
 #[tokio::test]
 async fn queue_message_ttl_removes_messages_without_any_consumer() {
-    let b = TestBroker::start().await;
+    let b = TestBroker::start_manual().await;
     let (_c, ch) = confirm_channel(&b).await;
     declare(&ch, "ttl", table(&[("x-message-ttl", int(200))])).await;
     for i in 0..3 {
         publish(&ch, "", "ttl", &format!("m{i}"), BasicProperties::default()).await;
     }
+    b.advance(Duration::from_millis(199)).await;
     assert_eq!(depth(&b, "ttl"), Some(3), "not expired yet");
     // Nothing consumes or polls the queue: its timer must remove them.
-    assert!(
-        depth_becomes(&b, "ttl", 0).await,
-        "expired messages removed"
-    );
+    b.advance(Duration::from_millis(2)).await;
+    assert_eq!(depth(&b, "ttl"), Some(0), "expired messages removed");
     let q = ch
         .queue_declare(
             "ttl".into(),
@@ -325,33 +324,35 @@ async fn queue_message_ttl_removes_messages_without_any_consumer() {
 
 #[tokio::test]
 async fn per_message_expiration_and_the_shorter_ttl_wins() {
-    let b = TestBroker::start().await;
+    let b = TestBroker::start_manual().await;
     let (_c, ch) = confirm_channel(&b).await;
     // Per-message TTL on a queue without one.
     declare(&ch, "plain", FieldTable::default()).await;
     publish(&ch, "", "plain", "short", expiring("50")).await;
-    assert!(
-        depth_becomes(&b, "plain", 0).await,
-        "per-message TTL applies"
-    );
     // Message shorter than the queue's: the message's wins.
     declare(&ch, "long", table(&[("x-message-ttl", int(60_000))])).await;
     publish(&ch, "", "long", "short", expiring("50")).await;
-    assert!(depth_becomes(&b, "long", 0).await, "message TTL (50) wins");
     // Queue shorter than the message's: the queue's wins.
     declare(&ch, "short", table(&[("x-message-ttl", int(50))])).await;
     publish(&ch, "", "short", "long", expiring("60000")).await;
-    assert!(depth_becomes(&b, "short", 0).await, "queue TTL (50) wins");
+    b.advance(Duration::from_millis(49)).await;
+    for q in ["plain", "long", "short"] {
+        assert_eq!(depth(&b, q), Some(1), "{q}: not yet");
+    }
+    b.advance(Duration::from_millis(2)).await;
+    assert_eq!(depth(&b, "plain"), Some(0), "per-message TTL applies");
+    assert_eq!(depth(&b, "long"), Some(0), "message TTL (50) wins");
+    assert_eq!(depth(&b, "short"), Some(0), "queue TTL (50) wins");
     // Without any TTL the message stays.
     publish(&ch, "", "plain", "stays", BasicProperties::default()).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    b.advance(Duration::from_secs(3600)).await;
     assert_eq!(drain(&ch, "plain").await, vec!["stays"]);
     b.stop().await;
 }
 
 #[tokio::test]
 async fn expired_message_is_dead_lettered_with_x_death() {
-    let b = TestBroker::start().await;
+    let b = TestBroker::start_manual().await;
     let (_c, ch) = confirm_channel(&b).await;
     dlx_setup(&ch).await;
     declare_x(&ch, "src-x", ExchangeKind::Direct).await;
@@ -370,6 +371,9 @@ async fn expired_message_is_dead_lettered_with_x_death() {
         .with_content_type("text/plain".into())
         .with_headers(table(&[("app", s("kept"))]));
     publish(&ch, "src-x", "orig-key", "bye", props).await;
+    b.advance(Duration::from_millis(29)).await;
+    assert_eq!(depth(&b, "src"), Some(1), "not yet");
+    b.advance(Duration::from_millis(2)).await;
     let d = get_eventually(&ch, "dlq").await;
     assert_eq!(depth(&b, "src"), Some(0));
     assert_eq!(body(&d), "bye");
@@ -428,7 +432,7 @@ async fn expired_message_is_dead_lettered_with_x_death() {
 
 #[tokio::test]
 async fn queue_ttl_dead_letters_without_original_expiration() {
-    let b = TestBroker::start().await;
+    let b = TestBroker::start_manual().await;
     let (_c, ch) = confirm_channel(&b).await;
     dlx_setup(&ch).await;
     declare(
@@ -441,6 +445,7 @@ async fn queue_ttl_dead_letters_without_original_expiration() {
     )
     .await;
     publish(&ch, "", "qttl", "a", BasicProperties::default()).await;
+    b.advance(Duration::from_millis(31)).await;
     let d = get_eventually(&ch, "dlq").await;
     // No dead-letter routing key: the original one is kept.
     assert_eq!(d.routing_key.as_str(), "qttl");
@@ -555,19 +560,14 @@ fn passive() -> QueueDeclareOptions {
 
 #[tokio::test]
 async fn unused_queue_expires() {
-    let b = TestBroker::start().await;
-    let (c, ch) = b.channel().await;
+    let b = TestBroker::start_manual().await;
+    let (c, ch) = confirm_channel(&b).await;
     declare(&ch, "temp", table(&[("x-expires", int(100))])).await;
     // Messages do not count as use.
-    ch.basic_publish(
-        "".into(),
-        "temp".into(),
-        BasicPublishOptions::default(),
-        b"m",
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish");
+    publish(&ch, "", "temp", "m", BasicProperties::default()).await;
+    b.advance(Duration::from_millis(99)).await;
+    assert!(depth(&b, "temp").is_some(), "not yet");
+    b.advance(Duration::from_millis(2)).await;
     assert!(
         eventually(WAIT, || depth(&b, "temp").is_none()).await,
         "queue deleted after x-expires"
@@ -586,15 +586,21 @@ async fn unused_queue_expires() {
 
 #[tokio::test]
 async fn queue_with_a_consumer_does_not_expire_and_expires_after_it_leaves() {
-    let b = TestBroker::start().await;
+    let b = TestBroker::start_manual().await;
     let (_c, ch) = b.channel().await;
     declare(&ch, "used", table(&[("x-expires", int(80))])).await;
     let _cons = consume(&ch, "used", "c").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.advance(Duration::from_millis(300)).await;
     assert!(depth(&b, "used").is_some(), "a consumed queue stays");
     ch.basic_cancel("c".into(), BasicCancelOptions::default())
         .await
         .expect("cancel");
+    b.advance(Duration::from_millis(79)).await;
+    assert!(
+        depth(&b, "used").is_some(),
+        "80 ms after the cancel, not before"
+    );
+    b.advance(Duration::from_millis(2)).await;
     assert!(
         eventually(WAIT, || depth(&b, "used").is_none()).await,
         "expires once unused"
@@ -604,19 +610,19 @@ async fn queue_with_a_consumer_does_not_expire_and_expires_after_it_leaves() {
 
 #[tokio::test]
 async fn redeclaring_renews_the_expiry_lease() {
-    let b = TestBroker::start().await;
+    let b = TestBroker::start_manual().await;
     let (_c, ch) = b.channel().await;
     let args = || table(&[("x-expires", int(200))]);
     declare(&ch, "lease", args()).await;
-    // Redeclare every 50 ms for 600 ms (three times x-expires): it stays.
+    // Redeclare every 150 ms for 1.8 s (nine times x-expires): it stays.
     for _ in 0..12 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.advance(Duration::from_millis(150)).await;
         declare(&ch, "lease", args()).await;
     }
     assert!(depth(&b, "lease").is_some(), "renewed by redeclaring");
     // Passive declares (RabbitMQ's stat) renew it too.
     for _ in 0..12 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.advance(Duration::from_millis(150)).await;
         ch.queue_declare("lease".into(), passive(), FieldTable::default())
             .await
             .expect("passive");
@@ -624,10 +630,11 @@ async fn redeclaring_renews_the_expiry_lease() {
     assert!(depth(&b, "lease").is_some(), "renewed by passive declares");
     // basic.get counts as use as well.
     for _ in 0..12 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.advance(Duration::from_millis(150)).await;
         assert!(get(&ch, "lease").await.is_none());
     }
     assert!(depth(&b, "lease").is_some(), "renewed by basic.get");
+    b.advance(Duration::from_millis(201)).await;
     assert!(
         eventually(WAIT, || depth(&b, "lease").is_none()).await,
         "expires when left alone"
@@ -1034,7 +1041,7 @@ async fn delivery_limit_dead_letters_after_n_requeues() {
 
 #[tokio::test]
 async fn dead_letter_cycle_without_rejection_drops_the_message() {
-    let b = TestBroker::start().await;
+    let b = TestBroker::start_manual().await;
     let (_c, ch) = confirm_channel(&b).await;
     // Expired messages are dead-lettered (default exchange, same routing key) into the queue
     // itself: RabbitMQ drops them instead of looping.
@@ -1048,8 +1055,9 @@ async fn dead_letter_cycle_without_rejection_drops_the_message() {
     )
     .await;
     publish(&ch, "", "loop", "m", BasicProperties::default()).await;
-    assert!(depth_becomes(&b, "loop", 0).await, "expired");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    b.advance(Duration::from_millis(31)).await;
+    assert_eq!(depth(&b, "loop"), Some(0), "expired");
+    b.advance(Duration::from_millis(150)).await;
     assert_eq!(depth(&b, "loop"), Some(0), "not re-enqueued");
 
     // A rejection in the cycle makes it legitimate: the message comes back.
@@ -1075,7 +1083,7 @@ async fn dead_letter_cycle_without_rejection_drops_the_message() {
 /// per (queue, reason), increments its count, and moves the updated entry to the front.
 #[tokio::test]
 async fn retry_pattern_counts_deaths_per_queue_and_reason() {
-    let b = TestBroker::start().await;
+    let b = TestBroker::start_manual().await;
     let (_c, ch) = confirm_channel(&b).await;
     declare_x(&ch, "work-x", ExchangeKind::Direct).await;
     declare_x(&ch, "retry-x", ExchangeKind::Direct).await;
@@ -1107,6 +1115,14 @@ async fn retry_pattern_counts_deaths_per_queue_and_reason() {
         .await
         .expect("reject");
     for round in 1..=3i64 {
+        // The retry queue holds it for its TTL.
+        assert!(
+            depth_becomes(&b, "retry", 1).await,
+            "round {round}: in retry"
+        );
+        b.advance(Duration::from_millis(49)).await;
+        assert_eq!(depth(&b, "retry"), Some(1), "round {round}: held 50 ms");
+        b.advance(Duration::from_millis(2)).await;
         let d = next(&mut cons).await;
         assert_eq!(body(&d), "job");
         assert_eq!(d.exchange.as_str(), "work-x");
@@ -1261,7 +1277,7 @@ async fn priority_queue_drop_head_drops_the_next_to_be_delivered() {
 
 #[tokio::test]
 async fn message_requeued_after_its_ttl_is_dead_lettered_as_expired() {
-    let b = TestBroker::start().await;
+    let b = TestBroker::start_manual().await;
     let (_c, ch) = confirm_channel(&b).await;
     dlx_setup(&ch).await;
     declare(
@@ -1280,7 +1296,7 @@ async fn message_requeued_after_its_ttl_is_dead_lettered_as_expired() {
         .expect("get")
         .expect("message");
     // Unacked messages do not expire; once requeued past their TTL they do.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    b.advance(Duration::from_millis(250)).await;
     assert_eq!(depth(&b, "dlq"), Some(0), "unacked: not expired");
     m.delivery
         .nack(BasicNackOptions {
@@ -1719,7 +1735,7 @@ async fn durable_priority_and_ttl_queues_keep_behaving_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_queue_with_x_expires_still_expires_after_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let b = TestBroker::start_durable(dir.path()).await;
+    let b = TestBroker::start_durable_manual(dir.path()).await;
     {
         let (c, ch) = b.channel().await;
         ch.queue_declare("dexp".into(), durable(), table(&[("x-expires", int(300))]))
@@ -1728,8 +1744,14 @@ async fn durable_queue_with_x_expires_still_expires_after_restart() {
         c.close(200, "bye".into()).await.ok();
     }
     b.stop().await;
-    let b = TestBroker::start_durable(dir.path()).await;
+    let b = TestBroker::start_durable_manual(dir.path()).await;
     assert!(depth(&b, "dexp").is_some(), "recovered");
+    b.advance(Duration::from_millis(299)).await;
+    assert!(
+        depth(&b, "dexp").is_some(),
+        "x-expires counts from the restart"
+    );
+    b.advance(Duration::from_millis(2)).await;
     assert!(
         eventually(WAIT, || depth(&b, "dexp").is_none()).await,
         "expires after the restart"

@@ -8,13 +8,30 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::Queue;
 use crate::clock::{Clock, Millis};
 
 type Request = (Millis, Weak<dyn Queue>);
+
+/// The deadlines asked for, soonest first.
+#[derive(Default)]
+struct Pending {
+    heap: BinaryHeap<Reverse<(Millis, u64)>>,
+    waiting: HashMap<u64, Weak<dyn Queue>>,
+    counter: u64,
+}
+
+impl Pending {
+    fn add(&mut self, (at, q): Request) {
+        self.counter += 1;
+        self.heap.push(Reverse((at, self.counter)));
+        self.waiting.insert(self.counter, q);
+    }
+}
 
 /// Handle to a broker's timer task.
 #[derive(Debug, Clone)]
@@ -22,6 +39,8 @@ pub struct Timers {
     tx: mpsc::UnboundedSender<Request>,
     rx: Arc<parking_lot::Mutex<Option<mpsc::UnboundedReceiver<Request>>>>,
     clock: Clock,
+    /// The time up to which every deadline asked for has fired (see [`Timers::settled`]).
+    processed: Arc<(AtomicU64, Notify)>,
 }
 
 impl Timers {
@@ -32,6 +51,20 @@ impl Timers {
             tx,
             rx: Arc::new(parking_lot::Mutex::new(Some(rx))),
             clock,
+            processed: Arc::new((AtomicU64::new(0), Notify::new())),
+        }
+    }
+
+    /// Waits until every deadline at or before `t` that was asked for before this call has
+    /// fired (for tests on a manual clock: advance, then wait for this).
+    pub async fn settled(&self, t: Millis) {
+        let (done, changed) = &*self.processed;
+        loop {
+            let notified = changed.notified();
+            if done.load(Ordering::Acquire) >= t {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -46,39 +79,42 @@ impl Timers {
             return;
         };
         let clock = self.clock.clone();
+        let processed = self.processed.clone();
         tokio::spawn(async move {
-            let mut heap: BinaryHeap<Reverse<(Millis, u64)>> = BinaryHeap::new();
-            let mut waiting: HashMap<u64, Weak<dyn Queue>> = HashMap::new();
-            let mut counter = 0u64;
+            let mut pending = Pending::default();
             loop {
+                while let Ok(req) = rx.try_recv() {
+                    pending.add(req);
+                }
+                let Pending { heap, waiting, .. } = &mut pending;
+                let now = clock.now();
+                while let Some(Reverse((at, id))) = heap.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    heap.pop();
+                    if let Some(q) = waiting.remove(&id).and_then(|w| w.upgrade()) {
+                        q.on_timer(now);
+                    }
+                }
+                processed.0.store(now, Ordering::Release);
+                processed.1.notify_waiters();
                 let next = heap.peek().map(|Reverse((at, _))| *at);
                 let sleep = async {
-                    match next {
-                        Some(at) => clock.sleep_until(at).await,
-                        None => std::future::pending().await,
+                    match (next, &clock) {
+                        (Some(at), _) => clock.sleep_until(at).await,
+                        // A manual clock wakes the task whenever it moves, so that `settled`
+                        // is answered even with nothing to fire.
+                        (None, Clock::Manual(_)) => clock.sleep_until(Millis::MAX).await,
+                        (None, Clock::System) => std::future::pending().await,
                     }
                 };
                 tokio::select! {
                     req = rx.recv() => match req {
-                        Some((at, q)) => {
-                            counter += 1;
-                            heap.push(Reverse((at, counter)));
-                            waiting.insert(counter, q);
-                        }
+                        Some(req) => pending.add(req),
                         None => return,
                     },
-                    _ = sleep => {
-                        let now = clock.now();
-                        while let Some(Reverse((at, id))) = heap.peek().copied() {
-                            if at > now {
-                                break;
-                            }
-                            heap.pop();
-                            if let Some(q) = waiting.remove(&id).and_then(|w| w.upgrade()) {
-                                q.on_timer(now);
-                            }
-                        }
-                    }
+                    _ = sleep => {}
                 }
             }
         });

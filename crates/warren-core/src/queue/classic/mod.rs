@@ -534,3 +534,6 @@ impl Queue for ClassicQueue {
         self.state.lock().deleted
     }
 }
+
+#[cfg(test)]
+mod tests;
