@@ -1,6 +1,9 @@
 //! Crash test: the `warren` binary is killed with SIGKILL at random moments while a publisher
-//! streams persistent messages with confirms; after every restart, every confirmed message must
-//! still be there (at least once) and nothing read back may be corrupt.
+//! streams persistent messages with confirms and another client declares, binds, unbinds and
+//! deletes durable queues and exchanges; after the restarts, every confirmed message must
+//! still be there (at least once), nothing read back may be corrupt, every acknowledged
+//! declaration and binding must be there, and nothing whose deletion was acknowledged may
+//! come back.
 
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -16,6 +19,8 @@ use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 25;
 const QUEUE: &str = "crash-test";
+/// The durable exchange the churned queues are bound to.
+const EXCHANGE: &str = "crash-x";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -135,6 +140,220 @@ async fn publish_until_killed(
     }
 }
 
+/// What the topology client was told: acknowledged declarations, bindings, unbindings and
+/// deletions. Operations whose reply never came are in neither set (either outcome is fine).
+#[derive(Debug, Default)]
+struct Topology {
+    queues: BTreeSet<String>,
+    deleted_queues: BTreeSet<String>,
+    bound: BTreeSet<String>,
+    unbound: BTreeSet<String>,
+    exchanges: BTreeSet<String>,
+    deleted_exchanges: BTreeSet<String>,
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Declares, binds, unbinds and deletes durable queues and exchanges until the connection
+/// dies, recording every acknowledged operation.
+async fn churn_until_killed(port: u16, round: usize, t: Arc<Mutex<Topology>>) {
+    let conn = connect(port).await;
+    let Ok(ch) = conn.create_channel().await else {
+        return;
+    };
+    let name = |i: usize| format!("t-{round}-{i}");
+    for i in 0.. {
+        let q = name(i);
+        if ch
+            .queue_declare(q.as_str().into(), durable_queue(), FieldTable::default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        t.lock().expect("lock").queues.insert(q.clone());
+        let bind = ch
+            .queue_bind(
+                q.as_str().into(),
+                EXCHANGE.into(),
+                q.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        if bind.is_err() {
+            return;
+        }
+        t.lock().expect("lock").bound.insert(q.clone());
+        if i % 3 == 2 {
+            let prev = name(i - 1);
+            // In flight: neither bound nor unbound until the reply.
+            t.lock().expect("lock").bound.remove(&prev);
+            let unbind = ch
+                .queue_unbind(
+                    prev.as_str().into(),
+                    EXCHANGE.into(),
+                    prev.as_str().into(),
+                    FieldTable::default(),
+                )
+                .await;
+            if unbind.is_err() {
+                return;
+            }
+            t.lock().expect("lock").unbound.insert(prev);
+        }
+        if i % 4 == 3 {
+            let old = name(i - 3);
+            {
+                let mut t = t.lock().expect("lock");
+                t.queues.remove(&old);
+                t.bound.remove(&old);
+                t.unbound.remove(&old);
+            }
+            if ch
+                .queue_delete(old.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            t.lock().expect("lock").deleted_queues.insert(old);
+        }
+        if i % 5 == 0 {
+            let x = format!("cx-{round}-{i}");
+            let opts = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            if ch
+                .exchange_declare(
+                    x.as_str().into(),
+                    lapin::ExchangeKind::Fanout,
+                    opts,
+                    FieldTable::default(),
+                )
+                .await
+                .is_err()
+            {
+                return;
+            }
+            t.lock().expect("lock").exchanges.insert(x);
+        }
+        if i % 10 == 5 {
+            let x = format!("cx-{round}-{}", i - 5);
+            t.lock().expect("lock").exchanges.remove(&x);
+            if ch
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            t.lock().expect("lock").deleted_exchanges.insert(x);
+        }
+    }
+}
+
+/// Whether a passive declare of queue (or exchange) `name` succeeds.
+async fn exists(conn: &Connection, name: &str, exchange: bool) -> bool {
+    let ch = conn.create_channel().await.expect("channel");
+    let passive = if exchange {
+        ch.exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
+    } else {
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
+    };
+    if passive {
+        let _ = ch.close(200, "ok".into()).await;
+    }
+    passive
+}
+
+/// Checks the recovered topology against what was acknowledged.
+async fn check_topology(port: u16, t: &Topology) {
+    let conn = connect(port).await;
+    for q in &t.queues {
+        assert!(exists(&conn, q, false).await, "acknowledged queue {q} lost");
+    }
+    for q in &t.deleted_queues {
+        assert!(!exists(&conn, q, false).await, "deleted queue {q} came back");
+    }
+    for x in &t.exchanges {
+        assert!(exists(&conn, x, true).await, "acknowledged exchange {x} lost");
+    }
+    for x in &t.deleted_exchanges {
+        assert!(!exists(&conn, x, true).await, "deleted exchange {x} came back");
+    }
+    // Bindings: a message to the exchange with the queue's name as key reaches the queue
+    // exactly when the binding is there.
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let probe: Vec<(&String, bool)> = t
+        .bound
+        .iter()
+        .map(|q| (q, true))
+        .chain(t.unbound.iter().map(|q| (q, false)))
+        .filter(|(q, _)| t.queues.contains(*q))
+        .collect();
+    for (q, _) in &probe {
+        ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default())
+            .await
+            .expect("purge");
+        ch.basic_publish(
+            EXCHANGE.into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            b"probe",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    for (q, bound) in probe {
+        let n = ch
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive")
+            .message_count();
+        assert_eq!(n, u32::from(bound), "binding of {q} (bound: {bound})");
+    }
+    let _ = conn.close(200, "ok".into()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -154,8 +373,20 @@ async fn confirmed_messages_survive_kill_9() {
         ch.queue_declare(QUEUE.into(), durable, FieldTable::default())
             .await
             .expect("declare");
+        ch.exchange_declare(
+            EXCHANGE.into(),
+            lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
         let _ = c.close(200, "ok".into()).await;
     }
+    let topology = Arc::new(Mutex::new(Topology::default()));
     for round in 0..ROUNDS {
         // Consume-and-ack a few messages each round, to exercise acks across crashes.
         if round > 0 {
@@ -181,12 +412,14 @@ async fn confirmed_messages_survive_kill_9() {
             confirmed.clone(),
             round % 2 == 1,
         ));
+        let churner = tokio::spawn(churn_until_killed(port, round, topology.clone()));
         next_seq += 1_000_000;
         let delay = rand::thread_rng().gen_range(30..250);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         child.kill().expect("SIGKILL");
         let _ = child.wait();
         let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), churner).await;
         child = start(dir.path(), port);
     }
 
@@ -203,16 +436,29 @@ async fn confirmed_messages_survive_kill_9() {
         found.insert(seq);
     }
     let _ = c.close(200, "ok".into()).await;
+    let topology = std::mem::take(&mut *topology.lock().expect("lock"));
+    check_topology(port, &topology).await;
     child.kill().expect("kill");
     let _ = child.wait();
 
     let confirmed = confirmed.lock().expect("lock").clone();
     let _ = writeln!(
         std::io::stderr(),
-        "crash test: {ROUNDS} kills, {} confirmed, {} acked, {} found at the end",
+        "crash test: {ROUNDS} kills, {} confirmed, {} acked, {} found at the end; topology: \
+         {} queues kept, {} deleted, {} bindings kept, {} unbound, {} exchanges kept, {} deleted",
         confirmed.len(),
         acked.len(),
-        found.len()
+        found.len(),
+        topology.queues.len(),
+        topology.deleted_queues.len(),
+        topology.bound.len(),
+        topology.unbound.len(),
+        topology.exchanges.len(),
+        topology.deleted_exchanges.len()
+    );
+    assert!(
+        topology.queues.len() > ROUNDS && topology.deleted_queues.len() > ROUNDS / 2,
+        "the churn did too little: {topology:?}"
     );
     assert!(
         confirmed.len() > ROUNDS * 10,
