@@ -299,13 +299,22 @@ async fn check_topology(port: u16, t: &Topology) {
         assert!(exists(&conn, q, false).await, "acknowledged queue {q} lost");
     }
     for q in &t.deleted_queues {
-        assert!(!exists(&conn, q, false).await, "deleted queue {q} came back");
+        assert!(
+            !exists(&conn, q, false).await,
+            "deleted queue {q} came back"
+        );
     }
     for x in &t.exchanges {
-        assert!(exists(&conn, x, true).await, "acknowledged exchange {x} lost");
+        assert!(
+            exists(&conn, x, true).await,
+            "acknowledged exchange {x} lost"
+        );
     }
     for x in &t.deleted_exchanges {
-        assert!(!exists(&conn, x, true).await, "deleted exchange {x} came back");
+        assert!(
+            !exists(&conn, x, true).await,
+            "deleted exchange {x} came back"
+        );
     }
     // Bindings: a message to the exchange with the queue's name as key reaches the queue
     // exactly when the binding is there.

@@ -276,3 +276,77 @@ async fn thousand_concurrent_connections() {
     conn.close(200, "bye".into()).await.expect("close");
     b.stop().await;
 }
+
+/// A connection over a byte stream that is not a bare TCP socket (the path TLS and Unix
+/// sockets take: the writer task owns the write half, no direct writes): lapin publishes,
+/// consumes and gets, with small and multi-frame bodies, and closes cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_any_byte_stream_works() {
+    use futures_lite::StreamExt;
+    let broker = warren_core::Broker::new(warren_core::Config::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    {
+        let broker = broker.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            while let Ok((s, peer)) = listener.accept().await {
+                // BufStream hides the TcpStream: the generic stream path serves it.
+                let stream = tokio::io::BufStream::new(s);
+                tokio::spawn(warren_core::server::serve_connection(
+                    broker.clone(),
+                    stream,
+                    peer,
+                    shutdown.clone(),
+                ));
+            }
+        });
+    }
+    let uri = format!("amqp://guest:guest@{addr}/%2f");
+    let conn = connect_uri(&uri).await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(
+        "stream-q".into(),
+        lapin::options::QueueDeclareOptions::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let big = vec![b'z'; 300_000];
+    for body in [&b"small"[..], &big[..]] {
+        ch.basic_publish(
+            "".into(),
+            "stream-q".into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    let mut consumer = ch
+        .basic_consume(
+            "stream-q".into(),
+            "c".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    for expected in [&b"small"[..], &big[..]] {
+        let d = tokio::time::timeout(std::time::Duration::from_secs(10), consumer.next())
+            .await
+            .expect("delivery in time")
+            .expect("a delivery")
+            .expect("ok");
+        assert_eq!(&d.data[..], expected);
+    }
+    conn.close(200, "bye".into()).await.expect("clean close");
+    shutdown.cancel();
+}

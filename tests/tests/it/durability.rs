@@ -258,3 +258,100 @@ async fn acked_messages_and_deleted_queues_stay_gone() {
     assert_eq!(first.first().map(|m| m.0.as_str()), Some("60"));
     b.stop().await;
 }
+
+/// A data dir written before the metadata log (durable topology in
+/// `vhosts/2f/definitions.json`, messages in the queue's segment store) is converted at the
+/// first start: the queue keeps its messages, the exchange and binding route, the old file is
+/// renamed, and the second start reads the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_with_definitions_json_is_converted_once() {
+    use warren_core::message::Message;
+    use warren_core::metadata::legacy::{Definitions, LegacyBinding, LegacyExchange, LegacyQueue};
+    use warren_core::store::segment::SegmentStore;
+    use warren_core::store::sync::{Flush, Syncer};
+    use warren_core::store::MessageStore;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vhost_dir = dir.path().join("vhosts").join("2f");
+    let store_dir = "00000000000000aa-legacy";
+    let defs = Definitions {
+        exchanges: vec![LegacyExchange {
+            name: "old-x".into(),
+            kind: "direct".into(),
+            auto_delete: false,
+            internal: false,
+            arguments: Default::default(),
+        }],
+        queues: vec![LegacyQueue {
+            name: "old-q".into(),
+            auto_delete: false,
+            arguments: Default::default(),
+            store_dir: store_dir.into(),
+        }],
+        bindings: vec![LegacyBinding {
+            source: "old-x".into(),
+            destination: "old-q".into(),
+            destination_type: "queue".into(),
+            routing_key: "k".into(),
+            arguments: Default::default(),
+        }],
+    };
+    defs.save(&vhost_dir).expect("write definitions.json");
+    {
+        let syncer = Syncer::start().expect("syncer");
+        let store = SegmentStore::open(
+            &vhost_dir.join("queues").join(store_dir),
+            syncer.clone(),
+            1 << 20,
+            0,
+        )
+        .expect("store");
+        for (i, body) in ["one", "two"].iter().enumerate() {
+            let m = Message::recovered(
+                "old-x",
+                "k",
+                bytes::Bytes::from_static(&[0x10, 0, 2]),
+                bytes::Bytes::from_static(body.as_bytes()),
+            );
+            store.append(i as u64, &m);
+        }
+        store.flush().expect("flush");
+        syncer.stop();
+    }
+    for start in 0..2 {
+        let b = TestBroker::start_durable(dir.path()).await;
+        let (c, ch) = b.channel().await;
+        assert!(
+            !vhost_dir.join("definitions.json").exists(),
+            "start {start}: renamed"
+        );
+        assert!(vhost_dir.join("definitions.json.converted").exists());
+        let got = get_all(&ch, "old-q").await;
+        if start == 0 {
+            assert_eq!(
+                got,
+                vec![("one".into(), false), ("two".into(), false)],
+                "messages kept"
+            );
+        } else {
+            assert!(got.is_empty(), "consumed at the first start");
+        }
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        ch.basic_publish(
+            "old-x".into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            b"routed",
+            persistent(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+        assert_eq!(get_all(&ch, "old-q").await, vec![("routed".into(), false)]);
+        let _ = c.close(200, "bye".into()).await;
+        b.stop().await;
+    }
+}

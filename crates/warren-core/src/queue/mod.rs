@@ -279,6 +279,10 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     fn unacked_count(&self) -> u64;
     /// Marks the queue as used now (redeclared): restarts its `x-expires` clock.
     fn touch(&self, now: Millis);
+    /// Reads of its paged backlog that failed so far.
+    fn paging_read_errors(&self) -> u64 {
+        0
+    }
 
     /// Name.
     fn name(&self) -> &Arc<str> {

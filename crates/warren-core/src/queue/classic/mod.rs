@@ -222,6 +222,10 @@ impl Queue for ClassicQueue {
         self.schedule(&mut st);
     }
 
+    fn paging_read_errors(&self) -> u64 {
+        self.state.lock().tail.read_errors
+    }
+
     fn publish(&self, msg: Arc<Message>, now: Millis) -> Enqueued {
         let mut dead = Vec::new();
         let result = {
@@ -349,7 +353,9 @@ impl Queue for ClassicQueue {
                     let left = u32::try_from(Self::total_len(&st)).unwrap_or(u32::MAX);
                     Got::Message(m, left)
                 }
-                None if st.tail.count > 0 => {
+                // Paged messages are on their way: wait for them (unless reading them failed:
+                // then there is nothing to give now).
+                None if st.tail.count > 0 && st.tail.retry_at().is_none() => {
                     st.waiters.push(waiter.clone());
                     Got::Wait
                 }
