@@ -323,18 +323,19 @@ async fn a_failed_page_read_is_counted_and_loses_nothing_else() {
     let (_c2, gch) = b.channel().await;
     let mut got = 0u32;
     // Once the read failed, basic.get answers get-empty (nothing readable now), not a hang.
-    while let Some(_) = tokio::time::timeout(
+    while tokio::time::timeout(
         std::time::Duration::from_secs(5),
         gch.basic_get("broken".into(), BasicGetOptions { no_ack: true }),
     )
     .await
     .expect("get answered in time")
     .expect("get")
+    .is_some()
     {
         got += 1;
     }
     assert!(
-        got >= 100 && got < 6000,
+        (100..6000).contains(&got),
         "the readable part was served ({got})"
     );
     let q = b
