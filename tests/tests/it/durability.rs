@@ -355,3 +355,84 @@ async fn a_data_dir_with_definitions_json_is_converted_once() {
         b.stop().await;
     }
 }
+
+/// A channel waiting for its durable declaration to be durable holds the frames that follow
+/// (a publish to the new queue, a passive declare of it), handles them in order once it
+/// resumes, and the client's `connection.close` sent right behind them waits for that: the
+/// publish is not lost and every reply comes in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_behind_a_durable_declaration_are_held_in_order_and_close_waits() {
+    use warren_codec::proto::{basic, connection, queue, AMQPClass, FieldTable as Ft};
+    use warren_tests::raw::{content_header_bytes, frame_bytes, method_bytes, RawClient};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = TestBroker::start_durable(dir.path()).await;
+    let mut c = RawClient::open(b.addr).await;
+    c.open_channel(1).await;
+    let mut burst = method_bytes(
+        1,
+        &AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "held".into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: Ft::default(),
+        })),
+    );
+    burst.extend(method_bytes(
+        1,
+        &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "held".into(),
+            mandatory: true,
+            immediate: false,
+        })),
+    ));
+    burst.extend(content_header_bytes(1, 4));
+    burst.extend(frame_bytes(warren_codec::FRAME_BODY, 1, b"kept"));
+    burst.extend(method_bytes(
+        1,
+        &AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "held".into(),
+            passive: true,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: Ft::default(),
+        })),
+    ));
+    burst.extend(method_bytes(
+        0,
+        &AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    ));
+    c.send_raw(&burst).await;
+    match c.expect_method().await {
+        (1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
+            assert_eq!(ok.queue.as_str(), "held");
+            assert_eq!(ok.message_count, 0);
+        }
+        other => panic!("expected declare-ok first, got {other:?}"),
+    }
+    // The publish was handled after the declaration (it routed: no basic.return), then the
+    // passive declare, which counts it.
+    match c.expect_method().await {
+        (1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
+            assert_eq!(ok.message_count, 1, "the held publish came first");
+        }
+        other => panic!("expected the passive declare-ok, got {other:?}"),
+    }
+    match c.expect_method().await {
+        (0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {}
+        other => panic!("expected close-ok last, got {other:?}"),
+    }
+    let vh = b.broker.vhost("/").expect("vhost");
+    assert_eq!(vh.queue("held").expect("queue").message_count(), 1);
+    b.stop().await;
+}
