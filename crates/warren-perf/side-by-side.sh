@@ -34,7 +34,8 @@
 #   kill -9 %1; warren --port 5690 --data-dir D &
 #   warren-perf topology --uri U --await-queue perf-restart-15-6249   # prints the seconds
 # Warren today rewrites its whole definitions.json on every durable change, so filling
-# 100,000 queues takes hours to days; set RESTART_QUEUES lower to time a restart today.
+# 100,000 queues takes hours to days; set RESTART_QUEUES lower to time a restart today, or
+# RESTART_BROKERS=rabbitmq for RabbitMQ alone (default "warren rabbitmq").
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -48,6 +49,7 @@ SCENARIOS=${SCENARIOS:-"autoack ack publish_only persistent_confirms fanout10 to
 RESTART_QUEUES=${RESTART_QUEUES:-100000}
 RESTART_BINDINGS=${RESTART_BINDINGS:-2}
 RESTART_CLIENTS=${RESTART_CLIENTS:-16}
+RESTART_BROKERS=${RESTART_BROKERS:-"warren rabbitmq"}
 WORK=$(mktemp -d /tmp/side-by-side.XXXXXX)
 chmod 755 "$WORK" # the RabbitMQ node runs as user rabbitmq
 RESULTS=$WORK/results.tsv
@@ -244,8 +246,12 @@ for sc in $SCENARIOS; do
   for round in $(seq "$ROUNDS"); do
     if [ "$sc" = restart ]; then
       [ "$round" = 1 ] || continue
-      if [ "$OWN_WARREN" = 1 ]; then restart_round warren "$WARREN_URI"; else note "restart: Warren not self-started, skipped"; fi
-      if [ "$OWN_RABBIT" = 1 ]; then restart_round rabbitmq "$RABBIT_URI"; elif [ -n "$RABBIT_URI" ]; then note "restart: RabbitMQ not self-started, skipped"; fi
+      case " $RESTART_BROKERS " in *" warren "*)
+        if [ "$OWN_WARREN" = 1 ]; then restart_round warren "$WARREN_URI"; else note "restart: Warren not self-started, skipped"; fi ;;
+      esac
+      case " $RESTART_BROKERS " in *" rabbitmq "*)
+        if [ "$OWN_RABBIT" = 1 ]; then restart_round rabbitmq "$RABBIT_URI"; elif [ -n "$RABBIT_URI" ]; then note "restart: RabbitMQ not self-started, skipped"; fi ;;
+      esac
       # Later scenarios start from empty brokers again.
       [ "$OWN_WARREN" = 1 ] && { stop_warren; start_warren; }
       [ "$OWN_RABBIT" = 1 ] && { stop_rabbit; start_rabbit || RABBIT_URI=; }
