@@ -10,6 +10,32 @@
 # medians and Warren/RabbitMQ ratios are written to docs/PERFORMANCE.md (OUT_DOC).
 # Needs: a release build (cargo build --release -p warren-server -p warren-perf), python3,
 # and for the self-started RabbitMQ, root (apt-get install rabbitmq-server when missing).
+#
+# Topology (metadata) scenarios: topology1 / topology16 declare 10,000 durable queues, each
+# bound to amq.direct, one operation at a time per client (1 or 16 client connections), then
+# delete them the same way (`warren-perf topology`; DURATION does not apply). They run in each
+# round like the others.
+#
+# Restart scenario `restart` (not in the default list: it is long): RESTART_QUEUES durable
+# queues (default 100,000) with RESTART_BINDINGS bindings each (default 2, so 200,000
+# bindings to amq.direct) are declared by RESTART_CLIENTS connections (default 16), then
+#   - Warren (self-started only, it has --data-dir): kill -9, start the binary again on the
+#     same data dir, and time until a passive declare of the last queue succeeds;
+#   - RabbitMQ (self-started only): `rabbitmqctl stop` (timed on its own), start the node
+#     again, and time until the same passive declare succeeds (await_startup is implied: the
+#     probe retries the connection every 20 ms until the node accepts it and knows the queue).
+#     RabbitMQ is stopped politely rather than killed: a kill -9 leaves its message store
+#     dirty, and the recovery it then runs is not what "restart with N queues" asks about.
+# Run once (round 1 only); afterwards both brokers are restarted empty for the scenarios that
+# follow. With brokers given as URIs it is skipped (no way to restart
+# them). The manual equivalent against any Warren:
+#   warren --port 5690 --data-dir D &                          # fresh D
+#   warren-perf topology --uri U --queues 100000 --clients 16 --bindings 2 --keep-queues -u perf-restart
+#   kill -9 %1; warren --port 5690 --data-dir D &
+#   warren-perf topology --uri U --await-queue perf-restart-15-6249   # prints the seconds
+# Warren today rewrites its whole definitions.json on every durable change, so filling
+# 100,000 queues takes hours to days; set RESTART_QUEUES lower to time a restart today, or
+# RESTART_BROKERS=rabbitmq for RabbitMQ alone (default "warren rabbitmq").
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -19,14 +45,20 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 DRAIN=${DRAIN:-10} # seconds without progress before undelivered messages count as missing
 OUT_DOC=${OUT_DOC:-$ROOT/docs/PERFORMANCE.md}
-SCENARIOS=${SCENARIOS:-"autoack ack publish_only persistent_confirms fanout10 topic1000 large1mib rtt fixed10k drain16 drain1k_ack memory"}
+SCENARIOS=${SCENARIOS:-"autoack ack publish_only persistent_confirms fanout10 topic1000 large1mib rtt fixed10k drain16 drain1k_ack topology1 topology16 memory"}
+RESTART_QUEUES=${RESTART_QUEUES:-100000}
+RESTART_BINDINGS=${RESTART_BINDINGS:-2}
+RESTART_CLIENTS=${RESTART_CLIENTS:-16}
+RESTART_BROKERS=${RESTART_BROKERS:-"warren rabbitmq"}
 WORK=$(mktemp -d /tmp/side-by-side.XXXXXX)
 chmod 755 "$WORK" # the RabbitMQ node runs as user rabbitmq
 RESULTS=$WORK/results.tsv
 MEMORY=$WORK/memory.tsv
+RESTART=$WORK/restart.tsv
 NOTES=$WORK/notes.txt
 : >"$RESULTS"
 : >"$MEMORY"
+: >"$RESTART"
 : >"$NOTES"
 log() { echo "[$(date +%T)] $*" >&2; }
 note() { echo "$*" >>"$NOTES"; log "NOTE: $*"; }
@@ -43,11 +75,12 @@ WARREN_DATA=$WORK/warren-data
 RMQ_BASE=$WORK/rabbitmq
 RMQ_NODE=warrenperf@localhost
 
-start_warren() {
-  rm -rf "$WARREN_DATA"
+start_warren() { # [keep [nowait]]: reuse the data dir; return without waiting for the port
+  [ "${1:-}" = keep ] || rm -rf "$WARREN_DATA"
   mkdir -p "$WARREN_DATA"
   WARREN_LOG_LEVEL=warn "$WARREN_BIN" --port "$WARREN_PORT" --data-dir "$WARREN_DATA" >>"$WORK/warren.log" 2>&1 &
   WARREN_PID=$!
+  [ "${2:-}" = nowait ] && return 0
   for _ in $(seq 100); do port_free "$WARREN_PORT" || return 0; sleep 0.1; done
   log "warren did not start"; return 1
 }
@@ -58,17 +91,19 @@ rmq_env() {
     RABBITMQ_MNESIA_BASE="$RMQ_BASE/mnesia" RABBITMQ_LOG_BASE="$RMQ_BASE/log" \
     RABBITMQ_PID_FILE="$RMQ_BASE/pid" RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ_BASE/enabled_plugins" "$@"
 }
-start_rabbit() {
+start_rabbit() { # [keep [nowait]]: reuse the node's data; return once the node is launched
   if ! command -v rabbitmq-server >/dev/null; then
     log "installing rabbitmq-server"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server) >>"$WORK/apt.log" 2>&1 \
       || { note "RabbitMQ could not be installed (apt-get failed, see apt.log)"; return 1; }
     # The package starts a default node on 5672; this script uses its own node.
   fi
-  rm -rf "$RMQ_BASE"
-  mkdir -p "$RMQ_BASE"
-  : >"$RMQ_BASE/enabled_plugins"
-  chown -R rabbitmq:rabbitmq "$RMQ_BASE" 2>/dev/null || true
+  if [ "${1:-}" != keep ]; then
+    rm -rf "$RMQ_BASE"
+    mkdir -p "$RMQ_BASE"
+    : >"$RMQ_BASE/enabled_plugins"
+    chown -R rabbitmq:rabbitmq "$RMQ_BASE" 2>/dev/null || true
+  fi
   # Start the node as user rabbitmq without going through su/PAM, which would cut the open
   # files limit to 1024: RabbitMQ then stops accepting AMQP connections at about 850.
   (
@@ -76,6 +111,7 @@ start_rabbit() {
     cd /var/lib/rabbitmq && HOME=/var/lib/rabbitmq rmq_env setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
       /usr/lib/rabbitmq/bin/rabbitmq-server -detached
   ) >>"$WORK/rabbit-start.log" 2>&1
+  [ "${2:-}" = nowait ] && return 0
   for _ in $(seq 30); do
     if rmq_env rabbitmqctl -n $RMQ_NODE await_startup --timeout 5 >/dev/null 2>&1; then
       RABBIT_PID=$(cat "$RMQ_BASE/pid" 2>/dev/null)
@@ -122,6 +158,8 @@ args_for() {
     fixed10k) echo "-x 1 -y 1 -s 16 -a -r 10000" ;;
     drain16) echo "drain -x 1 -y 1 -s 16 -a -q 1000 -C 1000000" ;;
     drain1k_ack) echo "drain -x 1 -y 1 -s 1024 -q 1000 -A 100 -C 200000" ;;
+    topology1) echo "topology --queues 10000 --clients 1 --bind -u perf-topo1" ;;
+    topology16) echo "topology --queues 10000 --clients 16 --bind -u perf-topo16" ;;
   esac
 }
 
@@ -162,8 +200,63 @@ memory_round() { # broker round uri pid
   log "memory $broker round $round: base $base KiB, 1000 idle conns $idle KiB, 1M msgs $full KiB (before fill $before_fill)"
 }
 
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; }
+
+restart_round() { # broker uri
+  local broker=$1 uri=$2 c=$RESTART_CLIENTS n=$RESTART_QUEUES b=$RESTART_BINDINGS
+  local prefix=perf-restart last t0 fill_s stop_s restart_s fill probe rss
+  # The last queue of the last client (client 0's when there are fewer queues than clients).
+  if [ "$n" -ge "$c" ]; then last=$prefix-$((c - 1))-$((n / c - 1)); else last=$prefix-0-0; fi
+  log "restart $broker: declaring $n durable queues with $b bindings each ($c clients)"
+  fill=$WORK/restart-fill-$broker.json
+  t0=$(now)
+  "$PERF" topology --uri "$uri" --json --queues "$n" --clients "$c" --bindings "$b" --keep-queues -u $prefix \
+    >"$fill" 2>>"$WORK/perf-errors.log" || { note "restart ($broker): filling failed"; return; }
+  fill_s=$(since "$t0")
+  # Stop, then start without waiting: the probe retries the connection every 20 ms itself.
+  if [ "$broker" = warren ]; then
+    kill -9 "$WARREN_PID"; wait "$WARREN_PID" 2>/dev/null
+    stop_s=0
+    t0=$(now)
+    start_warren keep nowait
+  else
+    t0=$(now)
+    rmq_env rabbitmqctl -n $RMQ_NODE stop "$RMQ_BASE/pid" >/dev/null 2>&1 # waits for the process
+    stop_s=$(since "$t0")
+    t0=$(now)
+    start_rabbit keep nowait
+  fi
+  probe=$("$PERF" topology --uri "$uri" --json --await-queue "$last" --await-timeout 3600 2>>"$WORK/perf-errors.log" | tail -1)
+  restart_s=$(since "$t0")
+  if [ "$broker" = warren ]; then
+    rss=$(rss_kib "$WARREN_PID")
+  else
+    rmq_env rabbitmqctl -n $RMQ_NODE await_startup --timeout 60 >/dev/null 2>&1
+    RABBIT_PID=$(cat "$RMQ_BASE/pid" 2>/dev/null)
+    rss=$(rss_kib "$RABBIT_PID")
+  fi
+  [ -n "$probe" ] || { note "restart ($broker): $last not visible within an hour of the restart"; return; }
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$broker" "$n" "$((n * b))" "$fill_s" "$stop_s" "$restart_s" "$rss" \
+    "$(tail -1 "$fill")" >>"$RESTART"
+  log "restart $broker: fill $fill_s s, stop $stop_s s, start until $last is visible $restart_s s, RSS $rss KiB"
+}
+
 for sc in $SCENARIOS; do
   for round in $(seq "$ROUNDS"); do
+    if [ "$sc" = restart ]; then
+      [ "$round" = 1 ] || continue
+      case " $RESTART_BROKERS " in *" warren "*)
+        if [ "$OWN_WARREN" = 1 ]; then restart_round warren "$WARREN_URI"; else note "restart: Warren not self-started, skipped"; fi ;;
+      esac
+      case " $RESTART_BROKERS " in *" rabbitmq "*)
+        if [ "$OWN_RABBIT" = 1 ]; then restart_round rabbitmq "$RABBIT_URI"; elif [ -n "$RABBIT_URI" ]; then note "restart: RabbitMQ not self-started, skipped"; fi ;;
+      esac
+      # Later scenarios start from empty brokers again.
+      [ "$OWN_WARREN" = 1 ] && { stop_warren; start_warren; }
+      [ "$OWN_RABBIT" = 1 ] && { stop_rabbit; start_rabbit || RABBIT_URI=; }
+      continue
+    fi
     if [ "$sc" = memory ]; then
       [ "$OWN_WARREN" = 1 ] && { stop_warren; start_warren; }
       memory_round warren "$round" "$WARREN_URI" "${WARREN_PID:-}"
@@ -182,7 +275,7 @@ done
 WARREN_VERSION=$("$WARREN_BIN" --version 2>/dev/null || echo "warren (unknown)")
 RABBIT_VERSION=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo unknown)
 ERLANG_VERSION=$(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo unknown)
-export RESULTS MEMORY NOTES OUT_DOC DURATION ROUNDS DRAIN WARREN_VERSION RABBIT_VERSION ERLANG_VERSION
+export RESULTS MEMORY RESTART NOTES OUT_DOC DURATION ROUNDS DRAIN WARREN_VERSION RABBIT_VERSION ERLANG_VERSION
 export GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 "$ROOT/crates/warren-perf/report.py"
 log "wrote $OUT_DOC (raw results in $WORK)"

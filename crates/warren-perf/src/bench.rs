@@ -1038,6 +1038,7 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
             0.0
         },
         connections: 0,
+        ..Summary::default()
     })
 }
 

@@ -295,6 +295,31 @@ impl Conn {
         .map(drop)
     }
 
+    /// Declares a queue passively (checks that it exists) and returns its message count. A
+    /// missing queue comes back as the broker's `channel.close` (404), turned into an error;
+    /// channel 1 is closed then and the connection should be dropped.
+    pub async fn declare_queue_passive(&mut self, name: &str) -> io::Result<u32> {
+        let reply = self
+            .rpc(AMQPClass::Queue(queue::AMQPMethod::Declare(
+                queue::Declare {
+                    queue: name.into(),
+                    passive: true,
+                    durable: false,
+                    exclusive: false,
+                    auto_delete: false,
+                    nowait: false,
+                    arguments: FieldTable::default(),
+                },
+            )))
+            .await?;
+        match reply {
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.message_count),
+            other => Err(proto_err(format!(
+                "expected queue.declare-ok, got {other:?}"
+            ))),
+        }
+    }
+
     /// Deletes a queue.
     pub async fn delete_queue(&mut self, name: &str) -> io::Result<()> {
         self.rpc(AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {

@@ -14,14 +14,15 @@ pub mod conn;
 pub mod hold;
 pub mod rtt;
 pub mod stats;
+pub mod topology;
 
 use std::io::{self, Write};
 
 use clap::{Parser, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Producers and consumers (the default).
@@ -35,6 +36,11 @@ pub enum Mode {
     /// attached; then the consumers attach and drain the standing backlog. Reports the drain
     /// rate and verifies that every message arrived exactly once.
     Drain,
+    /// Durable metadata: `--clients` connections declare `--queues` durable queues between
+    /// them one at a time (optionally each bound to `amq.direct`, `--bind`), then delete them
+    /// one at a time. Reports rates, the time per quarter of the declares and the first vs
+    /// the last 1,000. `-z` does not apply.
+    Topology,
 }
 
 /// Command-line options, modelled on PerfTest's.
@@ -46,7 +52,8 @@ pub enum Mode {
 )]
 pub struct Options {
     /// Mode: run (producers/consumers), rtt (request-reply latency), hold (idle connections),
-    /// drain (publish a backlog first, then drain it).
+    /// drain (publish a backlog first, then drain it), topology (declare, bind and delete
+    /// durable queues one at a time).
     #[arg(value_enum, default_value_t = Mode::Run)]
     pub mode: Mode,
     /// Broker URI.
@@ -98,10 +105,12 @@ pub struct Options {
     #[arg(short = 'C', long = "pmessages")]
     pub pmessages: Option<u64>,
     /// Number of queues; producer i publishes to queue i mod N, consumer j consumes queue j mod N
-    /// (with fanout/topic/explicit key every producer reaches every queue).
+    /// (with fanout/topic/explicit key every producer reaches every queue). Topology mode: the
+    /// total number of durable queues declared, split evenly over the clients.
     #[arg(long, default_value_t = 1)]
     pub queues: usize,
     /// Topic routing: bind each queue with N keys perf.<i>.* and publish with perf.<seq mod N>.x.
+    /// Topology mode: N bindings per queue to amq.direct (keys NAME, NAME.1 ..; implies --bind).
     #[arg(long, default_value_t = 0)]
     pub bindings: usize,
     /// Number of idle connections (hold mode). Producers and consumers always get one each.
@@ -120,6 +129,19 @@ pub struct Options {
     /// by then counts as missing).
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
+    /// Topology mode: client connections declaring (and deleting) concurrently, one task each.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// Topology mode: bind each queue to amq.direct with its name as key after declaring it.
+    #[arg(long)]
+    pub bind: bool,
+    /// Topology mode: declare nothing; connect and declare this queue passively (retrying every
+    /// 20 ms while the broker is down or the queue not there yet) and report how long it took.
+    #[arg(long)]
+    pub await_queue: Option<String>,
+    /// Seconds after which --await-queue gives up.
+    #[arg(long, default_value_t = 600.0)]
+    pub await_timeout: f64,
     /// Print the final summary as one JSON object (and no per-second lines).
     #[arg(long)]
     pub json: bool,
@@ -149,7 +171,8 @@ impl Options {
 }
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Latency {
     /// Samples.
     pub count: u64,
@@ -165,8 +188,10 @@ pub struct Latency {
     pub max_us: u64,
 }
 
-/// The final summary of a run.
-#[derive(Debug, Clone, Default, Serialize)]
+/// The final summary of a run. Every field has a default when read back, so JSON written by
+/// an older version (without the topology fields, say) still parses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Summary {
     /// Mode run.
     pub mode: Mode,
@@ -222,6 +247,41 @@ pub struct Summary {
     pub client_cpu_us_per_msg: f64,
     /// Idle connections opened (hold mode).
     pub connections: usize,
+    /// Client connections (topology mode).
+    pub clients: usize,
+    /// Durable queues declared (topology mode).
+    pub declared: u64,
+    /// Bindings made to amq.direct (topology mode, `--bind`: one per queue, or `--bindings`).
+    pub bound: u64,
+    /// Seconds from the first declare to the last declare(+bind) completed.
+    pub declare_s: f64,
+    /// Queues declared (and bound) per second: queue+binding pairs/s with `--bind`.
+    pub declare_rate: f64,
+    /// Methods (declares + binds) completed per second in the declare phase.
+    pub declare_ops_rate: f64,
+    /// Wall time of each quarter of the declares (first 25% .. last 25%, by completion order
+    /// over all clients), seconds.
+    pub declare_quarters_s: Vec<f64>,
+    /// Last quarter's time over the first's (1.0 = linear).
+    pub last_to_first_quarter: f64,
+    /// Size of the first/last declare windows: 1,000, or half the queues when fewer than 2,000.
+    pub window: u64,
+    /// Time of the first `window` declares, seconds.
+    pub first_window_s: f64,
+    /// Time of the last `window` declares, seconds.
+    pub last_window_s: f64,
+    /// Queues deleted (topology mode; 0 with `--keep-queues`).
+    pub deleted: u64,
+    /// Seconds from the first delete to the last.
+    pub delete_s: f64,
+    /// Queues deleted per second.
+    pub delete_rate: f64,
+    /// Latency of each delete (topology mode; `latency` holds the declare(+bind) latency).
+    pub delete_latency: Latency,
+    /// Seconds until `--await-queue`'s passive declare succeeded.
+    pub await_s: f64,
+    /// Connection + passive declare attempts until it did.
+    pub await_attempts: u64,
 }
 
 /// CPU seconds (utime + stime) of this process, from `/proc/self/stat` (USER_HZ = 100).
@@ -244,6 +304,7 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
         Mode::Run | Mode::Drain => bench::run(opts, out).await,
         Mode::Rtt => rtt::run(opts, out).await,
         Mode::Hold => hold::run(opts, out).await,
+        Mode::Topology => topology::run(opts, out).await,
     }
 }
 
@@ -256,6 +317,7 @@ pub fn write_summary(s: &Summary, out: &mut dyn Write) -> io::Result<()> {
             writeln!(out, "held {} connections", s.connections)?;
             return Ok(());
         }
+        Mode::Topology => return write_topology(s, out),
         Mode::Rtt => {
             writeln!(
                 out,
@@ -305,4 +367,122 @@ pub fn write_summary(s: &Summary, out: &mut dyn Write) -> io::Result<()> {
         "client cpu {:.2} s ({:.2} us/msg)",
         s.client_cpu_s, s.client_cpu_us_per_msg
     )
+}
+
+fn write_topology(s: &Summary, out: &mut dyn Write) -> io::Result<()> {
+    if s.await_attempts > 0 {
+        return writeln!(
+            out,
+            "queue visible after {:.3} s ({} attempts)",
+            s.await_s, s.await_attempts
+        );
+    }
+    let l = &s.latency;
+    let what = match s.bound {
+        0 => "queues",
+        b if b == s.declared => "queue+binding pairs",
+        _ => "queues (with their bindings)",
+    };
+    writeln!(
+        out,
+        "clients {}: declared {} durable queues, bound {} (to {}), one at a time per client",
+        s.clients,
+        s.declared,
+        s.bound,
+        topology::BIND_EXCHANGE
+    )?;
+    writeln!(
+        out,
+        "declare phase {:.3} s: {:.0} {what}/s, {:.0} ops/s",
+        s.declare_s, s.declare_rate, s.declare_ops_rate
+    )?;
+    let q: Vec<String> = s
+        .declare_quarters_s
+        .iter()
+        .map(|q| format!("{q:.3}"))
+        .collect();
+    writeln!(
+        out,
+        "quarters of the declares: {} s (last/first {:.2}x)",
+        q.join(" / "),
+        s.last_to_first_quarter
+    )?;
+    let ratio = if s.first_window_s > 0.0 {
+        s.last_window_s / s.first_window_s
+    } else {
+        0.0
+    };
+    writeln!(
+        out,
+        "first {} declares {:.3} s, last {} {:.3} s ({ratio:.2}x)",
+        s.window, s.first_window_s, s.window, s.last_window_s
+    )?;
+    writeln!(
+        out,
+        "declare latency p50 {} us, p95 {} us, p99 {} us, max {} us, mean {:.1} us",
+        l.p50_us, l.p95_us, l.p99_us, l.max_us, l.mean_us
+    )?;
+    if s.deleted > 0 {
+        let d = &s.delete_latency;
+        writeln!(
+            out,
+            "deleted {} in {:.3} s ({:.0}/s), latency p50 {} us, p99 {} us, max {} us",
+            s.deleted, s.delete_s, s.delete_rate, d.p50_us, d.p99_us, d.max_us
+        )?;
+    } else {
+        writeln!(out, "queues kept (--keep-queues)")?;
+    }
+    writeln!(
+        out,
+        "client cpu {:.2} s ({:.2} us/op)",
+        s.client_cpu_s, s.client_cpu_us_per_msg
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_json_without_new_fields_parses() {
+        let old = r#"{"mode":"run","uri":"u","server":"s","sent":5,"latency":{"count":1}}"#;
+        let s: Summary = serde_json::from_str(old).expect("parses");
+        assert_eq!((s.mode, s.sent, s.declared), (Mode::Run, 5, 0));
+        assert!(s.declare_quarters_s.is_empty());
+        let back = serde_json::to_string(&s).expect("serialises");
+        let again: Summary = serde_json::from_str(&back).expect("round trip");
+        assert_eq!(again.latency, s.latency);
+    }
+
+    #[test]
+    fn topology_flags_parse() {
+        let o = Options::from_args([
+            "warren-perf",
+            "topology",
+            "--queues",
+            "100",
+            "--clients",
+            "4",
+            "--bind",
+            "-u",
+            "t",
+        ])
+        .expect("parses");
+        assert_eq!(o.mode, Mode::Topology);
+        assert_eq!(
+            (o.queues, o.clients, o.bind, o.queue.as_str()),
+            (100, 4, true, "t")
+        );
+        let mut text = Vec::new();
+        write_summary(
+            &Summary {
+                mode: Mode::Topology,
+                declare_quarters_s: vec![1.0; 4],
+                ..Summary::default()
+            },
+            &mut text,
+        )
+        .expect("writes");
+        assert!(String::from_utf8_lossy(&text).contains("quarters of the declares"));
+    }
 }

@@ -303,5 +303,6 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
             0.0
         },
         connections: 0,
+        ..Summary::default()
     })
 }

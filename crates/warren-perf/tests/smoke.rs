@@ -150,3 +150,115 @@ async fn drain_mode_publishes_then_drains_everything() {
     token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
+
+/// Topology mode: 200 durable queues declared and bound by 4 clients one at a time, then
+/// deleted; afterwards they are gone. With --keep-queues they stay, and --await-queue finds
+/// one at the first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_mode_declares_binds_and_deletes() {
+    let (uri, token, task) = broker().await;
+    let opts = warren_perf::Options::from_args([
+        "warren-perf",
+        "topology",
+        "--uri",
+        &uri,
+        "--queues",
+        "200",
+        "--clients",
+        "4",
+        "--bind",
+        "-u",
+        "smoke-topo",
+    ])
+    .expect("flags parse");
+    let mut out = Vec::new();
+    let s = warren_perf::run(&opts, &mut out)
+        .await
+        .expect("topology runs");
+    assert_eq!(s.mode, warren_perf::Mode::Topology);
+    assert_eq!(
+        (s.clients, s.declared, s.bound, s.deleted),
+        (4, 200, 200, 200),
+        "{s:?}"
+    );
+    assert_eq!(s.declare_quarters_s.len(), 4, "{s:?}");
+    assert!(s.declare_quarters_s.iter().all(|q| *q > 0.0), "{s:?}");
+    assert!(s.declare_s > 0.0 && s.declare_rate > 0.0, "{s:?}");
+    assert!(
+        (s.declare_ops_rate / s.declare_rate - 2.0).abs() < 1e-9,
+        "{s:?}"
+    );
+    assert!(s.delete_s > 0.0 && s.delete_rate > 0.0, "{s:?}");
+    assert_eq!(
+        (s.latency.count, s.delete_latency.count),
+        (200, 200),
+        "{s:?}"
+    );
+    assert_eq!(s.window, 100, "{s:?}");
+    // The summary round-trips through JSON (as side-by-side.sh reads it).
+    let js = serde_json::to_string(&s).expect("serialises");
+    let back: warren_perf::Summary = serde_json::from_str(&js).expect("parses");
+    assert_eq!((back.declared, back.bound, back.deleted), (200, 200, 200));
+
+    let target = warren_perf::conn::AmqpUri::parse(&uri).expect("uri");
+    for name in ["smoke-topo-0-0", "smoke-topo-3-49"] {
+        let mut conn = warren_perf::conn::Conn::connect(&target, "smoke check")
+            .await
+            .expect("connects");
+        let err = conn
+            .declare_queue_passive(name)
+            .await
+            .expect_err("the queue was deleted");
+        assert!(err.to_string().contains("404"), "{name}: {err}");
+    }
+
+    let keep = warren_perf::Options::from_args([
+        "warren-perf",
+        "topology",
+        "--uri",
+        &uri,
+        "--queues",
+        "10",
+        "--clients",
+        "3",
+        "--keep-queues",
+        "-u",
+        "smoke-kept",
+    ])
+    .expect("flags parse");
+    let k = warren_perf::run(&keep, &mut out).await.expect("runs");
+    assert_eq!((k.declared, k.bound, k.deleted), (10, 0, 0), "{k:?}");
+    let probe = warren_perf::Options::from_args([
+        "warren-perf",
+        "topology",
+        "--uri",
+        &uri,
+        "--await-queue",
+        "smoke-kept-2-2",
+        "--await-timeout",
+        "5",
+    ])
+    .expect("flags parse");
+    let p = warren_perf::run(&probe, &mut out)
+        .await
+        .expect("queue found");
+    assert_eq!(p.await_attempts, 1, "{p:?}");
+    let missing = warren_perf::Options::from_args([
+        "warren-perf",
+        "topology",
+        "--uri",
+        &uri,
+        "--await-queue",
+        "smoke-kept-2-3",
+        "--await-timeout",
+        "0.2",
+    ])
+    .expect("flags parse");
+    let e = warren_perf::run(&missing, &mut out)
+        .await
+        .expect_err("clients 0 and 1 got 4 and 3 queues, client 2 got 3");
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+
+    token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
