@@ -169,6 +169,14 @@ impl Exchange {
         })
     }
 
+    /// Whether exactly this binding exists (costs the destination's own bindings).
+    pub fn has_binding(&self, b: &Binding) -> bool {
+        self.by_dest.get(&b.destination).is_some_and(|v| {
+            v.iter()
+                .any(|(k, a)| **k == *b.routing_key && *a == b.arguments)
+        })
+    }
+
     /// Whether this exchange has a binding to `dest`.
     pub fn binds_to(&self, dest: &Destination) -> bool {
         self.by_dest.contains_key(dest)

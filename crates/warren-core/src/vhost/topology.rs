@@ -265,7 +265,7 @@ impl VHost {
                 Ok(Check::Done(Applied::Done))
             };
         };
-        let exists = src.binds_to(&dest) && src.bindings().any(|x| x == binding(b));
+        let exists = src.has_binding(&binding(b));
         if bind {
             src.validate_binding(&b.arguments)
                 .map_err(AmqpError::precondition_failed)?;
