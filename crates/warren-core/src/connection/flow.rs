@@ -88,7 +88,10 @@ impl Flow {
     /// connection's output and it has drained below [`Flow::LOW`], i.e. its consumers' queues
     /// must be kicked now.
     pub(super) fn resume_due(&self) -> bool {
-        self.level() < Self::LOW && self.parked.swap(false, Ordering::SeqCst)
+        // Read before the swap: no locked instruction on the usual turn, with nothing parked.
+        self.parked.load(Ordering::SeqCst)
+            && self.level() < Self::LOW
+            && self.parked.swap(false, Ordering::SeqCst)
     }
 }
 

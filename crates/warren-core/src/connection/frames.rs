@@ -108,23 +108,6 @@ impl Connection {
             }
             return;
         }
-        // Frames of a paused channel wait, in order, until it resumes.
-        let frame = match frame {
-            Frame::Method { channel, .. }
-            | Frame::Header { channel, .. }
-            | Frame::Body { channel, .. }
-                if channel != 0 =>
-            {
-                match self.channels.get_mut(&channel) {
-                    Some(ch) if ch.is_paused() => {
-                        ch.hold(frame);
-                        return;
-                    }
-                    _ => frame,
-                }
-            }
-            f => f,
-        };
         let r = match frame {
             Frame::Heartbeat => Ok(()),
             Frame::Method { channel: 0, method } => self.handle_channel0(method),
@@ -135,12 +118,7 @@ impl Connection {
                 ))
             }
             Frame::Method { channel, method } => self.handle_channel_method(channel, method),
-            Frame::Header { channel, header } => {
-                self.with_channel(channel, |ch, ctx| ch.handle_header(ctx, header))
-            }
-            Frame::Body { channel, payload } => {
-                self.with_channel(channel, |ch, ctx| ch.handle_body(ctx, payload))
-            }
+            f @ (Frame::Header { .. } | Frame::Body { .. }) => self.content_frame(f),
         };
         if let Err(e) = r {
             self.close_connection(e);
@@ -185,6 +163,38 @@ impl Connection {
         self.state = State::Done;
     }
 
+    /// A content header or body frame for its channel (one lookup): dropped for a closing
+    /// channel, held for a paused one, 504 CHANNEL_ERROR for an unknown one.
+    fn content_frame(&mut self, frame: Frame) -> Result<(), AmqpError> {
+        let (Frame::Header { channel: id, .. } | Frame::Body { channel: id, .. }) = frame else {
+            return Ok(());
+        };
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return Err(AmqpError::channel_error("expected 'channel.open'"));
+        };
+        if ch.is_closing() {
+            return Ok(());
+        }
+        if ch.is_paused() {
+            // Frames of a paused channel wait, in order, until it resumes.
+            ch.hold(frame);
+            return Ok(());
+        }
+        let r = match frame {
+            Frame::Header { header, .. } => ch.handle_header(&mut self.ctx, header),
+            Frame::Body { payload, .. } => ch.handle_body(&mut self.ctx, payload),
+            _ => Ok(()),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_hard() => Err(e),
+            Err(e) => {
+                ch.close_with(&mut self.ctx, e);
+                Ok(())
+            }
+        }
+    }
+
     /// Runs `f` on an open channel; frames for a closing channel are dropped, and frames for an
     /// unknown channel are 504 CHANNEL_ERROR.
     fn with_channel(
@@ -213,6 +223,14 @@ impl Connection {
         let ids = warren_codec::method::ids(&method);
         if let AMQPClass::Connection(_) = method {
             return Err(AmqpError::command_invalid("unimplemented method").on(ids));
+        }
+        if let Some(c) = self.channels.get_mut(&id).filter(|c| c.is_paused()) {
+            // Frames of a paused channel (its close too) wait, in order, until it resumes.
+            c.hold(Frame::Method {
+                channel: id,
+                method,
+            });
+            return Ok(());
         }
         match (&method, self.channels.get(&id)) {
             (AMQPClass::Channel(ch::AMQPMethod::Open(_)), None) => {

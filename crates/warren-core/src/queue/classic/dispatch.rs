@@ -7,26 +7,26 @@ use crate::queue::Delivery;
 impl ClassicQueue {
     /// Picks the consumer for the next message: with single active consumer only the first
     /// registered; otherwise round robin among the highest-priority consumers with credit.
+    /// One pass, asking each consumer's credit (and sink) once.
     fn pick_consumer(&self, st: &State) -> Option<usize> {
         if self.info.args.single_active_consumer {
             return st.consumers.first().filter(|c| c.has_credit()).map(|_| 0);
         }
         let n = st.consumers.len();
-        let best = st
-            .consumers
-            .iter()
-            .filter(|c| c.has_credit())
-            .map(|c| c.priority)
-            .max()?;
         let start = st.next_consumer % n;
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| st.consumers[i].priority == best && st.consumers[i].has_credit())
+        let mut best: Option<(i64, usize)> = None;
+        for i in (0..n).map(|i| (start + i) % n) {
+            let c = &st.consumers[i];
+            if best.is_some_and(|(p, _)| c.priority <= p) || !c.has_credit() {
+                continue;
+            }
+            best = Some((c.priority, i));
+        }
+        best.map(|(_, i)| i)
     }
 
     /// Hands ready messages to consumers with credit.
     pub(super) fn dispatch(&self, st: &mut State, now: Millis, dead: &mut Vec<Dead>) {
-        let Some(me) = self.handle() else { return };
         while !st.consumers.is_empty() {
             self.expire_head(st, now, dead);
             self.request_page(st);
@@ -49,10 +49,12 @@ impl ClassicQueue {
                 self.mark_delivered(&message);
             }
             let no_ack = c.no_ack;
+            // One reference count operation per delivery (the upgrade), as a clone would be.
+            let Some(queue) = self.handle() else { return };
             let delivery = Delivery {
                 channel: c.channel,
                 consumer_tag: c.tag.clone(),
-                queue: me.clone(),
+                queue,
                 reserved: message.msg.wire_size() + c.tag.len(),
                 message,
                 no_ack,

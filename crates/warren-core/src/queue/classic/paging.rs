@@ -104,10 +104,13 @@ impl ClassicQueue {
     /// Asks the pager for the next batch when the in-memory part is below half the limit (and
     /// no batch is on its way).
     pub(super) fn request_page(&self, st: &mut State) {
-        let limit = self.paging_limit();
         let tail = &st.tail;
-        if tail.count == 0
-            || limit == 0
+        if tail.count == 0 {
+            // The usual case, checked first: nothing is paged out.
+            return;
+        }
+        let limit = self.paging_limit();
+        if limit == 0
             || tail.reading
             || tail.retry.is_some()
             || st.ready.len() >= (limit / 2).max(1)
