@@ -10,7 +10,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::metadata::{BindingDef, Command, ExchangeDef, QueueDef};
 use crate::queue::Waiter;
 use crate::vhost::{new_store_dir, server_named, Applied, Origin, Pre};
-use warren_codec::proto::{exchange, queue, AMQPClass};
+use warren_codec::proto::{exchange, queue, AMQPClass, ShortString};
 
 impl Channel {
     /// Submits a metadata command; answers now when it is applied now, or pauses until the
@@ -135,29 +135,19 @@ impl Channel {
                 self.submit(ctx, cmd, pre, Reply::ExchangeDelete { nowait: d.nowait })
             }
             X::Bind(b) => {
+                let def = exchange_binding(vhost, &b.source, &b.destination, &b.routing_key);
                 let cmd = Command::Bind(BindingDef {
-                    vhost,
-                    source: b.source.to_string(),
-                    destination: b.destination.to_string(),
-                    destination_type: "exchange".into(),
-                    routing_key: b.routing_key.to_string(),
                     arguments: b.arguments,
+                    ..def
                 });
-                self.submit(
-                    ctx,
-                    cmd,
-                    Pre::default(),
-                    Reply::ExchangeBind { nowait: b.nowait },
-                )
+                let reply = Reply::ExchangeBind { nowait: b.nowait };
+                self.submit(ctx, cmd, Pre::default(), reply)
             }
             X::Unbind(b) => {
+                let def = exchange_binding(vhost, &b.source, &b.destination, &b.routing_key);
                 let cmd = Command::Unbind(BindingDef {
-                    vhost,
-                    source: b.source.to_string(),
-                    destination: b.destination.to_string(),
-                    destination_type: "exchange".into(),
-                    routing_key: b.routing_key.to_string(),
                     arguments: b.arguments,
+                    ..def
                 });
                 let reply = Reply::ExchangeUnbind { nowait: b.nowait };
                 self.submit(ctx, cmd, Pre::default(), reply)
@@ -309,5 +299,22 @@ impl Channel {
             }
             _ => Err(AmqpError::command_invalid("unimplemented method")),
         }
+    }
+}
+
+/// An exchange-to-exchange binding (`exchange.bind` / `exchange.unbind`), without arguments.
+fn exchange_binding(
+    vhost: String,
+    source: &ShortString,
+    destination: &ShortString,
+    routing_key: &ShortString,
+) -> BindingDef {
+    BindingDef {
+        vhost,
+        source: source.to_string(),
+        destination: destination.to_string(),
+        destination_type: "exchange".into(),
+        routing_key: routing_key.to_string(),
+        arguments: Default::default(),
     }
 }
