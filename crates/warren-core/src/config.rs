@@ -83,6 +83,14 @@ pub struct AmqpConfig {
     pub max_message_size: u64,
     /// Seconds a client has to finish the handshake (RabbitMQ: 10).
     pub handshake_timeout: u64,
+    /// Milliseconds a delivery may stay unacknowledged before its channel is closed with 406
+    /// (RabbitMQ's `consumer_timeout`, 30 minutes in 3.10); 0 turns it off.
+    pub consumer_timeout: u64,
+    /// `product` in `connection.start`'s server properties. Clients switch features on for
+    /// `RabbitMQ` (some Perl, PHP and kombu versions), so that is the default.
+    pub product: String,
+    /// `version` in the server properties: the RabbitMQ version Warren behaves like.
+    pub product_version: String,
 }
 
 /// One more AMQP listener (`[[listeners]]`).
@@ -140,6 +148,9 @@ impl Default for AmqpConfig {
             heartbeat: 60,
             max_message_size: 134_217_728,
             handshake_timeout: 10,
+            consumer_timeout: 1_800_000,
+            product: "RabbitMQ".into(),
+            product_version: "3.10.8".into(),
         }
     }
 }

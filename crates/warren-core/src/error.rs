@@ -57,6 +57,10 @@ impl AmqpError {
     pub fn access_refused(explanation: impl AsRef<str>) -> Self {
         Self::new(ReplyCode::AccessRefused, explanation)
     }
+    /// 403 for declaring, deleting or binding the default exchange (passive too, as RabbitMQ).
+    pub fn default_exchange_refused() -> Self {
+        Self::access_refused("operation not permitted on the default exchange")
+    }
     /// 405 RESOURCE_LOCKED.
     pub fn resource_locked(explanation: impl AsRef<str>) -> Self {
         Self::new(ReplyCode::ResourceLocked, explanation)

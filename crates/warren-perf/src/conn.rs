@@ -148,9 +148,15 @@ impl Conn {
             Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
             _ => String::new(),
         };
-        c.server = format!("{} {}", prop("product"), prop("version"))
-            .trim()
-            .to_string();
+        let warren = prop("warren_version");
+        c.server = if warren.is_empty() {
+            format!("{} {}", prop("product"), prop("version"))
+                .trim()
+                .to_string()
+        } else {
+            // Warren reports RabbitMQ's identity for client feature detection.
+            format!("Warren {warren}")
+        };
         let mut caps = FieldTable::default();
         for cap in [
             "publisher_confirms",

@@ -260,7 +260,8 @@ async fn thousand_concurrent_connections() {
             // Everyone is open at the same time before anyone closes.
             barrier.wait().await;
             c.close().await;
-            c.expect_closed_socket().await;
+            // The client closes the socket after close-ok (the broker leaves it to the client).
+            drop(c);
         }));
     }
     let all = tokio::time::timeout(Duration::from_secs(20), async {

@@ -16,14 +16,14 @@ use warren_tests::{eventually, TestBroker};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn amqp(e: &lapin::Error) -> (u16, String) {
+pub(crate) fn amqp(e: &lapin::Error) -> (u16, String) {
     match e.kind() {
         lapin::ErrorKind::ProtocolError(a) => (a.get_id(), a.get_message().to_string()),
         other => panic!("expected an AMQP protocol error, got {other:?}"),
     }
 }
 
-fn assert_amqp(e: &lapin::Error, code: u16, text: &str) {
+pub(crate) fn assert_amqp(e: &lapin::Error, code: u16, text: &str) {
     assert_eq!(amqp(e), (code, text.to_string()));
 }
 

@@ -71,6 +71,18 @@ impl Connection {
     }
 
     pub(super) fn handle_frame(&mut self, frame: Frame) {
+        if self.state == State::Closed {
+            // RabbitMQ answers every `connection.close` it receives (clients that close from
+            // several threads each get their close-ok); nothing else is looked at.
+            if let Frame::Method {
+                channel: 0,
+                method: AMQPClass::Connection(connection::AMQPMethod::Close(_)),
+            } = frame
+            {
+                self.send_close_ok();
+            }
+            return;
+        }
         if self.state == State::Closing {
             // After connection.close only close/close-ok matter (spec 4.2.2).
             if let Frame::Method {
@@ -153,14 +165,20 @@ impl Connection {
         }
     }
 
-    /// The client's `connection.close`: release everything, answer, finish.
+    /// The client's `connection.close`: release everything, answer, and leave the socket for
+    /// the client to close (bounded by [`CLOSED_TIMEOUT`](super::CLOSED_TIMEOUT)).
     pub(super) fn client_close(&mut self) {
         self.teardown();
+        self.send_close_ok();
+        self.state = State::Closed;
+        self.close_deadline = Some(tokio::time::Instant::now() + super::CLOSED_TIMEOUT);
+    }
+
+    fn send_close_ok(&mut self) {
         self.ctx.send_method(
             0,
             &AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
         );
-        self.state = State::Done;
     }
 
     /// A content header or body frame for its channel (one lookup): dropped for a closing
@@ -253,6 +271,15 @@ impl Connection {
                 Err(AmqpError::channel_error("second 'channel.open' seen").on(ids))
             }
             (_, None) => Err(AmqpError::channel_error("expected 'channel.open'").on(ids)),
+            (AMQPClass::Channel(ch::AMQPMethod::Close(_)), Some(c)) if c.is_closing() => {
+                // The client's close crossed ours on the wire: answer it, and forget the
+                // channel only when the client's close-ok for ours arrives (as RabbitMQ).
+                self.ctx.send_method(
+                    id,
+                    &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+                );
+                Ok(())
+            }
             (AMQPClass::Channel(ch::AMQPMethod::Close(_)), Some(_)) => {
                 if let Some(mut c) = self.channels.remove(&id) {
                     c.teardown(&mut self.ctx);

@@ -33,6 +33,8 @@ pub(super) fn send_start(ctx: &mut Ctx) {
     }
     let mut props = FieldTable::default();
     props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    let warren = env!("CARGO_PKG_VERSION");
+    let amqp = &ctx.broker.config.amqp;
     props.insert("cluster_name".into(), long_str("warren@localhost"));
     props.insert(
         "copyright".into(),
@@ -40,11 +42,18 @@ pub(super) fn send_start(ctx: &mut Ctx) {
     );
     props.insert(
         "information".into(),
-        long_str("Warren: an AMQP 0-9-1 broker compatible with RabbitMQ"),
+        long_str(&format!(
+            "Warren {warren}: an AMQP 0-9-1 broker that behaves like RabbitMQ {}",
+            amqp.product_version
+        )),
     );
-    props.insert("platform".into(), long_str("Rust"));
-    props.insert("product".into(), long_str("Warren"));
-    props.insert("version".into(), long_str(env!("CARGO_PKG_VERSION")));
+    props.insert(
+        "platform".into(),
+        long_str(&format!("Warren {warren} (Rust)")),
+    );
+    props.insert("product".into(), long_str(&amqp.product));
+    props.insert("version".into(), long_str(&amqp.product_version));
+    props.insert("warren_version".into(), long_str(warren));
     ctx.send_method(
         0,
         &AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {

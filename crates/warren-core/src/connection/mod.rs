@@ -67,6 +67,10 @@ enum State {
     Running,
     /// `connection.close` sent, waiting for `close-ok` (until the deadline).
     Closing,
+    /// The client's `connection.close` was answered; the socket is the client's to close (as
+    /// RabbitMQ leaves it), until the deadline. Another `connection.close` gets its own
+    /// `close-ok`; everything else is ignored.
+    Closed,
     /// Finished: flush and drop the socket.
     Done,
 }
@@ -78,13 +82,17 @@ impl State {
             State::Tuning => "tuning",
             State::Opening => "opening",
             State::Running => "running",
-            State::Closing | State::Done => "closing",
+            State::Closing | State::Closed | State::Done => "closing",
         }
     }
 }
 
 /// How long we wait for `close-ok` after sending `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the socket stays open for the client after its `connection.close` was answered
+/// (RabbitMQ 3.10.8 resets it after 30 s).
+const CLOSED_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bytes of frames held for paused channels above which the connection stops reading.
 const PAUSED_MAX: usize = 4 * 1024 * 1024;
@@ -358,7 +366,7 @@ impl Connection {
                     event_turns = 0;
                     match r {
                         Ok(0) | Err(_) => {
-                            if self.state != State::Closing && self.state != State::Done {
+                            if self.state == State::Running {
                                 debug!("client closed the socket");
                             }
                             return;
@@ -447,8 +455,14 @@ impl Connection {
         self.last_sent = Instant::now();
     }
 
-    /// Handshake timeout, close timeout and heartbeats at time `now`.
+    /// Handshake timeout, close timeout, consumer timeouts and heartbeats at time `now`.
     fn on_tick(&mut self, now: Instant) {
+        if self.state == State::Running {
+            self.ctx.now = self.ctx.broker.clock.now();
+            for ch in self.channels.values_mut() {
+                ch.check_consumer_timeout(&mut self.ctx);
+            }
+        }
         match self.state {
             State::AwaitHeader | State::Starting | State::Tuning | State::Opening => {
                 let limit = Duration::from_secs(self.ctx.broker.config.amqp.handshake_timeout);
@@ -457,7 +471,7 @@ impl Connection {
                     self.state = State::Done;
                 }
             }
-            State::Closing => {
+            State::Closing | State::Closed => {
                 if self.close_deadline.is_some_and(|d| now >= d) {
                     self.state = State::Done;
                 }
@@ -530,7 +544,7 @@ impl Connection {
     /// A frame the connection cannot go on from: close it (or, closing already, stop).
     fn frame_error(&mut self, e: FrameError, inbuf: &mut BytesMut) {
         let err = AmqpError::from(e);
-        if self.state == State::Closing {
+        if matches!(self.state, State::Closing | State::Closed) {
             self.state = State::Done;
         } else {
             warn!(error = %err.text, "frame error");
@@ -608,7 +622,7 @@ impl Connection {
 
     /// Sends `connection.close` for a hard error and releases every channel's resources.
     fn close_connection(&mut self, err: AmqpError) {
-        if matches!(self.state, State::Closing | State::Done) {
+        if matches!(self.state, State::Closing | State::Closed | State::Done) {
             return;
         }
         if err.code != ReplyCode::ConnectionForced {

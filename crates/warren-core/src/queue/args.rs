@@ -66,6 +66,8 @@ pub struct QueueArgs {
     pub delivery_limit: Option<u64>,
     /// `x-queue-type`.
     pub kind: QueueKind,
+    /// `x-consumer-timeout`, ms (RabbitMQ 3.12+; 0 = none for this queue's consumers).
+    pub consumer_timeout: Option<u64>,
 }
 
 impl QueueArgs {
@@ -107,6 +109,7 @@ impl QueueArgs {
             max_length: int("x-max-length", 0)?.map(|v| v as u64),
             max_length_bytes: int("x-max-length-bytes", 0)?.map(|v| v as u64),
             delivery_limit: int("x-delivery-limit", 0)?.map(|v| v as u64),
+            consumer_timeout: int("x-consumer-timeout", 0)?.map(|v| v as u64),
             dead_letter_exchange: text("x-dead-letter-exchange")?,
             dead_letter_routing_key: text("x-dead-letter-routing-key")?,
             ..QueueArgs::default()

@@ -10,7 +10,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Destination, Exchange};
 use crate::queue::deadletter::is_cycle;
 use crate::queue::{DeadLetter, QueueOwner, QueueRef, Reason};
-use warren_codec::proto::FieldTable;
+use warren_codec::proto::{AMQPValue, FieldTable};
 
 impl VHost {
     /// Finds the queues a message published to `exchange` with `routing_key` goes to, following
@@ -65,13 +65,22 @@ impl VHost {
         headers: Option<&FieldTable>,
         from_client: bool,
     ) -> AmqpResult<(Vec<QueueRef>, Arc<str>)> {
+        // Sender-selected distribution: the CC and BCC headers' keys route too.
+        let mut keys = vec![routing_key];
+        if let Some(h) = headers {
+            sender_selected_keys(h, &mut keys)?;
+        }
         let topo = self.topo.read();
         let x = topo
             .exchanges
             .get(exchange)
             .ok_or_else(|| AmqpError::no_exchange(exchange, &self.name))?;
         if exchange.is_empty() {
-            let q = topo.queues.get(routing_key).cloned().into_iter().collect();
+            let mut q: Vec<QueueRef> = keys
+                .iter()
+                .filter_map(|k| topo.queues.get(*k).cloned())
+                .collect();
+            dedup_queues(&mut q);
             return Ok((q, x.name.clone()));
         }
         if x.internal && from_client {
@@ -90,7 +99,9 @@ impl VHost {
             }
             visited.push(&x.name);
             dests.clear();
-            x.route(routing_key, headers, &mut dests);
+            for key in &keys {
+                x.route(key, headers, &mut dests);
+            }
             if dests.is_empty() {
                 if let Some(ae) = x
                     .alternate_exchange()
@@ -115,11 +126,63 @@ impl VHost {
                 }
             }
         }
-        if queues.len() > 1 {
-            queues.sort_by_key(|q| Arc::as_ptr(q).cast::<()>() as usize);
-            queues.dedup_by(|a, b| crate::queue::same(a, b));
-        }
+        dedup_queues(&mut queues);
         Ok((queues, x.name.clone()))
+    }
+}
+
+/// Each queue once.
+fn dedup_queues(queues: &mut Vec<QueueRef>) {
+    if queues.len() > 1 {
+        queues.sort_by_key(|q| Arc::as_ptr(q).cast::<()>() as usize);
+        queues.dedup_by(|a, b| crate::queue::same(a, b));
+    }
+}
+
+/// Appends the routing keys of the `CC` and `BCC` headers (arrays; their long-string elements
+/// count, others are skipped, as in RabbitMQ's `rabbit_basic:header_routes`). Another type for
+/// either header is RabbitMQ's 406.
+fn sender_selected_keys<'a>(headers: &'a FieldTable, keys: &mut Vec<&'a str>) -> AmqpResult<()> {
+    for name in ["CC", "BCC"] {
+        match headers.inner().get(name) {
+            None => {}
+            Some(AMQPValue::FieldArray(a)) => {
+                keys.extend(a.as_slice().iter().filter_map(|v| match v {
+                    AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+                    _ => None,
+                }))
+            }
+            Some(other) => {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+                    rabbit_type_name(other)
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The name RabbitMQ's table codec gives a field value's type.
+fn rabbit_type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
     }
 }
 

@@ -20,10 +20,6 @@ use crate::metadata::{BindingDef, Command, ExchangeDef, QueueDef};
 use crate::queue::{self, QueueArgs, QueueInfo, QueueOptions, QueueOwner, QueueRef};
 use crate::vhost::arg_display;
 
-fn default_exchange_refused() -> AmqpError {
-    AmqpError::access_refused("operation not permitted on the default exchange")
-}
-
 fn declared(q: &QueueRef) -> DeclaredQueue {
     DeclaredQueue {
         queue: q.clone(),
@@ -62,7 +58,7 @@ impl VHost {
             Command::DeclareExchange(d) => self.check_declare_exchange(&topo, d, origin),
             Command::DeleteExchange { name, .. } => {
                 if name.is_empty() {
-                    return Err(default_exchange_refused());
+                    return Err(AmqpError::default_exchange_refused());
                 }
                 if reserved(name) && !origin.internal {
                     return Err(AmqpError::access_refused(format!(
@@ -116,7 +112,7 @@ impl VHost {
     ) -> AmqpResult<Check> {
         let kind = Self::exchange_kind(d)?;
         if d.name.is_empty() {
-            return Err(default_exchange_refused());
+            return Err(AmqpError::default_exchange_refused());
         }
         if let Some(x) = topo.exchanges.get(d.name.as_str()) {
             self.check_exchange_equivalent(x, kind, d)?;
@@ -229,7 +225,7 @@ impl VHost {
         if b.source.is_empty()
             || (matches!(dest, Destination::Exchange(_)) && b.destination.is_empty())
         {
-            return Err(default_exchange_refused());
+            return Err(AmqpError::default_exchange_refused());
         }
         let dest_durable = match &dest {
             Destination::Queue(n) => match topo.queues.get(&**n) {

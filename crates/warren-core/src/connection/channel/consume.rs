@@ -230,8 +230,17 @@ impl Channel {
                 })),
             );
         }
-        self.consumers
-            .insert(tag, ChannelConsumer { queue: q, credit });
+        // The consumer timeout is fixed when it starts consuming (one lookup, not one per
+        // delivery).
+        let (_, timeout) = super::timeout::deadline(ctx, &q);
+        self.consumers.insert(
+            tag,
+            ChannelConsumer {
+                queue: q,
+                credit,
+                timeout,
+            },
+        );
         Ok(())
     }
 
@@ -302,12 +311,16 @@ impl Channel {
             ctx.frame_max,
         );
         if !g.no_ack {
+            let (deadline, timeout) = super::timeout::deadline(ctx, &q);
+            self.track_deadline(deadline);
             self.unacked.insert(
                 tag,
                 Unacked {
                     queue: q,
                     message: m,
                     credit: None,
+                    deadline,
+                    timeout,
                 },
             );
         }
@@ -353,12 +366,21 @@ impl Channel {
             d.queue.forget(&d.message);
         } else {
             let credit = Some(c.credit.clone());
+            let timeout = c.timeout;
+            let deadline = if timeout == 0 {
+                0
+            } else {
+                ctx.now.saturating_add(timeout)
+            };
+            self.track_deadline(deadline);
             self.unacked.insert(
                 tag,
                 Unacked {
                     queue: d.queue,
                     message: d.message,
                     credit,
+                    deadline,
+                    timeout,
                 },
             );
         }

@@ -13,6 +13,7 @@ mod confirm;
 mod consume;
 mod pause;
 mod publish;
+mod timeout;
 mod topology;
 mod tx;
 
@@ -46,12 +47,18 @@ struct Unacked {
     message: QueuedMessage,
     /// The consumer window it counts against (none for `basic.get`).
     credit: Option<Arc<Credit>>,
+    /// When the consumer timeout closes the channel for it (0 = never).
+    deadline: crate::clock::Millis,
+    /// The timeout that deadline came from, ms (for the error text).
+    timeout: u64,
 }
 
 #[derive(Debug)]
 struct ChannelConsumer {
     queue: QueueRef,
     credit: Arc<Credit>,
+    /// Its consumer timeout, ms (0 = none).
+    timeout: u64,
 }
 
 /// One channel.
@@ -76,6 +83,9 @@ pub(crate) struct Channel {
     route_cache: Option<RouteCache>,
     /// What the channel waits for, and the frames held meanwhile.
     paused: Option<Paused>,
+    /// The earliest consumer-timeout deadline of an unacked message (0 = none); may be stale
+    /// (see `timeout.rs`).
+    next_deadline: crate::clock::Millis,
 }
 
 fn ok(ctx: &mut Ctx, ch: u16, m: AMQPClass) -> AmqpResult<()> {
@@ -119,6 +129,7 @@ impl Channel {
             reply_queue: None,
             route_cache: None,
             paused: None,
+            next_deadline: 0,
         }
     }
 

@@ -106,6 +106,19 @@ impl Channel {
         let vh = Self::vhost(ctx)?;
         let (queues, exchange) =
             self.route(&vh, p.exchange.as_str(), p.routing_key.as_str(), props)?;
+        if props
+            .headers()
+            .as_ref()
+            .is_some_and(|h| h.contains_key("BCC"))
+        {
+            // BCC routes, but no consumer sees it (RabbitMQ's sender-selected distribution).
+            let mut headers = props.headers().clone().unwrap_or_default().inner().clone();
+            headers.remove("BCC");
+            let stripped = (*header.properties).clone().with_headers(headers.into());
+            header.raw_properties = Bytes::from(warren_codec::encode_properties(&stripped));
+            header.properties = Box::new(stripped);
+        }
+        let props: &AMQPProperties = &header.properties;
         let message = Arc::new(Message::new(
             exchange,
             p.routing_key.as_str(),

@@ -99,6 +99,9 @@ impl Channel {
         let vhost = vh.name.to_string();
         match m {
             X::Declare(d) if d.passive => {
+                if d.exchange.as_str().is_empty() {
+                    return Err(AmqpError::default_exchange_refused());
+                }
                 if !vh.has_exchange(d.exchange.as_str()) {
                     return Err(AmqpError::no_exchange(d.exchange.as_str(), &vh.name));
                 }
