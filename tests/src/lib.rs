@@ -80,7 +80,13 @@ impl TestBroker {
 
     /// Like [`Self::start_durable`], on a manual clock.
     pub async fn start_durable_manual(data_dir: &std::path::Path) -> Self {
-        let (clock, handle) = Clock::manual();
+        Self::start_durable_manual_at(data_dir, Duration::ZERO).await
+    }
+
+    /// Like [`Self::start_durable_manual`], on a manual clock that starts `start` later (as a
+    /// restart after that much time sees it).
+    pub async fn start_durable_manual_at(data_dir: &std::path::Path, start: Duration) -> Self {
+        let (clock, handle) = Clock::manual_at(start);
         let mut b = Self::start_durable_on(data_dir, Config::default(), clock).await;
         b.clock = Some(handle);
         b

@@ -93,7 +93,7 @@ fn bench_store(c: &mut Criterion) {
                 || (),
                 |_| {
                     for _ in 0..1000 {
-                        store.append(id, &m);
+                        store.append(id, &m, 0);
                         id += 1;
                     }
                     // Waits for the round(s) covering these appends: durable on return.

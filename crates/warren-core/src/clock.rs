@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds on a [`Clock`]. Never 0 (0 means "no deadline" where a deadline is stored).
 pub type Millis = u64;
@@ -20,6 +20,9 @@ fn system_now() -> Millis {
     let start = *START.get_or_init(Instant::now);
     (start.elapsed().as_millis() as u64).max(1)
 }
+
+/// Where a manual clock's time 0 sits on the wall clock (2026-01-01T00:00:00Z).
+const MANUAL_WALL_EPOCH: u64 = 1_767_225_600_000;
 
 /// A clock: the real monotonic one, or a manual one for tests.
 #[derive(Debug, Clone, Default)]
@@ -34,8 +37,14 @@ pub enum Clock {
 impl Clock {
     /// A manual clock starting at 1 ms, and its handle.
     pub fn manual() -> (Clock, Arc<ManualClock>) {
+        Self::manual_at(Duration::ZERO)
+    }
+
+    /// A manual clock starting `start` after 1 ms (as a broker restarted that much later
+    /// sees it), and its handle.
+    pub fn manual_at(start: Duration) -> (Clock, Arc<ManualClock>) {
         let m = Arc::new(ManualClock {
-            now: AtomicU64::new(1),
+            now: AtomicU64::new(1 + start.as_millis() as u64),
             changed: tokio::sync::Notify::new(),
         });
         (Clock::Manual(m.clone()), m)
@@ -46,6 +55,46 @@ impl Clock {
         match self {
             Clock::System => system_now(),
             Clock::Manual(m) => m.now.load(Ordering::Acquire),
+        }
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch that correspond to `now()`: what is
+    /// stored on disk for deadlines that must survive a restart (a message's expiry). A manual
+    /// clock maps its time onto a fixed epoch, so a test can restart onto an advanced clock.
+    pub fn wall(&self) -> u64 {
+        match self {
+            Clock::System => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            Clock::Manual(m) => MANUAL_WALL_EPOCH + m.now.load(Ordering::Acquire),
+        }
+    }
+
+    /// The wall-clock time of clock time `at` (0 stays 0: no deadline).
+    pub fn to_wall(&self, at: Millis) -> u64 {
+        if at == 0 {
+            return 0;
+        }
+        let now = self.now();
+        let wall = self.wall();
+        if at >= now {
+            wall.saturating_add(at - now)
+        } else {
+            wall.saturating_sub(now - at).max(1)
+        }
+    }
+
+    /// The clock time of wall-clock time `wall_at` (0 stays 0); one already past maps to the
+    /// earliest time, 1.
+    pub fn from_wall(&self, wall_at: u64) -> Millis {
+        if wall_at == 0 {
+            return 0;
+        }
+        let wall = self.wall();
+        if wall_at > wall {
+            self.now().saturating_add(wall_at - wall)
+        } else {
+            1
         }
     }
 

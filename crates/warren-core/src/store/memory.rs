@@ -11,7 +11,7 @@ use crate::message::Message;
 
 #[derive(Debug, Default)]
 struct State {
-    messages: BTreeMap<u64, (Message, bool)>,
+    messages: BTreeMap<u64, (Message, bool, u64)>,
 }
 
 /// In-memory store.
@@ -28,11 +28,11 @@ impl MemoryStore {
 }
 
 impl MessageStore for MemoryStore {
-    fn append(&self, id: u64, message: &Message) -> u64 {
+    fn append(&self, id: u64, message: &Message, expires: u64) -> u64 {
         self.state
             .lock()
             .messages
-            .insert(id, (message.clone(), false));
+            .insert(id, (message.clone(), false, expires));
         0
     }
     fn delivered(&self, id: u64) {
@@ -51,10 +51,11 @@ impl MessageStore for MemoryStore {
             .lock()
             .messages
             .iter()
-            .map(|(id, (m, d))| Recovered {
+            .map(|(id, (m, d, e))| Recovered {
                 id: *id,
                 message: m.clone(),
                 delivered: *d,
+                expires: *e,
             })
             .collect()
     }

@@ -35,14 +35,17 @@ pub struct Recovered {
     pub message: Message,
     /// It had been delivered before (it comes back with `redelivered=true`).
     pub delivered: bool,
+    /// When it expires, wall-clock ms since the Unix epoch (0: no TTL was recorded).
+    pub expires: u64,
 }
 
 /// Persistent storage of one durable queue's persistent messages. Calls never block on disk:
 /// they record intent; durability arrives with the sync round whose epoch `append` returned.
 pub trait MessageStore: Send + Sync + std::fmt::Debug {
-    /// Records a message under `id` (ids increase). Returns the sync epoch that makes it
-    /// durable; 0 means durable already.
-    fn append(&self, id: u64, message: &Message) -> u64;
+    /// Records a message under `id` (ids increase) that expires at `expires` (wall-clock ms
+    /// since the Unix epoch; 0: never). Returns the sync epoch that makes it durable; 0 means
+    /// durable already.
+    fn append(&self, id: u64, message: &Message, expires: u64) -> u64;
     /// Records that message `id` was delivered to a client.
     fn delivered(&self, id: u64);
     /// Records that message `id` is gone (acked, or dropped without requeue).
@@ -63,7 +66,7 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
         0
     }
     /// Records a transient message that is paged to disk (never recovered after a restart).
-    fn append_transient(&self, _id: u64, _message: &Message) {}
+    fn append_transient(&self, _id: u64, _message: &Message, _expires: u64) {}
     /// Where the next appended message will be, for reading a paged backlog back later.
     fn append_position(&self) -> TailCursor {
         TailCursor::default()
@@ -100,10 +103,25 @@ pub struct TailCursor {
 /// A shared store handle.
 pub type StoreRef = Arc<dyn MessageStore>;
 
-/// Serialises a message's content for a MESSAGE record (after its 8-byte id).
-pub(crate) fn encode_message(id: u64, m: &Message, kind: u8, out: &mut Vec<u8>) -> usize {
-    let mut meta = Vec::with_capacity(16 + m.exchange.len() + m.routing_key.len());
+/// Serialises a message record of `kind` (MESSAGE or TRANSIENT; their EXPIRING form when
+/// `expires` is not 0, with the expiry right after the id).
+pub(crate) fn encode_message(
+    id: u64,
+    m: &Message,
+    kind: u8,
+    expires: u64,
+    out: &mut Vec<u8>,
+) -> usize {
+    let kind = match (kind, expires) {
+        (_, 0) => kind,
+        (record::kind::TRANSIENT, _) => record::kind::TRANSIENT_EXPIRING,
+        _ => record::kind::MESSAGE_EXPIRING,
+    };
+    let mut meta = Vec::with_capacity(24 + m.exchange.len() + m.routing_key.len());
     meta.put_u64(id);
+    if expires != 0 {
+        meta.put_u64(expires);
+    }
     meta.put_u8(m.exchange.len().min(255) as u8);
     meta.put_slice(&m.exchange.as_bytes()[..m.exchange.len().min(255)]);
     meta.put_u8(m.routing_key.len().min(255) as u8);
@@ -115,12 +133,21 @@ pub(crate) fn encode_message(id: u64, m: &Message, kind: u8, out: &mut Vec<u8>) 
     out.len() - before
 }
 
-/// Parses a MESSAGE record payload.
-pub(crate) fn decode_message(mut p: Bytes) -> Option<(u64, Message)> {
+/// Parses a message record payload of `kind`: id, message, expiry (0: none recorded).
+pub(crate) fn decode_message(kind: u8, mut p: Bytes) -> Option<(u64, Message, u64)> {
     if p.remaining() < 8 + 1 {
         return None;
     }
     let id = p.get_u64();
+    let expires = match kind {
+        record::kind::MESSAGE_EXPIRING | record::kind::TRANSIENT_EXPIRING => {
+            if p.remaining() < 8 + 1 {
+                return None;
+            }
+            p.get_u64()
+        }
+        _ => 0,
+    };
     let xl = p.get_u8() as usize;
     if p.remaining() < xl + 1 {
         return None;
@@ -140,6 +167,7 @@ pub(crate) fn decode_message(mut p: Bytes) -> Option<(u64, Message)> {
     Some((
         id,
         Message::recovered(&exchange, &routing_key, raw_properties, body),
+        expires,
     ))
 }
 

@@ -24,6 +24,21 @@ pub(crate) mod kind {
     pub const ACK: u8 = 2;
     /// A delivery of message id (it will come back redelivered).
     pub const DELIVERED: u8 = 3;
+    /// [`MESSAGE`] with its absolute expiry (wall-clock ms) after the id, so that its TTL
+    /// keeps counting across a restart.
+    pub const MESSAGE_EXPIRING: u8 = 5;
+    /// [`TRANSIENT`] with its absolute expiry after the id.
+    pub const TRANSIENT_EXPIRING: u8 = 6;
+
+    /// A message record of either form.
+    pub fn is_message(k: u8) -> bool {
+        matches!(k, MESSAGE | MESSAGE_EXPIRING)
+    }
+
+    /// A transient message record of either form.
+    pub fn is_transient(k: u8) -> bool {
+        matches!(k, TRANSIENT | TRANSIENT_EXPIRING)
+    }
 }
 
 /// Appends one record to `out`.

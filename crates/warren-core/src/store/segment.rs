@@ -192,11 +192,12 @@ impl SegmentStore {
             let mut last = 0u64;
             let in_file = msgs.len() as u64;
             for (k, p, offset) in msgs {
-                if k == kind::TRANSIENT {
+                if kind::is_transient(k) {
                     // Paged transient messages do not survive a restart.
                     continue;
                 }
-                let Some((id, message)) = (k == kind::MESSAGE).then(|| decode_message(p)).flatten()
+                let Some((id, message, expires)) =
+                    kind::is_message(k).then(|| decode_message(k, p)).flatten()
                 else {
                     damaged += 1;
                     continue;
@@ -213,6 +214,7 @@ impl SegmentStore {
                         id,
                         message,
                         delivered: delivered.contains(&id),
+                        expires,
                     });
                 } else {
                     // Beyond the limit: only remember where the backlog starts and its size.
@@ -342,8 +344,8 @@ impl SegmentStore {
             else {
                 continue;
             };
-            let dead = acked.contains(&id) || (k == kind::TRANSIENT && id < live_from);
-            if dead || (k != kind::MESSAGE && k != kind::TRANSIENT) {
+            let dead = acked.contains(&id) || (kind::is_transient(k) && id < live_from);
+            if dead || !(kind::is_message(k) || kind::is_transient(k)) {
                 continue;
             }
             record::put_record(&mut new_msgs, k, &[&payload]);
@@ -416,7 +418,7 @@ impl SegmentStore {
 }
 
 impl SegmentStore {
-    fn append_kind(&self, id: u64, message: &Message, record_kind: u8) -> u64 {
+    fn append_kind(&self, id: u64, message: &Message, record_kind: u8, expires: u64) -> u64 {
         let mut inner = self.inner.lock();
         if inner.destroyed {
             return 0;
@@ -436,7 +438,7 @@ impl SegmentStore {
         }
         let mut written = 0;
         Self::push(&mut inner, head, FileKind::Msgs, |b| {
-            written = encode_message(id, message, record_kind, b)
+            written = encode_message(id, message, record_kind, expires, b)
         });
         inner.head_size += written as u64;
         inner.last_ids.insert(head, id);
@@ -461,8 +463,8 @@ impl SegmentStore {
 }
 
 impl MessageStore for SegmentStore {
-    fn append(&self, id: u64, message: &Message) -> u64 {
-        self.append_kind(id, message, kind::MESSAGE)
+    fn append(&self, id: u64, message: &Message, expires: u64) -> u64 {
+        self.append_kind(id, message, kind::MESSAGE, expires)
     }
 
     fn paging_limit(&self) -> usize {
@@ -473,8 +475,8 @@ impl MessageStore for SegmentStore {
         self.inner.lock().live_from
     }
 
-    fn append_transient(&self, id: u64, message: &Message) {
-        self.append_kind(id, message, kind::TRANSIENT);
+    fn append_transient(&self, id: u64, message: &Message, expires: u64) {
+        self.append_kind(id, message, kind::TRANSIENT, expires);
     }
 
     fn append_position(&self) -> TailCursor {
@@ -505,20 +507,26 @@ impl MessageStore for SegmentStore {
                 let payload = chunk.slice(start..end);
                 at = end;
                 let inner = self.inner.lock();
-                match (k, decode_message(payload)) {
-                    (kind::MESSAGE, Some((id, message))) if !inner.tail_acked.contains(&id) => {
+                match decode_message(k, payload) {
+                    Some((id, message, expires))
+                        if kind::is_message(k) && !inner.tail_acked.contains(&id) =>
+                    {
                         out.push(Recovered {
                             id,
                             message,
                             delivered: inner.tail_delivered.contains(&id),
+                            expires,
                         });
                     }
-                    (kind::TRANSIENT, Some((id, mut message))) if id >= cursor.live_from => {
+                    Some((id, mut message, expires))
+                        if kind::is_transient(k) && id >= cursor.live_from =>
+                    {
                         message.persistent = false;
                         out.push(Recovered {
                             id,
                             message,
                             delivered: false,
+                            expires,
                         });
                     }
                     _ => {}

@@ -67,10 +67,19 @@ fn check_same(a: &Message, b: &Message) {
     assert!(b.persistent);
 }
 
+/// The absolute expiry recorded for message `i` in these tests (0: none, every third one).
+fn expiry(i: u64) -> u64 {
+    if i % 3 == 0 {
+        0
+    } else {
+        1_800_000_000_000 + i
+    }
+}
+
 fn recover_unacked_in_order(h: &dyn Reopen) {
     let s = h.open();
     for i in 0..100 {
-        s.append(i, &msg(i));
+        s.append(i, &msg(i), expiry(i));
     }
     for i in (0..100).step_by(2) {
         s.ack(i);
@@ -86,6 +95,7 @@ fn recover_unacked_in_order(h: &dyn Reopen) {
     for rec in &r {
         check_same(&msg(rec.id), &rec.message);
         assert_eq!(rec.delivered, rec.id == 1 || rec.id == 3, "id {}", rec.id);
+        assert_eq!(rec.expires, expiry(rec.id), "expiry of id {}", rec.id);
     }
     // Acking recovered messages sticks across another restart.
     for rec in &r {
@@ -93,7 +103,7 @@ fn recover_unacked_in_order(h: &dyn Reopen) {
             s.ack(rec.id);
         }
     }
-    s.append(1000, &msg(1000));
+    s.append(1000, &msg(1000), 0);
     h.settle();
     drop(s);
     let s = h.open();
@@ -106,7 +116,7 @@ fn recover_unacked_in_order(h: &dyn Reopen) {
 fn destroy_forgets_everything(h: &dyn Reopen) {
     let s = h.open();
     for i in 0..10 {
-        s.append(i, &msg(i));
+        s.append(i, &msg(i), 0);
     }
     h.settle();
     s.destroy();
@@ -139,7 +149,7 @@ fn segments_rotate_and_fully_acked_ones_are_deleted() {
     let h = seg(dir.path(), 4096);
     let s = h.open();
     for i in 0..2000 {
-        s.append(i, &msg(i));
+        s.append(i, &msg(i), 0);
     }
     h.settle();
     assert!(
@@ -150,7 +160,7 @@ fn segments_rotate_and_fully_acked_ones_are_deleted() {
         s.ack(i);
     }
     // One more append moves the head on so that old segments are all retired.
-    s.append(5000, &msg(5000));
+    s.append(5000, &msg(5000), 0);
     h.settle();
     assert!(
         segment_count(dir.path()) <= 2,
@@ -170,7 +180,7 @@ fn corrupt_records_are_skipped_and_torn_tail_cut() {
     let h = seg(dir.path(), 16 * 1024 * 1024);
     let s = h.open();
     for i in 0..50 {
-        s.append(i, &msg(i));
+        s.append(i, &msg(i), 0);
     }
     h.settle();
     drop(s);
@@ -205,7 +215,7 @@ fn recovery_keeps_a_bounded_prefix_and_pages_the_rest() {
     let h = seg(dir.path(), 8192);
     let s = h.open();
     for i in 0..500 {
-        s.append(i, &msg(i));
+        s.append(i, &msg(i), 0);
     }
     s.ack(3);
     s.ack(300);
@@ -243,9 +253,9 @@ fn live_paged_backlog_reads_back_unflushed_and_transient_messages() {
     let mut cursor = s.append_position();
     for i in 0..200 {
         if i % 2 == 0 {
-            s.append(i, &msg(i));
+            s.append(i, &msg(i), 0);
         } else {
-            s.append_transient(i, &msg(i));
+            s.append_transient(i, &msg(i), 0);
         }
     }
     // No settle: part of it may still be in memory, not yet written.
@@ -284,7 +294,7 @@ fn mostly_acked_segments_are_compacted_and_recover_the_same() {
     let h = seg(dir.path(), 8192);
     let s = h.open();
     for i in 0..3000 {
-        s.append(i, &msg(i));
+        s.append(i, &msg(i), 0);
     }
     h.settle();
     let full = msgs_bytes(dir.path());

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{ClassicQueue, Dead, State};
-use crate::clock::Millis;
+use crate::clock::{Clock, Millis};
 use crate::message::{Message, QueuedMessage};
 use crate::queue::{Overflow, QueueArgs, Reason};
 use crate::store::Recovered;
@@ -21,14 +21,21 @@ pub(super) fn expiry(args: &QueueArgs, m: &Message, now: Millis) -> Millis {
     }
 }
 
-/// A message read back from the store (at startup, or from a paged backlog).
-pub(super) fn recovered_message(args: &QueueArgs, r: Recovered, now: Millis) -> QueuedMessage {
+/// A message read back from the store (at startup, or from a paged backlog): its recorded
+/// expiry keeps counting from its publish (records written before expiries were stored get
+/// their TTL from `now`).
+pub(super) fn recovered_message(args: &QueueArgs, r: Recovered, clock: &Clock) -> QueuedMessage {
     let Recovered {
         id,
         message,
         delivered,
+        expires,
     } = r;
-    let expires_at = expiry(args, &message, now);
+    let expires_at = if expires != 0 {
+        clock.from_wall(expires)
+    } else {
+        expiry(args, &message, clock.now())
+    };
     let mut m = QueuedMessage::new(id, Arc::new(message), expires_at);
     m.redelivered = delivered;
     m.deliveries = u32::from(delivered);

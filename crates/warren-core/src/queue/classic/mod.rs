@@ -107,7 +107,7 @@ impl ClassicQueue {
                 st.next_seq = st.next_seq.max(r.id + 1);
                 st.ready_bytes += r.message.size() as u64;
                 st.ready
-                    .push_back(limits::recovered_message(&info.args, r, now));
+                    .push_back(limits::recovered_message(&info.args, r, &services.clock));
             }
             if let Some((cursor, count, bytes)) = s.take_recovered_tail() {
                 st.tail = Tail::recovered(cursor, count, bytes);
@@ -252,16 +252,19 @@ impl Queue for ClassicQueue {
             } else {
                 let seq = st.next_seq;
                 st.next_seq += 1;
-                let epoch = match self.page_out(&mut st, seq, &msg) {
+                let expires_at = limits::expiry(args, &msg, now);
+                let epoch = match self.page_out(&mut st, seq, &msg, expires_at) {
                     Some(epoch) => epoch,
                     None => {
                         let mut m = QueuedMessage::new(seq, msg, 0);
                         let mut epoch = 0;
                         if let Some(s) = self.store.as_ref().filter(|_| m.msg.persistent) {
-                            epoch = s.append(seq, &m.msg);
+                            // On disk the expiry is absolute (wall clock), so the TTL keeps
+                            // counting across a restart.
+                            epoch = s.append(seq, &m.msg, self.services.clock.to_wall(expires_at));
                             m.stored = true;
                         }
-                        m.expires_at = limits::expiry(args, &m.msg, now);
+                        m.expires_at = expires_at;
                         st.ready_bytes += size;
                         st.ready.push_back(m);
                         epoch

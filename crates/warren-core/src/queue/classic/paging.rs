@@ -79,9 +79,16 @@ impl ClassicQueue {
         }
     }
 
-    /// Appends message `seq` to the paged backlog instead of memory when the queue is long;
-    /// returns its sync epoch then (0 for a transient one), `None` when it belongs in memory.
-    pub(super) fn page_out(&self, st: &mut State, seq: u64, msg: &Message) -> Option<u64> {
+    /// Appends message `seq` (expiring at `expires_at`, 0: never) to the paged backlog instead
+    /// of memory when the queue is long; returns its sync epoch then (0 for a transient one),
+    /// `None` when it belongs in memory.
+    pub(super) fn page_out(
+        &self,
+        st: &mut State,
+        seq: u64,
+        msg: &Message,
+        expires_at: Millis,
+    ) -> Option<u64> {
         let limit = self.paging_limit();
         let s = self.store.as_ref()?;
         if limit == 0 || (st.tail.count == 0 && st.ready.len() < limit) {
@@ -90,10 +97,11 @@ impl ClassicQueue {
         if st.tail.count == 0 {
             st.tail.cursor = s.append_position();
         }
+        let expires = self.services.clock.to_wall(expires_at);
         let epoch = if msg.persistent {
-            s.append(seq, msg)
+            s.append(seq, msg, expires)
         } else {
-            s.append_transient(seq, msg);
+            s.append_transient(seq, msg, expires);
             0
         };
         st.tail.count += 1;
@@ -153,8 +161,11 @@ impl ClassicQueue {
                         st.tail.count = st.tail.count.saturating_sub(1);
                         st.tail.bytes = st.tail.bytes.saturating_sub(size);
                         st.ready_bytes += size;
-                        st.ready
-                            .push_back(limits::recovered_message(&self.info.args, r, now));
+                        st.ready.push_back(limits::recovered_message(
+                            &self.info.args,
+                            r,
+                            &self.services.clock,
+                        ));
                     }
                 }
                 other => {
