@@ -69,7 +69,7 @@ fn check_same(a: &Message, b: &Message) {
 
 /// The absolute expiry recorded for message `i` in these tests (0: none, every third one).
 fn expiry(i: u64) -> u64 {
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         0
     } else {
         1_800_000_000_000 + i
