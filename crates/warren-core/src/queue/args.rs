@@ -146,6 +146,44 @@ impl QueueArgs {
                 ))
             }
         }
+        // Accepted for compatibility, with RabbitMQ 3.10.8's checks; Warren's classic queues
+        // page to disk by themselves, so the mode and version change nothing.
+        match t.get("x-queue-mode") {
+            None => {}
+            Some(v) => match str_value(v) {
+                Some(m) if m == "default" || m == "lazy" => {}
+                Some(m) => {
+                    return Err(bad(
+                        "x-queue-mode",
+                        format!("\"unsupported queue mode '{m}'\""),
+                    ))
+                }
+                None => {
+                    return Err(bad(
+                        "x-queue-mode",
+                        format!("{{unacceptable_type,{}}}", type_name(v)),
+                    ))
+                }
+            },
+        }
+        if let Some(v) = int("x-queue-version", 0)? {
+            if v != 1 && v != 2 {
+                return Err(bad(
+                    "x-queue-version",
+                    format!("\"unsupported queue version '{v}'\""),
+                ));
+            }
+        }
+        // RabbitMQ 3.10.8 answers a bad locator with 541 INTERNAL_ERROR and closes the
+        // connection; Warren refuses it as a bad argument instead.
+        if let Some(l) = text("x-queue-master-locator")? {
+            if !matches!(l.as_str(), "min-masters" | "client-local" | "random") {
+                return Err(bad(
+                    "x-queue-master-locator",
+                    format!("\"unsupported queue master locator '{l}'\""),
+                ));
+            }
+        }
         if let Some(ty) = text("x-queue-type")? {
             a.kind = match ty.as_str() {
                 "classic" => QueueKind::Classic,
