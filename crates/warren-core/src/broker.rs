@@ -52,6 +52,9 @@ pub struct Broker {
     pub timers: Timers,
     /// The memory alarm: while true, publishing connections are blocked.
     pub alarm: tokio::sync::watch::Sender<bool>,
+    /// The disk alarm (free space of the data dir below `disk.free_limit_bytes`): while
+    /// true, publishing connections are blocked.
+    pub disk_alarm: tokio::sync::watch::Sender<bool>,
     me: Weak<Broker>,
 }
 
@@ -158,6 +161,7 @@ impl Broker {
             immediate,
             timers,
             alarm: tokio::sync::watch::Sender::new(false),
+            disk_alarm: tokio::sync::watch::Sender::new(false),
             me: me.clone(),
         })
     }

@@ -22,6 +22,74 @@ pub struct Config {
     pub log: LogConfig,
     /// Memory alarm.
     pub memory: MemoryConfig,
+    /// Disk alarm.
+    pub disk: DiskConfig,
+}
+
+/// The disk alarm (RabbitMQ's `disk_free_limit`): while the data dir's filesystem has less
+/// free space than this, publishing connections are blocked (`connection.blocked`, "low on
+/// disk"); consumers go on, and acks free space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskConfig {
+    /// Free bytes below which the alarm is raised (RabbitMQ: 50 MB). 0 turns it off.
+    pub free_limit_bytes: u64,
+    /// A limit relative to the machine's RAM instead (RabbitMQ's `disk_free_limit.relative`,
+    /// e.g. 1.0 or 1.5); 0.0 means "use `free_limit_bytes`".
+    pub free_limit_relative: f64,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            free_limit_bytes: 50_000_000,
+            free_limit_relative: 0.0,
+        }
+    }
+}
+
+impl DiskConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=100.0).contains(&self.free_limit_relative) {
+            return Err(invalid(
+                "disk.free_limit_relative",
+                "must be between 0.0 and 100.0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The limit in bytes for a machine with `total_ram` bytes.
+    pub fn limit_bytes(&self, total_ram: u64) -> u64 {
+        if self.free_limit_relative > 0.0 {
+            (total_ram as f64 * self.free_limit_relative) as u64
+        } else {
+            self.free_limit_bytes
+        }
+    }
+}
+
+/// Parses a size as RabbitMQ's configuration writes it: bytes, or a number with `kB`, `MB`,
+/// `GB` (powers of 1000) or `k`/`KiB`, `M`/`MiB`, `G`/`GiB` (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (bytes, or e.g. 50MB, 1GiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" => 1,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "k" | "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' in '{text}'")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{text}' is too large"))
 }
 
 /// The memory alarm (RabbitMQ's `vm_memory_high_watermark`): above it, publishing connections
@@ -243,6 +311,7 @@ impl Config {
         self.auth.validate()?;
         self.storage.validate()?;
         self.memory.validate()?;
+        self.disk.validate()?;
         self.log.validate()
     }
 }
@@ -530,6 +599,20 @@ fn key_at(before: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sizes_parse_as_rabbitmq_writes_them() {
+        use super::parse_size;
+        assert_eq!(parse_size("50000000"), Ok(50_000_000));
+        assert_eq!(parse_size("50MB"), Ok(50_000_000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1k"), Ok(1024));
+        assert_eq!(parse_size(" 3 kB "), Ok(3000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5PB").is_err());
+        assert!(parse_size("99999999999999999999GB").is_err());
+    }
+
     use super::*;
 
     fn err(text: &str) -> String {

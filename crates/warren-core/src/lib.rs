@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 mod connection;
 pub mod datadir;
+pub mod disk_monitor;
 pub mod error;
 pub mod exchange;
 pub mod message;

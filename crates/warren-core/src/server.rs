@@ -85,7 +85,10 @@ pub async fn run_broker_on(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     broker.timers.start();
-    spawn_memory_monitor(broker.clone(), shutdown.clone());
+    let total_ram = proc_kb("/proc/meminfo", "MemTotal:");
+    spawn_memory_monitor(broker.clone(), total_ram, shutdown.clone());
+    let disk_limit = broker.config.disk.limit_bytes(total_ram.unwrap_or(0));
+    crate::disk_monitor::spawn(broker.clone(), disk_limit, shutdown.clone());
     let tracker = TaskTracker::new();
     let mut accept_loops = Vec::new();
     for listener in listeners {
@@ -138,8 +141,8 @@ fn proc_kb(path: &str, key: &str) -> Option<u64> {
 
 /// Samples the broker's resident memory twice a second and raises or clears the memory alarm
 /// (`Broker::alarm`) against `memory.high_watermark`, as RabbitMQ's `vm_memory_monitor` does.
-fn spawn_memory_monitor(broker: Arc<Broker>, shutdown: CancellationToken) {
-    let Some(total) = proc_kb("/proc/meminfo", "MemTotal:") else {
+fn spawn_memory_monitor(broker: Arc<Broker>, total: Option<u64>, shutdown: CancellationToken) {
+    let Some(total) = total else {
         warn!("cannot read the machine's memory size: memory alarm disabled");
         return;
     };

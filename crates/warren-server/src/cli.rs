@@ -79,6 +79,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub default_pass: Option<String>,
+    /// Free disk space below which publishers are blocked (`disk.free_limit_bytes`): bytes, or
+    /// a number with kB, MB, GB, KiB, MiB, GiB; 0 turns the disk alarm off.
+    #[arg(long, env = "WARREN_DISK_FREE_LIMIT", value_name = "SIZE", value_parser = warren_core::config::parse_size)]
+    pub disk_free_limit: Option<u64>,
     /// Print a documented configuration file holding the defaults, and exit.
     #[arg(long)]
     pub print_default_config: bool,
@@ -154,6 +158,10 @@ impl ServeArgs {
         if let Some(pass) = &self.default_pass {
             config.auth.default_pass.clone_from(pass);
         }
+        if let Some(limit) = self.disk_free_limit {
+            config.disk.free_limit_bytes = limit;
+            config.disk.free_limit_relative = 0.0;
+        }
     }
 
     /// The flag and variable that set `key`, when one did.
@@ -174,6 +182,10 @@ impl ServeArgs {
             "auth.default_pass" => (
                 self.default_pass.is_some(),
                 "--default-pass or WARREN_DEFAULT_PASS",
+            ),
+            "disk.free_limit_relative" => (
+                self.disk_free_limit.is_some(),
+                "--disk-free-limit or WARREN_DISK_FREE_LIMIT",
             ),
             _ => return None,
         };

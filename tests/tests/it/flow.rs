@@ -167,3 +167,122 @@ async fn a_client_that_does_not_read_is_not_buffered_without_bound() {
     assert_eq!(count(&ch, "big").await, 0);
     b.stop().await;
 }
+
+/// Mounts a tmpfs of `mib` MiB on a fresh directory (the tests run as root in CI); `None` when
+/// this machine does not allow it.
+fn mount_tmpfs(mib: u64) -> Option<(tempfile::TempDir, TmpfsGuard)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| {
+        let guard = TmpfsGuard(dir.path().to_path_buf());
+        (dir, guard)
+    })
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
+/// Unmounts the tmpfs when the test ends (also when it fails).
+struct TmpfsGuard(std::path::PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The disk alarm on a real filesystem: a 32 MiB tmpfs holds the data dir, the limit is 16 MB;
+/// another process fills the disk, the publisher is blocked with "low on disk" while consumers
+/// go on; when the file is removed, the publisher is unblocked and its held publishes arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_alarm_blocks_publishers_until_space_returns() {
+    let Some((dir, _guard)) = mount_tmpfs(32) else {
+        // CI runs as root, where this must work; elsewhere the test cannot set up its disk.
+        assert!(!running_as_root(), "root could not mount a tmpfs");
+        tracing::warn!("skipped: mounting a tmpfs needs root (as in CI)");
+        return;
+    };
+    let data = dir.path().join("data");
+    let mut config = warren_core::Config::default();
+    config.disk.free_limit_bytes = 16_000_000;
+    let b = TestBroker::start_durable_with(&data, config).await;
+    let (_c, ch) = b.channel().await;
+    ch.queue_declare(
+        "disk".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let mut p = RawClient::open(b.addr).await;
+    p.open_channel(1).await;
+    publish_raw(&mut p, "disk", b"before").await;
+    publish_raw(&mut p, "disk", b"before-2").await;
+    while count(&ch, "disk").await < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Someone else fills the filesystem: 20 MiB of 32 leaves about 12 MiB free.
+    let filler = dir.path().join("filler");
+    std::fs::write(&filler, vec![7u8; 20 << 20]).expect("fill the tmpfs");
+    let (ch0, m) = tokio::time::timeout(Duration::from_secs(10), p.expect_method())
+        .await
+        .expect("connection.blocked within the monitor's period");
+    assert_eq!(ch0, 0);
+    match m {
+        AMQPClass::Connection(connection::AMQPMethod::Blocked(bl)) => {
+            assert_eq!(bl.reason.as_str(), "low on disk")
+        }
+        other => panic!("expected connection.blocked, got {other:?}"),
+    }
+    assert!(*b.broker.disk_alarm.borrow());
+    for _ in 0..5 {
+        publish_raw(&mut p, "disk", b"during").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&ch, "disk").await,
+        2,
+        "nothing taken in during the alarm"
+    );
+    let got = ch
+        .basic_get("disk".into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get");
+    assert!(got.is_some(), "a consumer still gets messages");
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let (_, m) = tokio::time::timeout(Duration::from_secs(10), p.expect_method())
+        .await
+        .expect("connection.unblocked once space returns");
+    assert!(
+        matches!(
+            m,
+            AMQPClass::Connection(connection::AMQPMethod::Unblocked(_))
+        ),
+        "got {m:?}"
+    );
+    let mut n = 0;
+    for _ in 0..200 {
+        n = count(&ch, "disk").await;
+        if n == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(n, 6, "the held-back publishes are taken in");
+    b.stop().await;
+}

@@ -174,6 +174,8 @@ pub(crate) struct Connection {
     out: Out,
     /// The broker's memory alarm.
     alarm: tokio::sync::watch::Receiver<bool>,
+    /// The broker's disk alarm.
+    disk_alarm: tokio::sync::watch::Receiver<bool>,
     /// `connection.blocked` was sent and not yet undone.
     blocked_sent: bool,
     /// The client sent `connection.close` while channels were paused: handled once they
@@ -228,6 +230,7 @@ impl Connection {
         out: Out,
     ) -> Self {
         let alarm = broker.alarm.subscribe();
+        let disk_alarm = broker.disk_alarm.subscribe();
         let (etx, erx) = mpsc::unbounded_channel();
         let conn_id = broker.next_conn_id();
         let frame_max = broker.config.amqp.frame_max;
@@ -262,6 +265,7 @@ impl Connection {
             writer,
             out,
             alarm,
+            disk_alarm,
             blocked_sent: false,
             close_deferred: false,
             started: now,
@@ -302,12 +306,14 @@ impl Connection {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutting_down = false;
         let mut alarm_open = true;
+        let mut disk_alarm_open = true;
         let mut event_turns = 0u32;
         loop {
             let out_ok = self.ctx.flow.writable();
+            let alarms = (*self.alarm.borrow(), *self.disk_alarm.borrow());
             let alarm_blocks =
-                *self.alarm.borrow() && self.ctx.published && self.state == State::Running;
-            self.signal_blocked(alarm_blocks);
+                (alarms.0 || alarms.1) && self.ctx.published && self.state == State::Running;
+            self.signal_blocked(alarm_blocks, alarms);
             let can_read = out_ok
                 && !alarm_blocks
                 && !self.close_deferred
@@ -362,6 +368,11 @@ impl Connection {
                         alarm_open = false;
                     }
                 }
+                r = self.disk_alarm.changed(), if disk_alarm_open => {
+                    if r.is_err() {
+                        disk_alarm_open = false;
+                    }
+                }
                 r = input.read(reader), if can_read => {
                     event_turns = 0;
                     match r {
@@ -403,21 +414,27 @@ impl Connection {
     }
 
     /// Sends `connection.blocked`/`unblocked` (to clients that understand them) as the memory
-    /// alarm blocks or releases this publishing connection (RabbitMQ's `rabbit_reader`).
-    fn signal_blocked(&mut self, blocked: bool) {
+    /// or disk alarm blocks or releases this publishing connection (RabbitMQ's `rabbit_reader`).
+    fn signal_blocked(&mut self, blocked: bool, (memory, disk): (bool, bool)) {
         if blocked == self.blocked_sent {
             return;
         }
         self.blocked_sent = blocked;
+        // RabbitMQ's reasons; with both alarms, "low on disk & memory".
+        let reason = match (disk, memory) {
+            (true, true) => "low on disk & memory",
+            (true, false) => "low on disk",
+            _ => "low on memory",
+        };
         if blocked {
-            warn!("memory alarm: blocking publishing connection");
+            warn!(reason, "resource alarm: blocking publishing connection");
         }
         if !self.ctx.cap_connection_blocked {
             return;
         }
         let m = if blocked {
             connection::AMQPMethod::Blocked(connection::Blocked {
-                reason: "low on memory".into(),
+                reason: reason.into(),
             })
         } else {
             connection::AMQPMethod::Unblocked(connection::Unblocked {})
