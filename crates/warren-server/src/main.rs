@@ -64,6 +64,7 @@ fn serve(args: &cli::ServeArgs) -> ExitCode {
         report(&e);
         return ExitCode::FAILURE;
     }
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -84,6 +85,28 @@ fn serve(args: &cli::ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Raises the soft limit of open files to the hard limit (each connection is a descriptor;
+/// distributions start processes with a soft limit of 1024) and logs what it got.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let before = getrlimit(Resource::Nofile);
+    let mut want = before.clone();
+    if want.current < want.maximum {
+        want.current = want.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, want) {
+            warn!(error = %e, "cannot raise the open files limit");
+        }
+    }
+    let now = getrlimit(Resource::Nofile);
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+    info!(
+        soft = %show(now.current),
+        hard = %show(now.maximum),
+        was = %show(before.current),
+        "open files limit"
+    );
 }
 
 /// Logs go to stderr (stdout is for `--print-default-config`), filtered by `log.level`.

@@ -244,3 +244,25 @@ fn healthcheck_fails_without_a_broker() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).starts_with("warren healthcheck: 127.0.0.1:"));
 }
+
+/// At startup the soft limit of open files is raised to the hard limit, and logged.
+#[test]
+fn open_files_soft_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = format!(
+        "ulimit -Sn 256 && ulimit -Hn 4096 && exec '{}' --bind 127.0.0.1 --port 0 --data-dir '{}'",
+        env!("CARGO_BIN_EXE_warren"),
+        dir.path().display()
+    );
+    let mut broker = Broker::spawn(Command::new("sh").args(["-c", &script]));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", broker.child.id()))
+        .expect("read /proc/PID/limits");
+    let row = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files row");
+    let nums: Vec<&str> = row.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums, ["4096", "4096"], "{row}");
+    broker.signal("TERM");
+    assert!(broker.wait().success());
+}
