@@ -6,6 +6,7 @@
 
 mod cli;
 mod healthcheck;
+mod rabbitmq_env;
 
 use clap::Parser;
 use std::io::{IsTerminal, Write};
@@ -53,8 +54,8 @@ fn print_default_config() -> ExitCode {
 }
 
 fn serve(args: &cli::ServeArgs) -> ExitCode {
-    let config = match args.load_config() {
-        Ok(config) => config,
+    let (config, warnings) = match args.load_config(&rabbitmq_env::RabbitmqEnv::from_process()) {
+        Ok(loaded) => loaded,
         Err(e) => {
             report(&e);
             return ExitCode::FAILURE;
@@ -63,6 +64,9 @@ fn serve(args: &cli::ServeArgs) -> ExitCode {
     if let Err(e) = init_tracing(&config.log) {
         report(&e);
         return ExitCode::FAILURE;
+    }
+    for warning in &warnings {
+        warn!("{warning}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
