@@ -15,7 +15,10 @@
 #   WARREN_TEST_ENGINE  podman (default) or docker. With docker the same steps run against the
 #                       daemon (health is polled from `docker inspect`); not tried here, as our
 #                       machines have no Docker daemon.
-#   WARREN_TEST_PORT    host port for AMQP (default 25672; the container uses --network host).
+#   WARREN_TEST_PORT    host port for AMQP (default 25672).
+#   WARREN_TEST_NETWORK host (default: --network host, the broker listens on WARREN_TEST_PORT
+#                       itself) or publish (bridge network, `-p 127.0.0.1:PORT:5672`; clients
+#                       then come from outside the container's loopback).
 #   WARREN_BIN, WARREN_PERF_BIN  the binaries (default target/release/warren, warren-perf).
 #   WARREN_TEST_KEEP=1  keep the test image afterwards.
 #
@@ -28,8 +31,22 @@ cd "$ROOT"
 
 ENGINE="${WARREN_TEST_ENGINE:-podman}"
 PORT="${WARREN_TEST_PORT:-25672}"
+NETWORK="${WARREN_TEST_NETWORK:-host}"
 MGMT_PORT=$((PORT + 1))
 METRICS_PORT=$((PORT + 2))
+# The ports inside the container, and how the host reaches them.
+case "$NETWORK" in
+host)
+    C_PORT="$PORT" C_MGMT="$MGMT_PORT" C_METRICS="$METRICS_PORT"
+    NET_ARGS=(--network host)
+    ;;
+publish)
+    C_PORT=5672 C_MGMT=15672 C_METRICS=15692
+    NET_ARGS=(-p "127.0.0.1:$PORT:5672" -p "127.0.0.1:$MGMT_PORT:15672"
+        -p "127.0.0.1:$METRICS_PORT:15692")
+    ;;
+*) echo "WARREN_TEST_NETWORK must be host or publish" >&2; exit 2 ;;
+esac
 BIN="${WARREN_BIN:-$ROOT/target/release/warren}"
 PERF="${WARREN_PERF_BIN:-$ROOT/target/release/warren-perf}"
 BASE_DIR="${WARREN_BASE_DIR:-/var/tmp/warren-base}"
@@ -45,7 +62,7 @@ STARTED=$(date +%s)
 WORK="$(mktemp -d /tmp/warren-docker-test.XXXXXX)"
 HOLD_PID=""
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== [%3d s] %s\n' "$(($(date +%s) - STARTED))" "$*"; }
 ok() { printf 'ok   %s\n' "$*"; }
 skip() { printf 'SKIP %s\n' "$*"; }
 die() {
@@ -136,7 +153,7 @@ mkdir -p "$WORK/etc"
 # (environment beats file) and gives the user through RabbitMQ's variables.
 cat >"$WORK/etc/warren.toml" <<EOF
 [amqp]
-port = $PORT
+port = $C_PORT
 channel_max = 99
 [log]
 format = "text"
@@ -151,14 +168,14 @@ cat >"$WORK/etc/definitions.json" <<'EOF'
 EOF
 chmod 0644 "$WORK/etc/"*
 eng volume create "$VOLUME" >/dev/null
-eng run -d --name "$NAME" --network host "${ULIMITS[@]}" \
+eng run -d --name "$NAME" "${NET_ARGS[@]}" "${ULIMITS[@]}" \
     --stop-timeout "$STOP_TIMEOUT" \
     -v "$VOLUME:/var/lib/warren" \
     -v "$WORK/etc:/etc/warren:ro" \
     -e WARREN_CONFIG=/etc/warren/warren.toml \
     -e WARREN_LOAD_DEFINITIONS=/etc/warren/definitions.json \
-    -e WARREN_MANAGEMENT_PORT="$MGMT_PORT" \
-    -e WARREN_METRICS_PORT="$METRICS_PORT" \
+    -e WARREN_MANAGEMENT_PORT="$C_MGMT" \
+    -e WARREN_METRICS_PORT="$C_METRICS" \
     -e WARREN_LOG_FORMAT=json \
     -e RABBITMQ_DEFAULT_USER="$USER_NAME" \
     -e RABBITMQ_DEFAULT_PASS="$USER_PASS" \
@@ -190,7 +207,7 @@ ok "broker process (host pid $pid) runs as uid 10001, not root"
 info=$(client info) || die "pika cannot connect as $USER_NAME (RABBITMQ_DEFAULT_USER)"
 [[ $info == *'"channel_max": 99'* ]] || die "channel_max from the mounted file not in effect: $info"
 [[ $info == *'"product": "Warren"'* ]] || die "not Warren: $info"
-ok "pika connects on $PORT (file) as $USER_NAME (RABBITMQ_DEFAULT_USER/PASS); channel_max 99 (file)"
+ok "pika connects on $PORT ($NETWORK; $C_PORT in the file) as $USER_NAME (RABBITMQ_DEFAULT_USER/PASS); channel_max 99 (file)"
 eng logs "$NAME" 2>&1 | grep '"listening"' | grep -q '^{' || die "logs are not JSON (WARREN_LOG_FORMAT)"
 ok "logs are JSON: WARREN_LOG_FORMAT beats the file's text"
 
@@ -229,7 +246,7 @@ skip "TLS on 5671: not checked by this script yet (issue 13 brings TLS)"
 
 # ---------------------------------------------------------------------------------------------
 step "durable queue and persistent messages survive stop + start"
-client publish --queue docker-durable --count 500 || die "publish"
+client publish --queue docker-durable --count 200 || die "publish"
 client hold --out "$WORK/hold.json" --timeout 60 &
 HOLD_PID=$!
 for _ in $(seq 100); do grep -q ready "$WORK/hold.json" 2>/dev/null && break; sleep 0.1; done
@@ -249,11 +266,11 @@ expected='{"code": 320, "text": "CONNECTION_FORCED - broker forced connection cl
 ok "client got 320 CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
 eng start "$NAME" >/dev/null 2>&1
 wait_healthy
-client verify --queue docker-durable --count 500 || die "after restart"
-ok "500 persistent messages still there after restart"
+client verify --queue docker-durable --count 200 || die "after restart"
+ok "200 persistent messages still there after restart"
 
 step "and survive kill -9"
-client publish --queue docker-durable --start 500 --count 500 || die "publish"
+client publish --queue docker-durable --start 200 --count 200 || die "publish"
 eng kill -s KILL "$NAME" >/dev/null
 for _ in $(seq 50); do
     [ "$(eng inspect "$NAME" --format '{{.State.Running}}')" = false ] && break
@@ -262,8 +279,8 @@ done
 [ "$(eng inspect "$NAME" --format '{{.State.Running}}')" = false ] || die "still running after KILL"
 eng start "$NAME" >/dev/null 2>&1
 wait_healthy
-client verify --queue docker-durable --count 1000 --consume || die "after kill -9"
-ok "all 1000 confirmed persistent messages there, in order, after kill -9"
+client verify --queue docker-durable --count 400 --consume || die "after kill -9"
+ok "all 400 confirmed persistent messages there, in order, after kill -9"
 vol_uid=$(eng volume inspect "$VOLUME" --format '{{.Mountpoint}}' | xargs stat -c %u)
 [ "$vol_uid" = 10001 ] || die "data volume owned by uid $vol_uid"
 ok "data volume owned by uid 10001"
