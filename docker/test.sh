@@ -187,8 +187,9 @@ wait_healthy() {
     local deadline=$(($(date +%s) + 30)) status=""
     while [ "$(date +%s)" -lt "$deadline" ]; do
         if [ "$ENGINE" = podman ]; then
-            # No systemd here to schedule the checks: run them as the timer would.
-            eng healthcheck run "$NAME" >/dev/null 2>&1 || true
+            # No systemd here to schedule the checks: run them as the timer would. A fresh
+            # check must pass (the recorded status may be left from before a restart).
+            eng healthcheck run "$NAME" >/dev/null 2>&1 || { sleep 0.5; continue; }
         fi
         status=$(eng inspect "$NAME" --format '{{.State.Health.Status}}' 2>/dev/null || true)
         [ "$status" = healthy ] && return 0
