@@ -108,6 +108,14 @@ client() { timeout 120 python3 "$ROOT/docker/clients.py" "$1" --port "$PORT" \
 has_feature() { "$BIN" --help | grep -q -- "$1"; }
 
 # ---------------------------------------------------------------------------------------------
+step "compose files"
+if command -v promtool >/dev/null; then
+    promtool check config docker/prometheus.yml >/dev/null || die "promtool check config docker/prometheus.yml"
+    ok "docker/prometheus.yml passes promtool check config"
+else
+    skip "docker/prometheus.yml: no promtool here (Debian's prometheus package has it)"
+fi
+
 step "base image ($BASE_IMAGE)"
 if eng image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     ok "reusing $BASE_IMAGE"
