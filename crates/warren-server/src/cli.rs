@@ -1,6 +1,7 @@
 //! Command line: flags, their `WARREN_*` environment variables, and how they layer over the
 //! configuration file. Precedence: flag > environment variable > file > built-in default.
 
+use crate::rabbitmq_env::{self, RabbitmqEnv};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use warren_core::config::ConfigError;
@@ -12,6 +13,8 @@ use warren_core::Config;
     name = "warren",
     version,
     after_help = "Settings: flag > WARREN_* environment variable > --config file > default.\n\
+                  RABBITMQ_DEFAULT_USER and RABBITMQ_DEFAULT_PASS (as in RabbitMQ's image) set\n\
+                  the default user when neither the flag nor the WARREN_* variable does.\n\
                   `warren healthcheck` probes a running broker (exit 0 healthy, 1 not)."
 )]
 pub struct Cli {
@@ -37,9 +40,12 @@ pub struct HealthcheckArgs {
     /// Host to connect to.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// AMQP port.
-    #[arg(long, env = "WARREN_PORT", default_value_t = 5672)]
-    pub port: u16,
+    /// AMQP port [default: `amqp.port` of the --config file, else 5672].
+    #[arg(long, env = "WARREN_PORT")]
+    pub port: Option<u16>,
+    /// The broker's configuration file, read for `amqp.port` when no port is given.
+    #[arg(long, env = "WARREN_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Seconds to wait for the whole exchange.
     #[arg(long, value_name = "SECS", default_value_t = 3)]
     pub timeout: u64,
@@ -111,8 +117,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../warren.toml");
 
 impl ServeArgs {
     /// Reads the configuration file (if any), applies the flags and environment variables over
-    /// it, and validates the result. The error is one line naming the file or key at fault.
-    pub fn load_config(&self) -> Result<Config, String> {
+    /// it (`rabbitmq`: the RabbitMQ image's variables, under the `WARREN_*` ones), and validates
+    /// the result. Returns it with warnings to log once logging is set up. The error is one line
+    /// naming the file or key at fault.
+    pub fn load_config(&self, rabbitmq: &RabbitmqEnv) -> Result<(Config, Vec<String>), String> {
         let mut config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
@@ -123,8 +131,13 @@ impl ServeArgs {
             None => Config::default(),
         };
         self.apply(&mut config);
+        let warnings = rabbitmq.apply(
+            &mut config,
+            self.default_user.is_some(),
+            self.default_pass.is_some(),
+        );
         config.validate().map_err(|e| match e {
-            ConfigError::Invalid { key, .. } => match self.source_of(key) {
+            ConfigError::Invalid { key, .. } => match self.source_of(key, rabbitmq) {
                 Some(flag) => format!("{e} (set by {flag})"),
                 None => match &self.config {
                     Some(path) => format!("{}: {e}", path.display()),
@@ -133,7 +146,7 @@ impl ServeArgs {
             },
             other => other.to_string(),
         })?;
-        Ok(config)
+        Ok((config, warnings))
     }
 
     fn apply(&self, config: &mut Config) {
@@ -165,7 +178,16 @@ impl ServeArgs {
     }
 
     /// The flag and variable that set `key`, when one did.
-    fn source_of(&self, key: &str) -> Option<&'static str> {
+    fn source_of(&self, key: &str, rabbitmq: &RabbitmqEnv) -> Option<&'static str> {
+        match key {
+            "auth.default_user" if rabbitmq.sets_user(self.default_user.is_some()) => {
+                return Some(rabbitmq_env::USER_VAR)
+            }
+            "auth.default_pass" if rabbitmq.sets_pass(self.default_pass.is_some()) => {
+                return Some(rabbitmq_env::PASS_VAR)
+            }
+            _ => {}
+        }
         let (set, source) = match key {
             "amqp.bind" => (self.bind.is_some(), "--bind or WARREN_BIND"),
             "amqp.port" => (self.port.is_some(), "--port or WARREN_PORT"),
@@ -225,6 +247,62 @@ mod tests {
         Cli::try_parse_from(argv).expect("parse").serve
     }
 
+    impl ServeArgs {
+        /// `load_config` without the RabbitMQ variables, ignoring warnings.
+        fn load(&self) -> Result<Config, String> {
+            self.load_config(&RabbitmqEnv::default()).map(|(c, _)| c)
+        }
+    }
+
+    fn rabbitmq(user: &str, pass: &str) -> RabbitmqEnv {
+        RabbitmqEnv {
+            default_user: Some(user.into()),
+            default_pass: Some(pass.into()),
+            default_vhost: None,
+        }
+    }
+
+    #[test]
+    fn rabbitmq_variables_rank_below_warren_ones_and_above_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("warren.toml");
+        std::fs::write(
+            &path,
+            "[auth]\ndefault_user = \"file\"\ndefault_pass = \"f\"\n",
+        )
+        .expect("write");
+        let path = path.to_str().expect("utf-8");
+        let (cfg, warnings) = parse(&["--config", path])
+            .load_config(&rabbitmq("rmq", "rp"))
+            .expect("valid");
+        assert_eq!(
+            (
+                cfg.auth.default_user.as_str(),
+                cfg.auth.default_pass.as_str()
+            ),
+            ("rmq", "rp")
+        );
+        assert!(warnings.is_empty());
+        let (cfg, _) = parse(&["--config", path, "--default-user", "w"])
+            .load_config(&rabbitmq("rmq", "rp"))
+            .expect("valid");
+        assert_eq!(
+            (
+                cfg.auth.default_user.as_str(),
+                cfg.auth.default_pass.as_str()
+            ),
+            ("w", "rp")
+        );
+    }
+
+    #[test]
+    fn a_bad_rabbitmq_value_names_the_variable() {
+        let err = parse(&[])
+            .load_config(&rabbitmq("guest\u{0}", "pw"))
+            .expect_err("invalid user");
+        assert!(err.contains("RABBITMQ_DEFAULT_USER"), "{err}");
+    }
+
     #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -236,7 +314,7 @@ mod tests {
         .expect("write");
         let path = path.to_str().expect("utf-8");
         let cfg = parse(&["--config", path, "--port", "2222", "--log-format", "json"])
-            .load_config()
+            .load()
             .expect("valid");
         assert_eq!(cfg.amqp.port, 2222, "flag wins");
         assert_eq!(cfg.amqp.bind, "127.0.0.1", "file kept");
@@ -248,7 +326,7 @@ mod tests {
     #[test]
     fn default_user_flags_set_auth() {
         let cfg = parse(&["--default-user", "admin", "--default-pass", "pw"])
-            .load_config()
+            .load()
             .expect("valid");
         assert_eq!(cfg.auth.default_user, "admin");
         assert_eq!(cfg.auth.default_pass, "pw");
@@ -258,7 +336,7 @@ mod tests {
     #[test]
     fn a_bad_flag_value_names_key_and_flag() {
         let err = parse(&["--log-level", "warning"])
-            .load_config()
+            .load()
             .expect_err("invalid");
         assert!(err.contains("`log.level`"), "{err}");
         assert!(err.contains("--log-level or WARREN_LOG_LEVEL"), "{err}");
@@ -271,16 +349,16 @@ mod tests {
         std::fs::write(&path, "log.level = \"debug,warren=loud\"\n").expect("write");
         let path = path.to_str().expect("utf-8");
         parse(&["--config", path, "--log-level", "info"])
-            .load_config()
+            .load()
             .expect("flag replaces the bad value");
-        let err = parse(&["--config", path]).load_config().expect_err("bad");
+        let err = parse(&["--config", path]).load().expect_err("bad");
         assert!(err.contains(path) && err.contains("`log.level`"), "{err}");
     }
 
     #[test]
     fn missing_file_is_reported() {
         let err = parse(&["--config", "/nonexistent/warren.toml"])
-            .load_config()
+            .load()
             .expect_err("missing");
         assert!(
             err.starts_with("cannot read configuration file /nonexistent/warren.toml"),
@@ -293,7 +371,10 @@ mod tests {
         let cli = Cli::try_parse_from(["warren", "healthcheck", "--port", "5673"]).expect("parse");
         match cli.command {
             Some(Command::Healthcheck(h)) => {
-                assert_eq!((h.host.as_str(), h.port, h.timeout), ("127.0.0.1", 5673, 3));
+                assert_eq!(
+                    (h.host.as_str(), h.port, h.timeout),
+                    ("127.0.0.1", Some(5673), 3)
+                );
             }
             None => panic!("no subcommand"),
         }

@@ -9,22 +9,44 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use warren_core::Config;
 
 /// Runs the probe; reports a failure on stderr in one line.
 pub fn run(args: &HealthcheckArgs) -> ExitCode {
     let deadline = Instant::now() + Duration::from_secs(args.timeout.min(3600));
-    match probe(&args.host, args.port, deadline) {
+    let port = match port(args) {
+        Ok(port) => port,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "warren healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match probe(&args.host, port, deadline) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(
                 io::stderr(),
-                "warren healthcheck: {}:{}: {e}",
-                args.host,
-                args.port
+                "warren healthcheck: {}:{port}: {e}",
+                args.host
             );
             ExitCode::FAILURE
         }
     }
+}
+
+/// The port to probe: --port / `WARREN_PORT`, else the configuration file's `amqp.port` (so a
+/// container configured by a mounted file is probed where it listens), else the default.
+fn port(args: &HealthcheckArgs) -> Result<u16, String> {
+    if let Some(port) = args.port {
+        return Ok(port);
+    }
+    let Some(path) = &args.config else {
+        return Ok(Config::default().amqp.port);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read configuration file {}: {e}", path.display()))?;
+    let config = Config::parse_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(config.amqp.port)
 }
 
 fn remaining(deadline: Instant) -> io::Result<Duration> {

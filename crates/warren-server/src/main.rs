@@ -6,6 +6,7 @@
 
 mod cli;
 mod healthcheck;
+mod rabbitmq_env;
 
 use clap::Parser;
 use std::io::{IsTerminal, Write};
@@ -53,8 +54,8 @@ fn print_default_config() -> ExitCode {
 }
 
 fn serve(args: &cli::ServeArgs) -> ExitCode {
-    let config = match args.load_config() {
-        Ok(config) => config,
+    let (config, warnings) = match args.load_config(&rabbitmq_env::RabbitmqEnv::from_process()) {
+        Ok(loaded) => loaded,
         Err(e) => {
             report(&e);
             return ExitCode::FAILURE;
@@ -64,7 +65,9 @@ fn serve(args: &cli::ServeArgs) -> ExitCode {
         report(&e);
         return ExitCode::FAILURE;
     }
-    raise_open_files_limit();
+    for warning in &warnings {
+        warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,7 +95,7 @@ fn serve(args: &cli::ServeArgs) -> ExitCode {
 fn raise_open_files_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let before = getrlimit(Resource::Nofile);
-    let mut want = before.clone();
+    let mut want = before;
     if want.current < want.maximum {
         want.current = want.maximum;
         if let Err(e) = setrlimit(Resource::Nofile, want) {
@@ -132,6 +135,7 @@ async fn run(config: Config) -> Result<(), String> {
 
     // Held until the broker has stopped: the lock keeps a second warren off this directory.
     let data_dir = DataDir::open(&config.storage.data_dir).map_err(|e| e.to_string())?;
+    raise_open_files_limit();
     let listeners = warren_core::server::bind_all(&config).await?;
     for l in &listeners {
         let addr = l

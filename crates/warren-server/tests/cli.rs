@@ -9,11 +9,13 @@ use warren_core::Config;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The binary with no `WARREN_*` variable inherited from the caller's environment.
+/// The binary with no `WARREN_*` or `RABBITMQ_*` variable inherited from the caller's
+/// environment.
 fn warren() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("WARREN_") {
+        let key_str = key.to_string_lossy();
+        if key_str.starts_with("WARREN_") || key_str.starts_with("RABBITMQ_") {
             cmd.env_remove(key);
         }
     }
@@ -41,6 +43,8 @@ struct Broker {
     lines: mpsc::Receiver<String>,
     /// The "listening" log line.
     listening: String,
+    /// The lines `wait_for_line` passed over.
+    skipped: Vec<String>,
 }
 
 impl Broker {
@@ -74,6 +78,7 @@ impl Broker {
             child,
             lines,
             listening: String::new(),
+            skipped: Vec::new(),
         };
         broker.listening = broker.wait_for_line("listening");
         broker
@@ -81,15 +86,17 @@ impl Broker {
 
     fn wait_for_line(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + TIMEOUT;
-        let mut seen = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
+                Ok(line) => self.skipped.push(line),
                 Err(_) => break,
             }
         }
-        panic!("no line containing {needle:?} from warren; got: {seen:#?}");
+        panic!(
+            "no line containing {needle:?} from warren; got: {:#?}",
+            self.skipped
+        );
     }
 
     fn signal(&self, name: &str) {
@@ -263,6 +270,116 @@ fn open_files_soft_limit_is_raised_to_the_hard_limit() {
         .expect("Max open files row");
     let nums: Vec<&str> = row.split_whitespace().skip(3).take(2).collect();
     assert_eq!(nums, ["4096", "4096"], "{row}");
+    broker.signal("TERM");
+    assert!(broker.wait().success());
+}
+
+/// The port in a "listening" line (`addr=127.0.0.1:PORT`).
+fn listening_port(line: &str) -> u16 {
+    let at = line
+        .find("127.0.0.1:")
+        .expect("address in the listening line")
+        + 10;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect("port")
+}
+
+/// Opens a connection as `user`/`pass`, returning the error text if refused.
+fn login(port: u16, user: &str, pass: &str) -> Result<(), String> {
+    let uri = format!("amqp://{user}:{pass}@127.0.0.1:{port}/%2f");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let conn = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+            channel
+                .queue_declare(
+                    "rabbitmq-env-q".into(),
+                    lapin::options::QueueDeclareOptions {
+                        exclusive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.close(200, "bye".into())
+                .await
+                .map_err(|e| e.to_string())
+        })
+}
+
+/// A compose file written for RabbitMQ's image works: `RABBITMQ_DEFAULT_USER`/`_PASS` create
+/// the default user (guest is not created), `RABBITMQ_DEFAULT_VHOST=/` is accepted silently and
+/// another vhost is ignored with a warning (there is only `/` for now).
+#[test]
+fn rabbitmq_image_variables_set_the_default_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = Broker::spawn(
+        warren()
+            .env("RABBITMQ_DEFAULT_USER", "app")
+            .env("RABBITMQ_DEFAULT_PASS", "s3cret")
+            .env("RABBITMQ_DEFAULT_VHOST", "/")
+            .args(["--bind", "127.0.0.1", "--port", "0", "--data-dir"])
+            .arg(dir.path().join("a")),
+    );
+    let port = listening_port(&broker.listening);
+    login(port, "app", "s3cret").expect("the RABBITMQ_DEFAULT_USER logs in");
+    let refused = login(port, "guest", "guest").expect_err("guest was not created");
+    assert!(refused.contains("ACCESS_REFUSED"), "{refused}");
+    broker.signal("TERM");
+    assert!(broker.wait().success());
+
+    // WARREN_DEFAULT_USER wins over RABBITMQ_DEFAULT_USER; a vhost other than `/` is a warning.
+    let mut broker = Broker::spawn(
+        warren()
+            .env("RABBITMQ_DEFAULT_USER", "app")
+            .env("RABBITMQ_DEFAULT_PASS", "s3cret")
+            .env("RABBITMQ_DEFAULT_VHOST", "prod")
+            .env("WARREN_DEFAULT_USER", "ops")
+            .args(["--bind", "127.0.0.1", "--port", "0", "--data-dir"])
+            .arg(dir.path().join("b")),
+    );
+    let port = listening_port(&broker.listening);
+    login(port, "ops", "s3cret").expect("WARREN_DEFAULT_USER with RABBITMQ_DEFAULT_PASS");
+    broker.signal("TERM");
+    assert!(broker.wait().success());
+    assert!(
+        broker
+            .skipped
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("RABBITMQ_DEFAULT_VHOST=\"prod\" ignored")),
+        "{:#?}",
+        broker.skipped
+    );
+}
+
+/// The healthcheck probes the port of the configuration file named by `WARREN_CONFIG` (a
+/// container configured by a mounted file), unless `WARREN_PORT` says otherwise.
+#[test]
+fn healthcheck_reads_the_port_from_the_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let port = listening_port(&broker.listening);
+    let path = config_file(dir.path(), &format!("[amqp]\nport = {port}\n"));
+    let out = run(warren().args(["healthcheck"]).env("WARREN_CONFIG", &path));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let out = run(warren()
+        .args(["healthcheck"])
+        .env("WARREN_CONFIG", &path)
+        .env("WARREN_PORT", closed.to_string()));
+    assert_eq!(out.status.code(), Some(1), "WARREN_PORT wins");
     broker.signal("TERM");
     assert!(broker.wait().success());
 }
