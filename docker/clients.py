@@ -32,15 +32,19 @@ def cmd_info(args):
     """Prints what the broker negotiated and announced, as JSON."""
     conn = connect(args, attempts=50)
     impl = conn._impl
-    product = impl.server_properties.get("product", "")
-    if isinstance(product, bytes):
-        product = product.decode()
+    def prop(key):
+        value = impl.server_properties.get(key, "")
+        return value.decode() if isinstance(value, bytes) else value
+
+    # Warren reports RabbitMQ's product and version (clients detect features by them) and
+    # names itself in `warren_version`.
     print(
         json.dumps(
             {
                 "channel_max": impl.params.channel_max,
                 "frame_max": impl.params.frame_max,
-                "product": product,
+                "product": prop("product"),
+                "warren_version": prop("warren_version"),
             }
         )
     )

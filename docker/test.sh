@@ -215,7 +215,7 @@ ok "broker process (host pid $pid) runs as uid 10001, not root"
 
 info=$(client info) || die "pika cannot connect as $USER_NAME (RABBITMQ_DEFAULT_USER)"
 [[ $info == *'"channel_max": 99'* ]] || die "channel_max from the mounted file not in effect: $info"
-[[ $info == *'"product": "Warren"'* ]] || die "not Warren: $info"
+[[ $info == *'"warren_version": "'[0-9]* ]] || die "not Warren: $info"
 ok "pika connects on $PORT ($NETWORK; $C_PORT in the file) as $USER_NAME (RABBITMQ_DEFAULT_USER/PASS); channel_max 99 (file)"
 eng logs "$NAME" 2>&1 | grep '"listening"' | grep -q '^{' || die "logs are not JSON (WARREN_LOG_FORMAT)"
 ok "logs are JSON: WARREN_LOG_FORMAT beats the file's text"
