@@ -13,6 +13,7 @@ mod foundation;
 mod interop;
 mod large_bodies;
 mod messaging;
+mod model;
 mod paging;
 mod queue_features;
 mod smoke;
