@@ -17,6 +17,7 @@ pub mod memory;
 pub mod pager;
 pub(crate) mod record;
 pub mod segment;
+pub mod stream;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -102,6 +103,15 @@ pub type StoreRef = Arc<dyn MessageStore>;
 
 /// Serialises a message's content for a MESSAGE record (after its 8-byte id).
 pub(crate) fn encode_message(id: u64, m: &Message, kind: u8, out: &mut Vec<u8>) -> usize {
+    let meta = message_meta(id, m);
+    let before = out.len();
+    record::put_record(out, kind, &[&meta, &m.body]);
+    out.len() - before
+}
+
+/// The part of a MESSAGE record payload before the body: id, exchange, routing key,
+/// properties ([`decode_message`] reads it back).
+pub(crate) fn message_meta(id: u64, m: &Message) -> Vec<u8> {
     let mut meta = Vec::with_capacity(16 + m.exchange.len() + m.routing_key.len());
     meta.put_u64(id);
     meta.put_u8(m.exchange.len().min(255) as u8);
@@ -110,9 +120,7 @@ pub(crate) fn encode_message(id: u64, m: &Message, kind: u8, out: &mut Vec<u8>) 
     meta.put_slice(&m.routing_key.as_bytes()[..m.routing_key.len().min(255)]);
     meta.put_u32(m.raw_properties.len() as u32);
     meta.put_slice(&m.raw_properties);
-    let before = out.len();
-    record::put_record(out, kind, &[&meta, &m.body]);
-    out.len() - before
+    meta
 }
 
 /// Parses a MESSAGE record payload.

@@ -24,6 +24,8 @@ pub(crate) mod kind {
     pub const ACK: u8 = 2;
     /// A delivery of message id (it will come back redelivered).
     pub const DELIVERED: u8 = 3;
+    /// A stream message: timestamp, then a MESSAGE payload whose id is the stream offset.
+    pub const STREAM: u8 = 5;
 }
 
 /// Appends one record to `out`.
