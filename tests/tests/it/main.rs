@@ -15,4 +15,5 @@ mod messaging;
 mod paging;
 mod queue_features;
 mod smoke;
+mod streams;
 mod tutorials;

@@ -131,10 +131,9 @@ impl StreamQueue {
 
 /// Adds the `x-stream-offset` header (a long) to a message read back from the log.
 fn with_offset_header(m: Message, offset: u64) -> Message {
-    use warren_codec::proto::{AMQPProperties, AMQPValue, FieldTable};
-    let props =
-        crate::message::amq_props(&m.raw_properties).unwrap_or_else(AMQPProperties::default);
-    let mut headers = props.headers().clone().unwrap_or_else(FieldTable::default);
+    use warren_codec::proto::AMQPValue;
+    let props = crate::message::amq_props(&m.raw_properties).unwrap_or_default();
+    let mut headers = props.headers().clone().unwrap_or_default();
     headers.insert(
         "x-stream-offset".into(),
         AMQPValue::LongLongInt(i64::try_from(offset).unwrap_or(i64::MAX)),

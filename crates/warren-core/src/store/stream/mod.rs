@@ -441,21 +441,21 @@ impl Flush for StreamLog {
         let mut created = false;
         let mut written: Vec<(u64, u64)> = Vec::new();
         for p in &pending {
-            if !files.open.contains_key(&p.seg) {
-                let open = |name: String| {
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(dir.join(name))
-                };
-                created |= !dir.join(seg_name(p.seg)).exists();
-                let pair = (open(seg_name(p.seg))?, open(idx_name(p.seg))?);
-                files.open.insert(p.seg, pair);
-            }
-            if let Some((seg, idx)) = files.open.get_mut(&p.seg) {
-                seg.write_all(&p.data)?;
-                idx.write_all(&p.index)?;
-            }
+            let (seg, idx) = match files.open.entry(p.seg) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let open = |name: String| {
+                        OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(dir.join(name))
+                    };
+                    created |= !dir.join(seg_name(p.seg)).exists();
+                    e.insert((open(seg_name(p.seg))?, open(idx_name(p.seg))?))
+                }
+            };
+            seg.write_all(&p.data)?;
+            idx.write_all(&p.index)?;
             written.push((p.seg, p.data.len() as u64));
         }
         for (seg, _) in &written {
