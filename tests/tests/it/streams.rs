@@ -713,3 +713,70 @@ async fn retention_by_size_and_age_deletes_whole_segments_from_the_head() {
     assert_eq!(files, total);
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtering_delivers_only_the_asked_values() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    declare_stream(
+        &ch,
+        "s",
+        &[("x-stream-filter-size-bytes", AMQPValue::LongInt(32))],
+    )
+    .await;
+    let values = ["red", "blue", "", "green", "red", "", "blue"];
+    for (i, v) in values.iter().enumerate() {
+        let mut h = table(&[("h", AMQPValue::LongInt(7))]);
+        if !v.is_empty() {
+            h.insert("x-stream-filter-value".into(), s(v));
+        }
+        ch.basic_publish(
+            "".into(),
+            "s".into(),
+            BasicPublishOptions::default(),
+            format!("{i}:{v}").as_bytes(),
+            BasicProperties::default().with_headers(h),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    let (_c2, cch) = b.channel().await;
+    cch.basic_qos(100, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let red = table(&[
+        ("x-stream-offset", s("first")),
+        ("x-stream-filter", s("red")),
+    ]);
+    let mut k = cch
+        .basic_consume(
+            "s".into(),
+            "red".into(),
+            BasicConsumeOptions::default(),
+            red,
+        )
+        .await
+        .expect("consume");
+    assert_eq!(offsets(&take(&mut k, 2, true).await), vec![0, 4]);
+    quiet(&mut k).await;
+    let list = AMQPValue::FieldArray(vec![s("blue"), s("green")].into());
+    let blue_green = table(&[
+        ("x-stream-offset", s("first")),
+        ("x-stream-filter", list),
+        ("x-stream-match-unfiltered", AMQPValue::Boolean(true)),
+    ]);
+    let mut k = cch
+        .basic_consume(
+            "s".into(),
+            "bg".into(),
+            BasicConsumeOptions::default(),
+            blue_green,
+        )
+        .await
+        .expect("consume");
+    assert_eq!(offsets(&take(&mut k, 5, true).await), vec![1, 2, 3, 5, 6]);
+    quiet(&mut k).await;
+    b.stop().await;
+}

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use tracing::warn;
 
+use super::filter::Filter;
 use super::{with_offset_header, State, StreamQueue};
 use crate::message::QueuedMessage;
 use crate::queue::{Delivery, QueueRef};
@@ -23,16 +24,19 @@ pub(super) struct Batch {
     next: u64,
 }
 
-fn prepare(b: ReadBatch) -> Batch {
+/// Turns read records into deliveries: drops what the consumer's filter excludes and adds the
+/// `x-stream-offset` header (on the pager thread, for logs on disk).
+fn prepare(b: ReadBatch, filter: Option<&Filter>) -> Batch {
     let messages = b
         .records
         .into_iter()
-        .map(|r| {
-            QueuedMessage::new(
-                r.offset,
-                Arc::new(with_offset_header(r.message, r.offset)),
-                0,
-            )
+        .filter_map(|r| {
+            let props = crate::message::amq_props(&r.message.raw_properties).unwrap_or_default();
+            if filter.is_some_and(|f| !f.matches(&props)) {
+                return None;
+            }
+            let m = with_offset_header(r.message, props, r.offset);
+            Some(QueuedMessage::new(r.offset, Arc::new(m), 0))
         })
         .collect();
     Batch {
@@ -91,7 +95,7 @@ impl StreamQueue {
                 if r.reading || !low || r.next >= committed {
                     break;
                 }
-                let (id, from, min_ts) = (r.id, r.next, r.min_ts);
+                let (id, from, min_ts, filter) = (r.id, r.next, r.min_ts, r.filter.clone());
                 r.reading = true;
                 match &self.services.pager {
                     Some(pager) if !self.log.in_memory() => {
@@ -100,7 +104,7 @@ impl StreamQueue {
                         let submitted = pager.submit(move || {
                             let result = log.read(from, min_ts, READ_RECORDS, READ_BYTES);
                             if let Some(q) = me.upgrade() {
-                                q.on_batch(id, result.map(prepare));
+                                q.on_batch(id, result.map(|b| prepare(b, filter.as_deref())));
                             }
                         });
                         if !submitted {
@@ -113,7 +117,8 @@ impl StreamQueue {
                         let result = self.log.read(from, min_ts, READ_RECORDS, READ_BYTES);
                         let r = &mut st.readers[i];
                         r.reading = false;
-                        if !Self::take_batch(r, result.map(prepare), &mut st.read_errors) {
+                        let result = result.map(|b| prepare(b, filter.as_deref()));
+                        if !Self::take_batch(r, result, &mut st.read_errors) {
                             break;
                         }
                     }

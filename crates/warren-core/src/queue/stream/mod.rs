@@ -14,6 +14,7 @@
 //! `queue.purge` are refused. Every delivery carries the header `x-stream-offset`.
 
 mod dispatch;
+pub mod filter;
 pub mod offset;
 
 use parking_lot::Mutex;
@@ -58,6 +59,8 @@ struct Reader {
     reading: bool,
     /// The offset of the next message to deliver.
     position: u64,
+    /// `x-stream-filter`.
+    filter: Option<Arc<filter::Filter>>,
 }
 
 #[derive(Debug, Default)]
@@ -129,10 +132,14 @@ impl StreamQueue {
     }
 }
 
-/// Adds the `x-stream-offset` header (a long) to a message read back from the log.
-fn with_offset_header(m: Message, offset: u64) -> Message {
+/// Adds the `x-stream-offset` header (a long) to a message read back from the log, whose
+/// properties decoded are `props`.
+fn with_offset_header(
+    m: Message,
+    props: warren_codec::proto::AMQPProperties,
+    offset: u64,
+) -> Message {
     use warren_codec::proto::AMQPValue;
-    let props = crate::message::amq_props(&m.raw_properties).unwrap_or_default();
     let mut headers = props.headers().clone().unwrap_or_default();
     headers.insert(
         "x-stream-offset".into(),
@@ -198,6 +205,7 @@ impl Queue for StreamQueue {
             StartAt::Offset(o) => (o.clamp(first, next), 0),
             StartAt::Timestamp(t) => (first, t.max(1)),
         };
+        let consumer_args = consumer.arguments.clone();
         let mut st = self.state.lock();
         if st.deleted {
             return Err(AmqpError::not_found(format!("no {}", self.rs())));
@@ -213,6 +221,7 @@ impl Queue for StreamQueue {
             buf_bytes: 0,
             reading: false,
             position: from,
+            filter: filter::Filter::from_args(&consumer_args).map(Arc::new),
         });
         self.dispatch(&mut st);
         Ok(())
