@@ -42,7 +42,7 @@ impl Filter {
             .and_then(|h| h.inner().get("x-stream-filter-value"))
             .and_then(str_value);
         match value {
-            Some(v) => self.values.iter().any(|f| *f == v),
+            Some(v) => self.values.contains(&v),
             None => self.match_unfiltered,
         }
     }
