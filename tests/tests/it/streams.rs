@@ -780,3 +780,43 @@ async fn filtering_delivers_only_the_asked_values() {
     quiet(&mut k).await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_stream_cancels_its_consumers_and_removes_its_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = TestBroker::start_durable(dir.path()).await;
+    let (_c, ch) = confirm_channel(&b).await;
+    declare_stream(&ch, "s", &[]).await;
+    publish_confirmed(&ch, "s", "m", 3).await;
+    assert_eq!(segments(dir.path()).len(), 1);
+    let (_c2, cch) = b.channel().await;
+    cch.basic_qos(10, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut k = consume_at(&cch, "s", "k", Some(s("first"))).await;
+    assert_eq!(offsets(&take(&mut k, 3, true).await), vec![0, 1, 2]);
+    // As RabbitMQ 3.10.8: if-unused and if-empty do not hold a stream back.
+    let ok = ch
+        .queue_delete(
+            "s".into(),
+            QueueDeleteOptions {
+                if_unused: true,
+                if_empty: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("deleted");
+    assert_eq!(ok, 0);
+    let end = timeout(WAIT, k.next()).await.expect("cancelled in time");
+    assert!(end.is_none(), "the consumer is cancelled");
+    // Its files go with the next sync round.
+    assert!(eventually(WAIT, || segments(dir.path()).is_empty()).await);
+    // A new stream of the same name starts empty, at offset 0.
+    declare_stream(&ch, "s", &[]).await;
+    publish_confirmed(&ch, "s", "new", 1).await;
+    let mut k = consume_at(&cch, "s", "k2", Some(s("first"))).await;
+    let got = take(&mut k, 1, true).await;
+    assert_eq!((got[0].0, got[0].1.as_str()), (0, "new0"));
+    b.stop().await;
+}

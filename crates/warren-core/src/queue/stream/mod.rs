@@ -122,7 +122,9 @@ impl StreamQueue {
             return;
         }
         let (_, due) = self.log.retain(a.max_length_bytes, a.max_age, now);
-        if let Some(at) = due {
+        // A head that is due but could not go yet (the next segment is not committed) goes at
+        // the commit (`committed` runs retention too).
+        if let Some(at) = due.filter(|at| *at > now) {
             if st.timer_at.is_none_or(|t| at < t || t <= now) {
                 st.timer_at = Some(at);
                 let me: Weak<dyn Queue> = self.me.clone();
@@ -154,7 +156,9 @@ fn with_offset_header(
 
 impl CommitListener for StreamQueue {
     fn committed(&self) {
+        let now = self.services.clock.now();
         let mut st = self.state.lock();
+        self.retain(&mut st, now);
         self.dispatch(&mut st);
     }
 }
@@ -202,7 +206,7 @@ impl Queue for StreamQueue {
             StartAt::First => (first, 0),
             StartAt::Last => (last, 0),
             StartAt::Next => (next, 0),
-            StartAt::Offset(o) => (o.clamp(first, next), 0),
+            StartAt::Offset(o) => (o.max(first).min(next), 0),
             StartAt::Timestamp(t) => (first, t.max(1)),
         };
         let consumer_args = consumer.arguments.clone();
@@ -281,14 +285,9 @@ impl Queue for StreamQueue {
         )))
     }
 
-    fn check_delete(&self, if_unused: bool, _if_empty: bool) -> AmqpResult<()> {
-        // RabbitMQ 3.10.8 deletes a stream with messages under if-empty too (it counts none).
-        if if_unused && !self.state.lock().readers.is_empty() {
-            return Err(AmqpError::precondition_failed(format!(
-                "{} in use",
-                self.rs()
-            )));
-        }
+    fn check_delete(&self, _if_unused: bool, _if_empty: bool) -> AmqpResult<()> {
+        // RabbitMQ 3.10.8 deletes a stream under if-unused and if-empty whatever it holds (it
+        // counts neither its consumers nor its messages there).
         Ok(())
     }
 

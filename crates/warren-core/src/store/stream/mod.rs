@@ -388,10 +388,9 @@ impl StreamLog {
         let mut inner = self.inner.lock();
         inner.destroyed = true;
         inner.pending.clear();
-        if self.dir.is_none() {
-            inner.segments.clear();
-            inner.bytes = 0;
-        } else {
+        inner.segments.clear();
+        inner.bytes = 0;
+        if self.dir.is_some() {
             self.register(&mut inner);
         }
     }
