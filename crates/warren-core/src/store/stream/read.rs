@@ -16,8 +16,8 @@ use crate::message::Message;
 use crate::store::decode_message;
 use crate::store::record::{self, kind, HEADER};
 
-/// Bytes read from a segment file at once (at least; more when the budget asks for more).
-const READ_WINDOW: u64 = 256 * 1024;
+/// Bytes read from a segment file at once (a record larger than this is read whole).
+const READ_WINDOW: u64 = 64 * 1024;
 
 /// One message read back, with its offset and timestamp.
 #[derive(Debug)]
@@ -197,8 +197,7 @@ impl StreamLog {
         let from = plan.from;
         let mut pos = plan.start_pos;
         while pos < plan.limit {
-            let budget = max_bytes.saturating_sub(*bytes) as u64;
-            let want = (plan.limit - pos).min(budget.max(READ_WINDOW));
+            let want = (plan.limit - pos).min(READ_WINDOW);
             let mut buf = self.read_at(&src, plan.seg_first, pos, want)?;
             if buf.len() >= HEADER {
                 let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as u64;

@@ -154,3 +154,22 @@ fn a_damaged_index_is_rebuilt_from_the_segment() {
     assert_eq!(offsets(&r), vec![250]);
     syncer.stop();
 }
+
+#[test]
+fn records_larger_than_the_read_window_are_read_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s");
+    let syncer = Syncer::start().expect("syncer");
+    let log = StreamLog::create(&path, syncer.clone(), 1 << 30);
+    let big = "b".repeat(300 * 1024);
+    log.append(&msg("small"), 1);
+    log.append(&msg(&big), 2);
+    log.append(&msg("after"), 3);
+    syncer.barrier();
+    let r = log.read(0, 0, 10, 1 << 20).expect("read");
+    assert_eq!(offsets(&r), vec![0, 1, 2]);
+    assert_eq!(r.records[1].message.body.len(), big.len());
+    let r = log.read(1, 0, 1, 1 << 20).expect("read");
+    assert_eq!((offsets(&r), r.next), (vec![1], 2));
+    syncer.stop();
+}
