@@ -279,7 +279,12 @@ impl Conn {
     }
 
     /// Declares a queue.
-    pub async fn declare_queue(&mut self, name: &str, durable: bool) -> io::Result<()> {
+    pub async fn declare_queue(
+        &mut self,
+        name: &str,
+        durable: bool,
+        arguments: FieldTable,
+    ) -> io::Result<()> {
         self.rpc(AMQPClass::Queue(queue::AMQPMethod::Declare(
             queue::Declare {
                 queue: name.into(),
@@ -288,7 +293,7 @@ impl Conn {
                 exclusive: false,
                 auto_delete: false,
                 nowait: false,
-                arguments: FieldTable::default(),
+                arguments,
             },
         )))
         .await
@@ -388,7 +393,13 @@ impl Conn {
     }
 
     /// Starts a consumer on channel 1.
-    pub async fn consume(&mut self, queue: &str, tag: &str, no_ack: bool) -> io::Result<()> {
+    pub async fn consume(
+        &mut self,
+        queue: &str,
+        tag: &str,
+        no_ack: bool,
+        arguments: FieldTable,
+    ) -> io::Result<()> {
         self.rpc(AMQPClass::Basic(basic::AMQPMethod::Consume(
             basic::Consume {
                 queue: queue.into(),
@@ -397,7 +408,7 @@ impl Conn {
                 no_ack,
                 exclusive: false,
                 nowait: false,
-                arguments: FieldTable::default(),
+                arguments,
             },
         )))
         .await
