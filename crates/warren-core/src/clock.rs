@@ -14,11 +14,20 @@ use std::time::{Duration, Instant};
 /// Milliseconds on a [`Clock`]. Never 0 (0 means "no deadline" where a deadline is stored).
 pub type Millis = u64;
 
-static START: OnceLock<Instant> = OnceLock::new();
+/// When the process first read the clock, and the Unix time (ms) at that moment.
+static START: OnceLock<(Instant, u64)> = OnceLock::new();
+
+fn start() -> (Instant, u64) {
+    *START.get_or_init(|| {
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        (Instant::now(), epoch)
+    })
+}
 
 fn system_now() -> Millis {
-    let start = *START.get_or_init(Instant::now);
-    (start.elapsed().as_millis() as u64).max(1)
+    (start().0.elapsed().as_millis() as u64).max(1)
 }
 
 /// A clock: the real monotonic one, or a manual one for tests.
@@ -46,6 +55,16 @@ impl Clock {
         match self {
             Clock::System => system_now(),
             Clock::Manual(m) => m.now.load(Ordering::Acquire),
+        }
+    }
+
+    /// What to add to this clock's time to get Unix time in ms (what stream timestamps and
+    /// `x-max-age` need, since they outlive the process). A manual clock's time is taken as
+    /// Unix time itself.
+    pub fn epoch_offset(&self) -> u64 {
+        match self {
+            Clock::System => start().1,
+            Clock::Manual(_) => 0,
         }
     }
 
@@ -117,5 +136,21 @@ mod tests {
         let a = c.now();
         let b = c.now();
         assert!(a >= 1 && b >= a);
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    #[test]
+    fn the_system_clock_maps_to_unix_time() {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let c = Clock::System;
+        let mapped = c.now() + c.epoch_offset();
+        assert!(mapped.abs_diff(unix) < 5_000, "{mapped} vs {unix}");
+        assert_eq!(Clock::manual().0.epoch_offset(), 0);
     }
 }

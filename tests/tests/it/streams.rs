@@ -820,3 +820,26 @@ async fn deleting_a_stream_cancels_its_consumers_and_removes_its_files() {
     assert_eq!((got[0].0, got[0].1.as_str()), (0, "new0"));
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_are_unix_time_on_the_system_clock() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    declare_stream(&ch, "s", &[]).await;
+    publish_confirmed(&ch, "s", "m", 3).await;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let (_c2, cch) = b.channel().await;
+    cch.basic_qos(10, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut hour_ago = consume_at(&cch, "s", "a", Some(AMQPValue::Timestamp(unix - 3600))).await;
+    assert_eq!(offsets(&take(&mut hour_ago, 3, true).await), vec![0, 1, 2]);
+    let mut interval = consume_at(&cch, "s", "b", Some(s("1h"))).await;
+    assert_eq!(offsets(&take(&mut interval, 3, true).await), vec![0, 1, 2]);
+    let mut later = consume_at(&cch, "s", "c", Some(AMQPValue::Timestamp(unix + 3600))).await;
+    quiet(&mut later).await;
+    b.stop().await;
+}

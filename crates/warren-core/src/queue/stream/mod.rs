@@ -109,6 +109,12 @@ impl StreamQueue {
         q
     }
 
+    /// Broker time `now` as Unix time (ms): what the log stamps and compares, since its
+    /// timestamps outlive the process (and AMQP timestamps are Unix time).
+    fn unix(&self, now: Millis) -> Millis {
+        now.saturating_add(self.services.clock.epoch_offset())
+    }
+
     /// The rabbit_misc:rs/1 form of the queue's name, for error texts.
     fn rs(&self) -> String {
         format!("queue '{}' in vhost '{}'", self.info.name, self.info.vhost)
@@ -121,9 +127,12 @@ impl StreamQueue {
         if a.max_length_bytes.is_none() && a.max_age.is_none() {
             return;
         }
-        let (_, due) = self.log.retain(a.max_length_bytes, a.max_age, now);
+        let (_, due) = self
+            .log
+            .retain(a.max_length_bytes, a.max_age, self.unix(now));
         // A head that is due but could not go yet (the next segment is not committed) goes at
         // the commit (`committed` runs retention too).
+        let due = due.map(|at| at.saturating_sub(self.services.clock.epoch_offset()));
         if let Some(at) = due.filter(|at| *at > now) {
             if st.timer_at.is_none_or(|t| at < t || t <= now) {
                 st.timer_at = Some(at);
@@ -177,7 +186,7 @@ impl Queue for StreamQueue {
         if st.deleted {
             return Enqueued::Gone;
         }
-        let (_, epoch) = self.log.append(&msg, now);
+        let (_, epoch) = self.log.append(&msg, self.unix(now));
         self.retain(&mut st, now);
         if epoch == 0 {
             // Committed at once (a log in memory): readers at the end read on.
@@ -200,7 +209,12 @@ impl Queue for StreamQueue {
                 self.rs()
             )));
         }
-        let start = offset::parse(&consumer.arguments, &self.info.name, &self.info.vhost, now)?;
+        let start = offset::parse(
+            &consumer.arguments,
+            &self.info.name,
+            &self.info.vhost,
+            self.unix(now),
+        )?;
         let (first, last, next) = self.log.bounds();
         let (from, min_ts) = match start {
             StartAt::First => (first, 0),
