@@ -47,7 +47,7 @@ fn queue() -> QueueRef {
         pager: None,
         clock: Clock::System,
     };
-    queue::create(info, None, &services, 1)
+    queue::create(info, queue::Backing::None, &services, 1)
 }
 
 fn bench_queue(c: &mut Criterion) {

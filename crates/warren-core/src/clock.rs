@@ -9,20 +9,26 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Milliseconds on a [`Clock`]. Never 0 (0 means "no deadline" where a deadline is stored).
 pub type Millis = u64;
 
-static START: OnceLock<Instant> = OnceLock::new();
+/// When the process first read the clock, and the Unix time (ms) at that moment.
+static START: OnceLock<(Instant, u64)> = OnceLock::new();
 
-fn system_now() -> Millis {
-    let start = *START.get_or_init(Instant::now);
-    (start.elapsed().as_millis() as u64).max(1)
+fn start() -> (Instant, u64) {
+    *START.get_or_init(|| {
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        (Instant::now(), epoch)
+    })
 }
 
-/// Where a manual clock's time 0 sits on the wall clock (2026-01-01T00:00:00Z).
-const MANUAL_WALL_EPOCH: u64 = 1_767_225_600_000;
+fn system_now() -> Millis {
+    (start().0.elapsed().as_millis() as u64).max(1)
+}
 
 /// A clock: the real monotonic one, or a manual one for tests.
 #[derive(Debug, Clone, Default)]
@@ -58,16 +64,12 @@ impl Clock {
         }
     }
 
-    /// Wall-clock milliseconds since the Unix epoch that correspond to `now()`: what is
-    /// stored on disk for deadlines that must survive a restart (a message's expiry). A manual
-    /// clock maps its time onto a fixed epoch, so a test can restart onto an advanced clock.
+    /// Wall-clock milliseconds since the Unix epoch that correspond to `now()`
+    /// (`now() + epoch_offset()`): what is stored on disk for deadlines and timestamps that
+    /// must survive a restart (a message's expiry, stream timestamps). A manual clock's time is
+    /// taken as Unix time itself, so a test can restart onto an advanced clock.
     pub fn wall(&self) -> u64 {
-        match self {
-            Clock::System => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            Clock::Manual(m) => MANUAL_WALL_EPOCH + m.now.load(Ordering::Acquire),
-        }
+        self.now().saturating_add(self.epoch_offset())
     }
 
     /// The wall-clock time of clock time `at` (0 stays 0: no deadline).
@@ -95,6 +97,16 @@ impl Clock {
             self.now().saturating_add(wall_at - wall)
         } else {
             1
+        }
+    }
+
+    /// What to add to this clock's time to get Unix time in ms (what stream timestamps and
+    /// `x-max-age` need, since they outlive the process). A manual clock's time is taken as
+    /// Unix time itself.
+    pub fn epoch_offset(&self) -> u64 {
+        match self {
+            Clock::System => start().1,
+            Clock::Manual(_) => 0,
         }
     }
 
@@ -166,5 +178,21 @@ mod tests {
         let a = c.now();
         let b = c.now();
         assert!(a >= 1 && b >= a);
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    #[test]
+    fn the_system_clock_maps_to_unix_time() {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let c = Clock::System;
+        let mapped = c.now() + c.epoch_offset();
+        assert!(mapped.abs_diff(unix) < 5_000, "{mapped} vs {unix}");
+        assert_eq!(Clock::manual().0.epoch_offset(), 0);
     }
 }

@@ -158,7 +158,8 @@ pub async fn setup(conn: &mut Conn, opts: &Options, plan: &Plan) -> io::Result<(
     }
     let durable = opts.persistent();
     for q in &plan.queues {
-        conn.declare_queue(q, durable).await?;
+        conn.declare_queue(q, durable, crate::field_table(&opts.queue_args))
+            .await?;
     }
     if declares_exchange(opts) {
         conn.declare_exchange(&opts.exchange, &opts.exchange_type, durable)
@@ -759,7 +760,8 @@ async fn start_consumers(
             if opts.qos > 0 {
                 conn.qos(opts.qos).await?;
             }
-            conn.consume(&queue, &format!("warren-perf-{c}"), opts.autoack)
+            let args = crate::field_table(&opts.consumer_args);
+            conn.consume(&queue, &format!("warren-perf-{c}"), opts.autoack, args)
                 .await?;
             Ok::<Conn, io::Error>(conn)
         }));

@@ -285,7 +285,12 @@ impl Conn {
     }
 
     /// Declares a queue.
-    pub async fn declare_queue(&mut self, name: &str, durable: bool) -> io::Result<()> {
+    pub async fn declare_queue(
+        &mut self,
+        name: &str,
+        durable: bool,
+        arguments: FieldTable,
+    ) -> io::Result<()> {
         self.rpc(AMQPClass::Queue(queue::AMQPMethod::Declare(
             queue::Declare {
                 queue: name.into(),
@@ -294,7 +299,7 @@ impl Conn {
                 exclusive: false,
                 auto_delete: false,
                 nowait: false,
-                arguments: FieldTable::default(),
+                arguments,
             },
         )))
         .await
@@ -394,7 +399,13 @@ impl Conn {
     }
 
     /// Starts a consumer on channel 1.
-    pub async fn consume(&mut self, queue: &str, tag: &str, no_ack: bool) -> io::Result<()> {
+    pub async fn consume(
+        &mut self,
+        queue: &str,
+        tag: &str,
+        no_ack: bool,
+        arguments: FieldTable,
+    ) -> io::Result<()> {
         self.rpc(AMQPClass::Basic(basic::AMQPMethod::Consume(
             basic::Consume {
                 queue: queue.into(),
@@ -403,7 +414,7 @@ impl Conn {
                 no_ack,
                 exclusive: false,
                 nowait: false,
-                arguments: FieldTable::default(),
+                arguments,
             },
         )))
         .await

@@ -145,6 +145,33 @@ pub struct Options {
     /// Print the final summary as one JSON object (and no per-second lines).
     #[arg(long)]
     pub json: bool,
+    /// A `queue.declare` argument KEY=VALUE (repeatable), e.g. `x-queue-type=stream`:
+    /// integers are sent as numbers, `true`/`false` as booleans, anything else as a string.
+    #[arg(long = "queue-arg")]
+    pub queue_args: Vec<String>,
+    /// A `basic.consume` argument KEY=VALUE (repeatable, typed as for --queue-arg), e.g.
+    /// `x-stream-offset=first` to replay a stream.
+    #[arg(long = "consumer-arg")]
+    pub consumer_args: Vec<String>,
+}
+
+/// KEY=VALUE arguments as a field table (integers as longs, `true`/`false` as booleans,
+/// everything else as long strings; an entry without `=` is a key with an empty string).
+pub fn field_table(args: &[String]) -> warren_codec::proto::FieldTable {
+    use warren_codec::proto::{AMQPValue, FieldTable, LongString};
+    let mut t = FieldTable::default();
+    for a in args {
+        let (k, v) = a.split_once('=').unwrap_or((a.as_str(), ""));
+        let value = if let Ok(i) = v.parse::<i64>() {
+            AMQPValue::LongLongInt(i)
+        } else if let Ok(b) = v.parse::<bool>() {
+            AMQPValue::Boolean(b)
+        } else {
+            AMQPValue::LongString(LongString::from(v))
+        };
+        t.insert(k.into(), value);
+    }
+    t
 }
 
 impl Options {
@@ -452,6 +479,38 @@ mod tests {
         let back = serde_json::to_string(&s).expect("serialises");
         let again: Summary = serde_json::from_str(&back).expect("round trip");
         assert_eq!(again.latency, s.latency);
+    }
+
+    #[test]
+    fn queue_and_consumer_arguments_parse() {
+        use warren_codec::proto::{AMQPValue, LongString};
+        let o = Options::from_args([
+            "warren-perf",
+            "--queue-arg",
+            "x-queue-type=stream",
+            "--queue-arg",
+            "x-max-length-bytes=1000",
+            "--consumer-arg",
+            "x-stream-offset=first",
+            "--consumer-arg",
+            "x-flag=true",
+        ])
+        .expect("parses");
+        let q = field_table(&o.queue_args);
+        assert_eq!(
+            q.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString(LongString::from("stream")))
+        );
+        assert_eq!(
+            q.inner().get("x-max-length-bytes"),
+            Some(&AMQPValue::LongLongInt(1000))
+        );
+        let c = field_table(&o.consumer_args);
+        assert_eq!(c.inner().get("x-flag"), Some(&AMQPValue::Boolean(true)));
+        assert_eq!(
+            c.inner().get("x-stream-offset"),
+            Some(&AMQPValue::LongString(LongString::from("first")))
+        );
     }
 
     #[test]

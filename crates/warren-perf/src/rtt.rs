@@ -189,11 +189,16 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
     let rep_q = format!("{}-rtt-reply", opts.queue);
     let mut admin = Conn::connect(&uri, "warren-perf rtt setup").await?;
     if !opts.predeclared {
-        admin.declare_queue(&req_q, false).await?;
-        admin.declare_queue(&rep_q, false).await?;
+        admin
+            .declare_queue(&req_q, false, Default::default())
+            .await?;
+        admin
+            .declare_queue(&rep_q, false, Default::default())
+            .await?;
     }
     let mut resp = Conn::connect(&uri, "warren-perf rtt responder").await?;
-    resp.consume(&req_q, "rtt-responder", true).await?;
+    resp.consume(&req_q, "rtt-responder", true, Default::default())
+        .await?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut resp = Blocking::from_conn(resp)?;
     let resp_stop = stop.clone();
@@ -202,7 +207,8 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
         (resp, r)
     });
     let mut conn = Conn::connect(&uri, "warren-perf rtt requester").await?;
-    conn.consume(&rep_q, "rtt-requester", true).await?;
+    conn.consume(&rep_q, "rtt-requester", true, Default::default())
+        .await?;
     let mut conn = Blocking::from_conn(conn)?;
     let never = AtomicBool::new(false);
 

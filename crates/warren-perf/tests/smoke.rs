@@ -151,6 +151,60 @@ async fn drain_mode_publishes_then_drains_everything() {
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
 
+/// A stream replayed: 20,000 messages published with confirms into a stream, then a consumer
+/// reads all of them from `first` (`--queue-arg`, `--consumer-arg`). (Several replaying
+/// consumers would each count as duplicates: the tool's tracking assumes competing
+/// consumers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_mode_replays_a_stream() {
+    let (uri, token, task) = broker().await;
+    let opts = warren_perf::Options::from_args([
+        "warren-perf",
+        "drain",
+        "--uri",
+        &uri,
+        "-u",
+        "perf-stream",
+        "-f",
+        "persistent",
+        "--queue-arg",
+        "x-queue-type=stream",
+        "--consumer-arg",
+        "x-stream-offset=first",
+        "-C",
+        "20000",
+        "-c",
+        "1000",
+        "-q",
+        "1000",
+        "-A",
+        "100",
+        "-z",
+        "60",
+        "--drain",
+        "5",
+    ])
+    .expect("flags parse");
+    let s = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut out = Vec::new();
+        rt.block_on(warren_perf::run(&opts, &mut out))
+    })
+    .join()
+    .expect("client thread")
+    .expect("run succeeds");
+    assert_eq!(s.sent, 20_000, "{s:?}");
+    assert_eq!(s.confirmed, s.sent, "{s:?}");
+    assert_eq!(s.received, 0, "nothing consumed while publishing: {s:?}");
+    assert_eq!(s.received_total, s.sent, "{s:?}");
+    assert_eq!((s.missing, s.duplicates), (0, 0), "{s:?}");
+    token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
+
 /// Topology mode: 200 durable queues declared and bound by 4 clients one at a time, then
 /// deleted; afterwards they are gone. With --keep-queues they stay, and --await-queue finds
 /// one at the first attempt.

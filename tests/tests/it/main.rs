@@ -17,4 +17,5 @@ mod model;
 mod paging;
 mod queue_features;
 mod smoke;
+mod streams;
 mod tutorials;

@@ -29,6 +29,8 @@ pub enum QueueKind {
     Classic,
     /// `quorum`: served by the classic implementation on one node until replication exists.
     Quorum,
+    /// `stream`: an append-only log consumers read from any offset (`queue/stream/`).
+    Stream,
 }
 
 impl QueueKind {
@@ -37,6 +39,7 @@ impl QueueKind {
         match self {
             QueueKind::Classic => "classic",
             QueueKind::Quorum => "quorum",
+            QueueKind::Stream => "stream",
         }
     }
 }
@@ -68,6 +71,50 @@ pub struct QueueArgs {
     pub kind: QueueKind,
     /// `x-consumer-timeout`, ms (RabbitMQ 3.12+; 0 = none for this queue's consumers).
     pub consumer_timeout: Option<u64>,
+    /// `x-max-age` (streams), ms.
+    pub max_age: Option<u64>,
+    /// `x-stream-max-segment-size-bytes` (streams).
+    pub stream_max_segment_size: Option<u64>,
+}
+
+/// Declare arguments RabbitMQ knows but a stream does not support (3.10.8 refuses them with
+/// "... of queue type rabbit_stream_queue").
+const NOT_FOR_STREAMS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-max-length",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-quorum-initial-group-size",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
+
+/// Parses a RabbitMQ duration such as `7D` or `10m` (`rabbit_amqqueue:check_max_age/1`): a
+/// positive integer and one of the units `Y` (365 days), `M` (30 days), `D`, `h`, `m`, `s`.
+/// Returns milliseconds.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (value, unit) = s.split_at(digits);
+    let value: u64 = value.parse().ok().filter(|v| *v > 0)?;
+    let unit_ms: u64 = match unit {
+        "Y" => 365 * 86_400_000,
+        "M" => 30 * 86_400_000,
+        "D" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1000,
+        _ => return None,
+    };
+    value.checked_mul(unit_ms)
 }
 
 impl QueueArgs {
@@ -184,11 +231,29 @@ impl QueueArgs {
                 ));
             }
         }
+        a.stream_max_segment_size = int("x-stream-max-segment-size-bytes", 0)?.map(|v| v as u64);
+        int("x-initial-cluster-size", 1)?;
+        match t.get("x-max-age") {
+            None => {}
+            Some(AMQPValue::LongString(_) | AMQPValue::ShortString(_)) => {
+                let s = text("x-max-age")?.unwrap_or_default();
+                a.max_age = Some(
+                    parse_duration(&s).ok_or_else(|| bad("x-max-age", "invalid_max_age".into()))?,
+                );
+            }
+            Some(v) => {
+                return Err(bad(
+                    "x-max-age",
+                    format!("{{unacceptable_type,{}}}", type_name(v)),
+                ))
+            }
+        }
         if let Some(ty) = text("x-queue-type")? {
             a.kind = match ty.as_str() {
                 "classic" => QueueKind::Classic,
                 // Served by the classic implementation (no replication here).
                 "quorum" => QueueKind::Quorum,
+                "stream" => QueueKind::Stream,
                 _ => {
                     return Err(bad(
                         "x-queue-type",
@@ -196,6 +261,13 @@ impl QueueArgs {
                     ))
                 }
             };
+        }
+        if a.kind == QueueKind::Stream {
+            if let Some(key) = NOT_FOR_STREAMS.iter().find(|k| t.contains_key(**k)) {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}' of queue type rabbit_stream_queue"
+                )));
+            }
         }
         Ok(a)
     }
@@ -244,6 +316,66 @@ mod tests {
             AMQPValue::LongString(LongString::from("bogus"))
         )])
         .contains("unsupported queue type 'bogus'"));
+    }
+
+    #[test]
+    fn stream_arguments() {
+        let s = || {
+            (
+                "x-queue-type",
+                AMQPValue::LongString(LongString::from("stream")),
+            )
+        };
+        let a = QueueArgs::parse(
+            &table(&[
+                s(),
+                ("x-max-age", AMQPValue::LongString(LongString::from("7D"))),
+                ("x-max-length-bytes", AMQPValue::LongInt(1000)),
+                ("x-stream-max-segment-size-bytes", AMQPValue::LongInt(100)),
+                ("x-initial-cluster-size", AMQPValue::LongInt(3)),
+            ]),
+            "q",
+            "/",
+        )
+        .expect("valid");
+        assert_eq!(a.kind, QueueKind::Stream);
+        assert_eq!(a.max_age, Some(7 * 86_400_000));
+        assert_eq!(a.stream_max_segment_size, Some(100));
+        assert_eq!(
+            err(&[s(), ("x-max-priority", AMQPValue::LongInt(5))]),
+            "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q' in vhost '/' of queue type rabbit_stream_queue"
+        );
+        assert_eq!(
+            err(&[s(), ("x-max-age", AMQPValue::LongString(LongString::from("7X")))]),
+            "PRECONDITION_FAILED - invalid arg 'x-max-age' for queue 'q' in vhost '/': invalid_max_age"
+        );
+        assert_eq!(
+            err(&[s(), ("x-max-age", AMQPValue::LongInt(5))]),
+            "PRECONDITION_FAILED - invalid arg 'x-max-age' for queue 'q' in vhost '/': {unacceptable_type,signedint}"
+        );
+        assert!(
+            err(&[s(), ("x-initial-cluster-size", AMQPValue::LongInt(0))])
+                .contains("{value_zero,0}")
+        );
+        // The same arguments on a classic queue are fine.
+        assert!(QueueArgs::parse(
+            &table(&[("x-max-priority", AMQPValue::LongInt(5))]),
+            "q",
+            "/"
+        )
+        .is_ok());
+        for (t, ms) in [
+            ("1Y", 365 * 86_400_000),
+            ("2M", 60 * 86_400_000),
+            ("3h", 10_800_000),
+            ("10m", 600_000),
+            ("5s", 5000),
+        ] {
+            assert_eq!(parse_duration(t), Some(ms), "{t}");
+        }
+        for t in ["", "h", "0s", "-1s", "1x", "1.5h"] {
+            assert_eq!(parse_duration(t), None, "{t}");
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! A queue is a [`QueueRef`] (`Arc<dyn Queue>`): channels, routing, the HTTP API and metrics
 //! hold that and never care which type is behind it. The type is chosen from `x-queue-type`
-//! at declare time ([`create`]); today every type is served by [`classic::ClassicQueue`]
-//! (quorum-typed queues have no replication here), streams and replicated queues come next.
+//! at declare time ([`create`]): `stream` by [`stream::StreamQueue`], every other type by
+//! [`classic::ClassicQueue`] (quorum-typed queues have no replication here).
 //!
 //! The queue side depends on nothing above it. What it needs from above, it defines here and
 //! the upper layers implement:
@@ -19,6 +19,7 @@ pub mod args;
 pub mod classic;
 pub mod deadletter;
 pub mod memory_sink;
+pub mod stream;
 pub mod timers;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -129,6 +130,8 @@ pub struct Consumer {
     pub channel_credit: Arc<Credit>,
     /// Where deliveries go.
     pub sink: Arc<dyn Sink>,
+    /// `basic.consume` arguments (`x-stream-offset` for streams).
+    pub arguments: FieldTable,
 }
 
 impl Consumer {
@@ -224,6 +227,8 @@ pub enum Got {
     /// Nothing in memory, but paged messages are being read: the waiter is woken
     /// ([`Sink::wake`]) when they are in; then ask again.
     Wait,
+    /// This queue type has no `basic.get` (streams): the error to answer with.
+    Refused(AmqpError),
 }
 
 /// Who waits on a queue operation that may have to wait for the pager.
@@ -264,6 +269,10 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     /// Drops all ready messages; returns how many, and whether the caller must wait for a
     /// wake-up before answering (a paged backlog is being dropped on the pager thread).
     fn purge(&self, now: Millis, waiter: &Waiter) -> (u32, bool);
+    /// Whether `queue.purge` is supported (streams refuse it).
+    fn check_purge(&self) -> AmqpResult<()> {
+        Ok(())
+    }
     /// Whether `queue.delete if-unused / if-empty` may proceed.
     fn check_delete(&self, if_unused: bool, if_empty: bool) -> AmqpResult<()>;
     /// Marks the queue deleted, drops its messages, cancels its consumers; returns how many
@@ -282,6 +291,11 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     /// Reads of its paged backlog that failed so far.
     fn paging_read_errors(&self) -> u64 {
         0
+    }
+    /// A stream's size, offsets and consumers (none for other types); what management and
+    /// metrics will show.
+    fn stream_stats(&self) -> Option<stream::StreamStats> {
+        None
     }
 
     /// Name.
@@ -313,16 +327,31 @@ pub struct Services {
     pub clock: crate::clock::Clock,
 }
 
-/// Creates a queue of the type its arguments name; `store` keeps its persistent messages.
-pub fn create(
-    info: QueueInfo,
-    store: Option<crate::store::StoreRef>,
-    services: &Services,
-    now: Millis,
-) -> QueueRef {
-    match info.args.kind {
-        QueueKind::Classic | QueueKind::Quorum => {
-            classic::ClassicQueue::create(info, store, services, now)
+/// Where a new queue keeps its messages.
+#[derive(Debug)]
+pub enum Backing {
+    /// Nothing on disk (non-durable, or a broker without a data dir), classic types.
+    None,
+    /// The message store of a durable classic (or quorum-typed) queue.
+    Store(crate::store::StoreRef),
+    /// The log of a stream.
+    Stream(Arc<crate::store::stream::StreamLog>),
+}
+
+/// Creates a queue of the type its arguments name, on `backing`.
+pub fn create(info: QueueInfo, backing: Backing, services: &Services, now: Millis) -> QueueRef {
+    match (info.args.kind, backing) {
+        (QueueKind::Stream, Backing::Stream(log)) => {
+            stream::StreamQueue::create(info, log, services, now)
         }
+        (QueueKind::Stream, _) => {
+            let log =
+                crate::store::stream::StreamLog::memory(crate::store::stream::DEFAULT_SEGMENT_SIZE);
+            stream::StreamQueue::create(info, log, services, now)
+        }
+        (_, Backing::Store(store)) => {
+            classic::ClassicQueue::create(info, Some(store), services, now)
+        }
+        (_, _) => classic::ClassicQueue::create(info, None, services, now),
     }
 }

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod pager;
 pub(crate) mod record;
 pub mod segment;
+pub mod stream;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -117,6 +118,20 @@ pub(crate) fn encode_message(
         (record::kind::TRANSIENT, _) => record::kind::TRANSIENT_EXPIRING,
         _ => record::kind::MESSAGE_EXPIRING,
     };
+    let meta = meta_with_expiry(id, expires, m);
+    let before = out.len();
+    record::put_record(out, kind, &[&meta, &m.body]);
+    out.len() - before
+}
+
+/// The part of a MESSAGE record payload before the body: id, exchange, routing key,
+/// properties ([`decode_message`] reads it back).
+pub(crate) fn message_meta(id: u64, m: &Message) -> Vec<u8> {
+    meta_with_expiry(id, 0, m)
+}
+
+/// [`message_meta`], with the expiry after the id when it is not 0 (the EXPIRING kinds).
+fn meta_with_expiry(id: u64, expires: u64, m: &Message) -> Vec<u8> {
     let mut meta = Vec::with_capacity(24 + m.exchange.len() + m.routing_key.len());
     meta.put_u64(id);
     if expires != 0 {
@@ -128,9 +143,7 @@ pub(crate) fn encode_message(
     meta.put_slice(&m.routing_key.as_bytes()[..m.routing_key.len().min(255)]);
     meta.put_u32(m.raw_properties.len() as u32);
     meta.put_slice(&m.raw_properties);
-    let before = out.len();
-    record::put_record(out, kind, &[&meta, &m.body]);
-    out.len() - before
+    meta
 }
 
 /// Parses a message record payload of `kind`: id, message, expiry (0: none recorded).

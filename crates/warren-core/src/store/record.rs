@@ -39,6 +39,8 @@ pub(crate) mod kind {
     pub fn is_transient(k: u8) -> bool {
         matches!(k, TRANSIENT | TRANSIENT_EXPIRING)
     }
+    /// A stream message: timestamp, then a MESSAGE payload whose id is the stream offset.
+    pub const STREAM: u8 = 7;
 }
 
 /// Appends one record to `out`.

@@ -71,6 +71,23 @@ pub(super) fn check_queue_args(
             _ => false,
         };
         if !same {
+            if a.is_none() || b.is_none() {
+                // rabbit_misc:val/1: `none` for a missing value, the value with its type for
+                // the other side.
+                let val = |v: Option<&AMQPValue>| match v {
+                    None => "none".to_string(),
+                    Some(v) => format!(
+                        "the value '{}' of type '{}'",
+                        arg_display(Some(v)),
+                        crate::value::type_name(v)
+                    ),
+                };
+                return Err(AmqpError::precondition_failed(format!(
+                    "inequivalent arg '{key}' for queue '{name}' in vhost '{vhost}': received {} but current is {}",
+                    val(b),
+                    val(a)
+                )));
+            }
             return Err(inequivalent(
                 vhost,
                 "queue",

@@ -15,7 +15,9 @@ use tracing::{info, warn};
 use super::{is_default_exchange, VHost};
 use crate::exchange::Destination;
 use crate::metadata::{BindingDef, Command, ExchangeDef, QueueDef};
+use crate::queue::{Backing, QueueArgs, QueueKind};
 use crate::store::segment::SegmentStore;
+use crate::store::stream::{StreamLog, DEFAULT_SEGMENT_SIZE};
 use crate::store::sync::Syncer;
 use crate::store::StoreRef;
 
@@ -69,11 +71,16 @@ impl VHost {
         self.storage.is_some()
     }
 
-    /// The store of a durable queue incarnation: opened (recovering its messages) when a
-    /// previous run left its directory, otherwise new (nothing touches the disk now).
-    pub(super) fn store_for(&self, store_dir: &str) -> std::io::Result<Option<StoreRef>> {
+    /// The store of a durable queue incarnation (a message store, or a stream's log): opened
+    /// (recovering its messages) when a previous run left its directory, otherwise new
+    /// (nothing touches the disk now).
+    pub(super) fn backing_for(
+        &self,
+        store_dir: &str,
+        args: &QueueArgs,
+    ) -> std::io::Result<Backing> {
         let Some(s) = &self.storage else {
-            return Ok(None);
+            return Ok(Backing::None);
         };
         let path = s.queues_dir().join(store_dir);
         let existed = self
@@ -81,12 +88,21 @@ impl VHost {
             .lock()
             .as_mut()
             .is_some_and(|u| u.remove(store_dir));
+        if args.kind == QueueKind::Stream {
+            let max = args.stream_max_segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE);
+            let log = if existed {
+                StreamLog::open(&path, s.syncer.clone(), max)?
+            } else {
+                StreamLog::create(&path, s.syncer.clone(), max)
+            };
+            return Ok(Backing::Stream(log));
+        }
         let store = if existed {
             SegmentStore::open(&path, s.syncer.clone(), s.segment_size, s.memory_limit)?
         } else {
             SegmentStore::create(&path, s.syncer.clone(), s.segment_size, s.memory_limit)
         };
-        Ok(Some(store as StoreRef))
+        Ok(Backing::Store(store as StoreRef))
     }
 
     /// Ends recovery: store directories no replayed queue claimed are garbage.

@@ -17,7 +17,9 @@ use crate::clock::Millis;
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::metadata::{BindingDef, Command, ExchangeDef, QueueDef};
-use crate::queue::{self, QueueArgs, QueueInfo, QueueOptions, QueueOwner, QueueRef};
+use crate::queue::{
+    self, Backing, QueueArgs, QueueInfo, QueueKind, QueueOptions, QueueOwner, QueueRef,
+};
 use crate::vhost::arg_display;
 
 fn declared(q: &QueueRef) -> DeclaredQueue {
@@ -206,7 +208,10 @@ impl VHost {
             q.touch(now);
             return Ok(Check::Done(Applied::Queue(declared(q))));
         }
-        QueueArgs::parse(&d.arguments, &d.name, &self.name)?;
+        let args = QueueArgs::parse(&d.arguments, &d.name, &self.name)?;
+        if args.kind == QueueKind::Stream {
+            check_stream_properties(d, &self.name)?;
+        }
         Ok(if d.durable && d.exclusive_owner.is_none() {
             Check::Log
         } else {
@@ -389,12 +394,16 @@ impl VHost {
         }
         let args = QueueArgs::parse(&d.arguments, &d.name, &self.name)?;
         let durable = d.durable && d.exclusive_owner.is_none();
-        let store = if durable && !d.store_dir.is_empty() {
-            self.store_for(&d.store_dir)
+        if args.kind == QueueKind::Stream {
+            check_stream_properties(d, &self.name)?;
+        }
+        let backing = if durable && !d.store_dir.is_empty() {
+            self.backing_for(&d.store_dir, &args)
                 .map_err(|e| AmqpError::internal(format!("cannot open queue store: {e}")))?
         } else {
-            None
+            Backing::None
         };
+        let on_disk = !matches!(backing, Backing::None);
         let name: Arc<str> = d.name.as_str().into();
         let info = QueueInfo {
             name: name.clone(),
@@ -406,9 +415,9 @@ impl VHost {
                 arguments: d.arguments.clone(),
             },
             args,
-            store_dir: store.as_ref().map(|_| d.store_dir.clone()),
+            store_dir: on_disk.then(|| d.store_dir.clone()),
         };
-        let q = queue::create(info, store, &self.services, now);
+        let q = queue::create(info, backing, &self.services, now);
         let owner: std::sync::Weak<dyn QueueOwner> = self.me.clone();
         q.attach(owner);
         if let Some(c) = d.exclusive_owner {
@@ -537,4 +546,24 @@ impl VHost {
             });
         }
     }
+}
+
+/// RabbitMQ 3.10.8's property checks for a stream (`rabbit_queue_type_util`), in its order.
+fn check_stream_properties(d: &QueueDef, vhost: &str) -> AmqpResult<()> {
+    let bad = |what: &str| {
+        Err(AmqpError::precondition_failed(format!(
+            "invalid property '{what}' for queue '{}' in vhost '{vhost}'",
+            d.name
+        )))
+    };
+    if d.auto_delete {
+        return bad("auto-delete");
+    }
+    if d.exclusive_owner.is_some() {
+        return bad("exclusive-owner");
+    }
+    if !d.durable {
+        return bad("non-durable");
+    }
+    Ok(())
 }

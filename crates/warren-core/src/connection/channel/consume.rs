@@ -218,6 +218,7 @@ impl Channel {
             credit: credit.clone(),
             channel_credit: self.channel_credit.clone(),
             sink,
+            arguments: c.arguments,
         };
         q.consume(consumer, ctx.now)?;
         // consume-ok precedes every delivery: deliveries come back through this connection's
@@ -292,6 +293,7 @@ impl Channel {
                 self.pause(Wait::Woken, Then::Get(g));
                 return Ok(());
             }
+            Got::Refused(e) => return Err(e),
         };
         let tag = self.next_tag;
         self.next_tag += 1;

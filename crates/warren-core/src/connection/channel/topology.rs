@@ -261,6 +261,7 @@ impl Channel {
             queue::AMQPMethod::Purge(p) => {
                 let qname = self.queue_name(p.queue.as_str())?;
                 let q = vh.usable_queue(ctx.conn_id, &qname)?;
+                q.check_purge()?;
                 let waiter = Waiter {
                     sink: ctx.sink.clone(),
                     channel: id,

@@ -37,7 +37,7 @@ fn queue(args: &[(&str, AMQPValue)]) -> QueueRef {
         pager: None,
         clock: Clock::System,
     };
-    create(info, None, &services, 1)
+    create(info, crate::queue::Backing::None, &services, 1)
 }
 
 fn msg(body: &str) -> Arc<Message> {
@@ -62,6 +62,7 @@ fn consumer(sink: &Arc<MemorySink>, prefetch: u16, no_ack: bool) -> Consumer {
         credit: Credit::new(prefetch),
         channel_credit: Credit::new(0),
         sink: s,
+        arguments: Default::default(),
     }
 }
 
