@@ -3,6 +3,7 @@
 //! once instead of once per file.
 
 mod connections;
+mod consistent_hash;
 mod direct_reply_to;
 mod drain;
 mod durability;

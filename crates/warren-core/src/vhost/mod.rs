@@ -27,6 +27,7 @@ use crate::queue::{QueueRef, Services};
 use warren_codec::proto::FieldTable;
 
 pub(crate) use equivalence::arg_display;
+pub use route::Routed;
 pub use storage::{new_store_dir, Storage};
 
 /// Exchanges RabbitMQ pre-declares in every vhost (`rabbit_vhost:declare_default_exchanges`).
@@ -208,6 +209,16 @@ impl VHost {
     /// Whether an exchange exists.
     pub fn has_exchange(&self, name: &str) -> bool {
         self.topo.read().exchanges.contains_key(name)
+    }
+
+    /// The number of messages a delayed-message exchange holds (`None`: no such exchange,
+    /// or not a delayed one).
+    pub fn delayed_count(&self, exchange: &str) -> Option<usize> {
+        self.topo
+            .read()
+            .exchanges
+            .get(exchange)
+            .and_then(|x| x.delayed().map(|d| d.len()))
     }
 
     /// Names of all exchanges (for tests and introspection).

@@ -7,10 +7,25 @@ use tracing::warn;
 use super::VHost;
 use crate::clock::Millis;
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Destination, Exchange};
+use crate::exchange::delayed::{delay_of, DelayedMessages, DelayedOwner, Held};
+use crate::exchange::{Destination, Exchange, Routable};
 use crate::queue::deadletter::is_cycle;
 use crate::queue::{DeadLetter, QueueOwner, QueueRef, Reason};
-use warren_codec::proto::FieldTable;
+use warren_codec::proto::{AMQPProperties, FieldTable};
+
+/// Where a publish goes.
+#[derive(Debug)]
+pub struct Routed {
+    /// The queues, each once.
+    pub queues: Vec<QueueRef>,
+    /// The exchange's shared name (messages keep it rather than a copy of their own).
+    pub exchange: Arc<str>,
+    /// Whether the result depends only on exchange, routing key and topology, so that a
+    /// message without headers may reuse it (false when an exchange read the properties).
+    pub cacheable: bool,
+    /// The exchange holds the message instead of routing it: its holder and the delay (ms).
+    pub delayed: Option<(Arc<DelayedMessages>, u64)>,
+}
 
 impl VHost {
     /// Finds the queues a message published to `exchange` with `routing_key` goes to, following
@@ -22,34 +37,43 @@ impl VHost {
         routing_key: &str,
         headers: Option<&FieldTable>,
     ) -> AmqpResult<Vec<QueueRef>> {
-        self.route_from(exchange, routing_key, headers, true)
-            .map(|(q, _)| q)
+        let m = Routable {
+            routing_key,
+            headers,
+            properties: None,
+        };
+        self.route_from(exchange, &m, true).map(|r| r.queues)
     }
 
-    /// Like [`VHost::route`], also giving the exchange's shared name, so that messages do not
-    /// each allocate their own copy of it.
+    /// Routes a client's publish: like [`VHost::route`], with the properties (consistent-hash
+    /// exchanges may hash one), and a delayed exchange may hold the message instead.
     pub fn route_message(
         &self,
         exchange: &str,
         routing_key: &str,
-        headers: Option<&FieldTable>,
-    ) -> AmqpResult<(Vec<QueueRef>, Arc<str>)> {
-        self.route_from(exchange, routing_key, headers, true)
+        properties: &AMQPProperties,
+    ) -> AmqpResult<Routed> {
+        let m = Routable {
+            routing_key,
+            headers: properties.headers().as_ref(),
+            properties: Some(properties),
+        };
+        self.route_from(exchange, &m, true)
     }
 
     /// Publishes a dead-lettered message to its dead-letter exchange (dropped if that exchange
     /// is missing), skipping target queues where it would cycle, as RabbitMQ does.
     pub fn publish_dead_letter(&self, dl: DeadLetter, reason: Reason, now: Millis) {
-        let Ok((queues, _)) = self.route_from(
-            &dl.message.exchange,
-            &dl.message.routing_key,
-            Some(&dl.headers),
-            false,
-        ) else {
+        let m = Routable {
+            routing_key: &dl.message.routing_key,
+            headers: Some(&dl.headers),
+            properties: None,
+        };
+        let Ok(routed) = self.route_from(&dl.message.exchange, &m, false) else {
             return;
         };
         let msg = Arc::new(dl.message);
-        for q in queues {
+        for q in routed.queues {
             if reason != Reason::Rejected && is_cycle(q.name(), &dl.deaths) {
                 warn!(queue = %q.name(), "dead-letter cycle without a rejection: message dropped");
                 continue;
@@ -58,21 +82,32 @@ impl VHost {
         }
     }
 
+    /// `from_client`: a client's publish (internal exchanges refuse it; delayed exchanges
+    /// hold it when it has a delay).
     fn route_from(
         &self,
         exchange: &str,
-        routing_key: &str,
-        headers: Option<&FieldTable>,
+        m: &Routable<'_>,
         from_client: bool,
-    ) -> AmqpResult<(Vec<QueueRef>, Arc<str>)> {
+    ) -> AmqpResult<Routed> {
         let topo = self.topo.read();
         let x = topo
             .exchanges
             .get(exchange)
             .ok_or_else(|| AmqpError::no_exchange(exchange, &self.name))?;
         if exchange.is_empty() {
-            let q = topo.queues.get(routing_key).cloned().into_iter().collect();
-            return Ok((q, x.name.clone()));
+            let q = topo
+                .queues
+                .get(m.routing_key)
+                .cloned()
+                .into_iter()
+                .collect();
+            return Ok(Routed {
+                queues: q,
+                exchange: x.name.clone(),
+                cacheable: true,
+                delayed: None,
+            });
         }
         if x.internal && from_client {
             return Err(AmqpError::access_refused(format!(
@@ -80,6 +115,17 @@ impl VHost {
                 self.name
             )));
         }
+        if let (Some(held), true) = (x.delayed(), from_client) {
+            if let Some(delay) = delay_of(m.headers)? {
+                return Ok(Routed {
+                    queues: Vec::new(),
+                    exchange: x.name.clone(),
+                    cacheable: false,
+                    delayed: Some((held.clone(), delay)),
+                });
+            }
+        }
+        let mut cacheable = true;
         let mut visited: Vec<&str> = Vec::new();
         let mut pending: Vec<&Exchange> = vec![x];
         let mut dests: Vec<Destination> = Vec::new();
@@ -89,8 +135,9 @@ impl VHost {
                 continue;
             }
             visited.push(&x.name);
+            cacheable &= !x.uses_properties();
             dests.clear();
-            x.route(routing_key, headers, &mut dests);
+            x.route(m, &mut dests);
             if dests.is_empty() {
                 if let Some(ae) = x
                     .alternate_exchange()
@@ -119,7 +166,29 @@ impl VHost {
             queues.sort_by_key(|q| Arc::as_ptr(q).cast::<()>() as usize);
             queues.dedup_by(|a, b| crate::queue::same(a, b));
         }
-        Ok((queues, x.name.clone()))
+        Ok(Routed {
+            queues,
+            exchange: x.name.clone(),
+            cacheable,
+            delayed: None,
+        })
+    }
+}
+
+impl DelayedOwner for VHost {
+    fn publish_due(&self, exchange: &str, held: Held, now: Millis) {
+        let m = Routable {
+            routing_key: &held.message.routing_key,
+            headers: held.properties.headers().as_ref(),
+            properties: Some(&held.properties),
+        };
+        // The exchange may have gone since; then the message goes with it.
+        let Ok(routed) = self.route_from(exchange, &m, false) else {
+            return;
+        };
+        for q in routed.queues {
+            let _ = q.publish(held.message.clone(), now);
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use super::equivalence::{bool_str, check_queue_args, inequivalent};
 use super::{reserved, Applied, Check, DeclaredQueue, Origin, Pre, Topology, VHost};
 use crate::clock::Millis;
 use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::delayed::{DelayedMessages, DelayedOwner};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::metadata::{BindingDef, Command, ExchangeDef, QueueDef};
 use crate::queue::{self, QueueArgs, QueueInfo, QueueOptions, QueueOwner, QueueRef};
@@ -128,6 +129,7 @@ impl VHost {
                 d.name
             )));
         }
+        kind.validate_arguments(&d.arguments)?;
         Ok(if d.durable { Check::Log } else { Check::Apply })
     }
 
@@ -267,7 +269,7 @@ impl VHost {
         };
         let exists = src.has_binding(&binding(b));
         if bind {
-            src.validate_binding(&b.arguments)
+            src.validate_binding(&b.routing_key, &b.arguments)
                 .map_err(AmqpError::precondition_failed)?;
             if exists {
                 return Ok(Check::Done(Applied::Done));
@@ -304,17 +306,25 @@ impl VHost {
                     self.check_exchange_equivalent(x, kind, d)?;
                     return Ok(Applied::Done);
                 }
-                topo.exchanges.insert(
-                    d.name.as_str().into(),
-                    Exchange::new(
-                        &d.name,
-                        kind,
-                        d.durable,
-                        d.auto_delete,
-                        d.internal,
-                        d.arguments.clone(),
-                    ),
+                kind.validate_arguments(&d.arguments)?;
+                let mut x = Exchange::new(
+                    &d.name,
+                    kind,
+                    d.durable,
+                    d.auto_delete,
+                    d.internal,
+                    d.arguments.clone(),
                 );
+                if kind == ExchangeKind::Delayed {
+                    let owner: std::sync::Weak<dyn DelayedOwner> = self.me.clone();
+                    let name = x.name.clone();
+                    x = x.with_delayed(DelayedMessages::new(
+                        name,
+                        self.services.timers.clone(),
+                        owner,
+                    ));
+                }
+                topo.exchanges.insert(d.name.as_str().into(), x);
                 Ok(Applied::Done)
             }
             Command::DeleteExchange { name, .. } => {
@@ -353,7 +363,7 @@ impl VHost {
                         Destination::Exchange(n) => AmqpError::no_exchange(n, &self.name),
                     });
                 }
-                src.validate_binding(&b.arguments)
+                src.validate_binding(&b.routing_key, &b.arguments)
                     .map_err(AmqpError::precondition_failed)?;
                 if src.bind(binding(b)) {
                     let sources = topo.sources.entry(dest).or_default();

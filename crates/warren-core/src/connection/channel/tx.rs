@@ -19,6 +19,8 @@ pub(super) struct TxPublish {
     pub queues: Targets,
     pub message: Arc<Message>,
     pub mandatory: bool,
+    /// Held by a delayed exchange at commit: its holder and the delay.
+    pub delayed: Option<(Arc<crate::exchange::delayed::DelayedMessages>, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +57,13 @@ impl Channel {
                 };
                 let mut epoch = 0;
                 for p in state.publishes {
+                    if let Some((held, delay)) = &p.delayed {
+                        if let Some(props) =
+                            warren_codec::decode_properties(&p.message.raw_properties)
+                        {
+                            Self::hold_delayed(ctx, held, &p.message, &props, *delay);
+                        }
+                    }
                     epoch = epoch.max(self.enqueue(ctx, &p.queues, p.message, p.mandatory));
                 }
                 let (mut acks, mut rejects, mut requeues) = (Vec::new(), Vec::new(), Vec::new());
