@@ -4,6 +4,7 @@
 
 mod connections;
 mod consistent_hash;
+mod delayed;
 mod direct_reply_to;
 mod drain;
 mod durability;
