@@ -9,7 +9,10 @@
 //! timer wake-up for the nearest due, not one per message); routing them when due is the
 //! vhost's job, behind the [`DelayedOwner`] trait it implements.
 //!
-//! Held messages are kept in memory only: they do not survive a restart (see the README).
+//! Every held message is in memory (due order, for the timer). Persistent messages of a
+//! durable exchange are also written to a store of the exchange's own through the group-commit
+//! syncer (the publisher's confirm waits for the fsync), held again after a restart or a
+//! crash, and forgotten once routed and durable in their queues.
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -21,7 +24,10 @@ use crate::clock::Millis;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::Message;
 use crate::queue::timers::{Deadline, Timers};
+use crate::store::sync::{SyncWaiter, Syncer};
+use crate::store::StoreRef;
 use crate::value::int_value;
+use bytes::{Buf, BufMut, BytesMut};
 
 /// Erlang's largest timer, the plugin's upper bound for a delay (`?ERL_MAX_T`).
 const MAX_DELAY: i64 = 4_294_967_295;
@@ -100,16 +106,39 @@ pub struct Held {
 
 /// Routes held messages when they are due (the vhost implements it).
 pub trait DelayedOwner: Send + Sync {
-    /// `held` is due: route it from exchange `exchange` as the delayed type would.
-    fn publish_due(&self, exchange: &str, held: Held, now: Millis);
+    /// `held` is due: route it from exchange `exchange` as the delayed type would. Returns the
+    /// sync epoch that makes it durable in its queues (0: nothing to wait for).
+    fn publish_due(&self, exchange: &str, held: &Held, now: Millis) -> u64;
+}
+
+/// Where a durable delayed exchange keeps its persistent held messages: a message store of
+/// its own (records: the message as it will be routed, its body prefixed with the wall-clock
+/// due time, so that a restart knows how long is left).
+#[derive(Clone)]
+pub struct DelayedStore {
+    /// The store.
+    pub store: StoreRef,
+    /// The sync service its writes go through.
+    pub syncer: Arc<Syncer>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    held: Held,
+    /// Its id in the store, when stored.
+    stored: Option<u64>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    due: BTreeMap<(Millis, u64), Held>,
-    seq: u64,
+    /// By due time, then arrival (so that equal due times keep their order).
+    due: BTreeMap<(Millis, u64), Entry>,
+    /// The next store id, also the arrival number of the next message.
+    next_id: u64,
     /// The time of the wake-up asked for (0: none pending).
     wake: Millis,
+    /// Stored messages routed, to forget once their queues have them on disk: (epoch, id).
+    routed: Vec<(u64, u64)>,
 }
 
 /// The messages one delayed exchange holds, in due order.
@@ -118,6 +147,7 @@ pub struct DelayedMessages {
     state: Mutex<State>,
     timers: Timers,
     owner: Weak<dyn DelayedOwner>,
+    store: Option<DelayedStore>,
     me: Weak<DelayedMessages>,
 }
 
@@ -126,20 +156,102 @@ impl std::fmt::Debug for DelayedMessages {
         f.debug_struct("DelayedMessages")
             .field("exchange", &self.exchange)
             .field("held", &self.len())
+            .field("durable", &self.store.is_some())
             .finish()
     }
 }
 
+/// Milliseconds since the Unix epoch (due times on disk outlive the monotonic clock).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A held message as stored: its body prefixed with the wall-clock due time.
+fn stored_form(m: &Message, due_wall: u64) -> Message {
+    let mut body = BytesMut::with_capacity(8 + m.body.len());
+    body.put_u64(due_wall);
+    body.extend_from_slice(&m.body);
+    Message {
+        body: body.freeze(),
+        raw_properties: m.raw_properties.clone(),
+        exchange: m.exchange.clone(),
+        routing_key: m.routing_key.clone(),
+        persistent: m.persistent,
+        priority: m.priority,
+        ttl: m.ttl,
+    }
+}
+
 impl DelayedMessages {
-    /// An empty holder for exchange `exchange`; `owner` routes what falls due.
-    pub fn new(exchange: Arc<str>, timers: Timers, owner: Weak<dyn DelayedOwner>) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self {
+    /// A holder for exchange `exchange`; `owner` routes what falls due. With `store` (a durable
+    /// exchange on a broker with a data dir), persistent messages are kept there, and what a
+    /// previous run left is held again, due after the time it had left (`now`: the clock).
+    pub fn new(
+        exchange: Arc<str>,
+        timers: Timers,
+        owner: Weak<dyn DelayedOwner>,
+        store: Option<DelayedStore>,
+        now: Millis,
+    ) -> Arc<Self> {
+        let me = Arc::new_cyclic(|me| Self {
             exchange,
             state: Mutex::new(State::default()),
             timers,
             owner,
+            store,
             me: me.clone(),
-        })
+        });
+        me.recover(now);
+        me
+    }
+
+    fn recover(&self, now: Millis) {
+        let Some(s) = &self.store else { return };
+        let wall = wall_ms();
+        let mut found = Vec::new();
+        for r in s.store.take_recovered() {
+            let mut body = r.message.body.clone();
+            if body.len() < 8 {
+                s.store.ack(r.id);
+                continue;
+            }
+            let due_wall = body.get_u64();
+            found.push((due_wall, r, body));
+        }
+        // Overdue messages all fall due now: they keep their due order by arrival number.
+        found.sort_by_key(|(due_wall, r, _)| (*due_wall, r.id));
+        let mut st = self.state.lock();
+        st.next_id = s.store.next_id().max(found.len() as u64);
+        for (arrival, (due_wall, r, body)) in found.into_iter().enumerate() {
+            let raw = r.message.raw_properties.clone();
+            let properties = warren_codec::decode_properties(&raw).unwrap_or_default();
+            let message = Message::new(
+                self.exchange.clone(),
+                &r.message.routing_key,
+                &properties,
+                raw,
+                body,
+            );
+            let at = now.saturating_add(due_wall.saturating_sub(wall));
+            st.next_id = st.next_id.max(r.id + 1);
+            st.due.insert(
+                (at, arrival as u64),
+                Entry {
+                    held: Held {
+                        message: Arc::new(message),
+                        properties,
+                    },
+                    stored: Some(r.id),
+                },
+            );
+        }
+        if let Some(at) = st.due.first_key_value().map(|((at, _), _)| *at) {
+            st.wake = at;
+            let me: Weak<dyn Deadline> = self.me.clone();
+            self.timers.schedule_deadline(at, me);
+        }
     }
 
     /// Number of messages held.
@@ -152,28 +264,46 @@ impl DelayedMessages {
         self.len() == 0
     }
 
-    /// Holds `held` until `at`.
-    pub fn hold(&self, held: Held, at: Millis) {
-        let wake = {
+    /// Holds `held` until `at` (`now`: the clock). A persistent message of a durable exchange
+    /// is stored: returns the sync epoch that makes it durable (0: nothing to wait for).
+    pub fn hold(&self, held: Held, at: Millis, now: Millis) -> u64 {
+        let (wake, epoch) = {
             let mut s = self.state.lock();
-            s.seq += 1;
-            let seq = s.seq;
-            s.due.insert((at, seq), held);
-            if s.wake == 0 || at < s.wake {
+            let id = s.next_id;
+            s.next_id += 1;
+            let mut epoch = 0;
+            let stored = match &self.store {
+                Some(st) if held.message.persistent => {
+                    let due_wall = wall_ms().saturating_add(at.saturating_sub(now));
+                    epoch = st.store.append(id, &stored_form(&held.message, due_wall));
+                    Some(id)
+                }
+                _ => None,
+            };
+            s.due.insert((at, id), Entry { held, stored });
+            let wake = s.wake == 0 || at < s.wake;
+            if wake {
                 s.wake = at;
-                true
-            } else {
-                false
             }
+            (wake, epoch)
         };
         if wake {
             let me: Weak<dyn Deadline> = self.me.clone();
             self.timers.schedule_deadline(at, me);
         }
+        epoch
+    }
+
+    /// The exchange was deleted: its stored messages go with it.
+    pub fn destroy(&self) {
+        self.state.lock().due.clear();
+        if let Some(s) = &self.store {
+            s.store.destroy();
+        }
     }
 
     /// Takes the messages due by `now`, in due order, and asks for the next wake-up.
-    fn take_due(&self, now: Millis) -> Vec<Held> {
+    fn take_due(&self, now: Millis) -> Vec<Entry> {
         let mut s = self.state.lock();
         let mut out = Vec::new();
         while let Some(entry) = s.due.first_entry() {
@@ -193,6 +323,29 @@ impl DelayedMessages {
         }
         out
     }
+
+    /// Forgets stored messages whose queues have them on disk.
+    fn forget_routed(&self) {
+        let Some(s) = &self.store else { return };
+        let durable = s.syncer.durable();
+        let mut st = self.state.lock();
+
+        st.routed.retain(|(epoch, id)| {
+            if *epoch <= durable {
+                s.store.ack(*id);
+                false
+            } else {
+                true
+            }
+        });
+        // The syncer calls its waiters after every round: ask again for the rest.
+        let rest = st.routed.iter().map(|(e, _)| *e).max();
+        drop(st);
+        if let (Some(epoch), Some(me)) = (rest, self.me.upgrade()) {
+            let w: Arc<dyn SyncWaiter> = me;
+            s.syncer.notify_when_durable(epoch, &w);
+        }
+    }
 }
 
 impl Deadline for DelayedMessages {
@@ -201,9 +354,25 @@ impl Deadline for DelayedMessages {
         let Some(owner) = self.owner.upgrade() else {
             return;
         };
-        for held in due {
-            owner.publish_due(&self.exchange, held, now);
+        let mut stored = false;
+        for e in due {
+            let epoch = owner.publish_due(&self.exchange, &e.held, now);
+            if let Some(id) = e.stored {
+                // Forgotten only once its queues hold it durably: a crash in between routes
+                // it again after the restart (at least once, never lost).
+                self.state.lock().routed.push((epoch, id));
+                stored = true;
+            }
         }
+        if stored {
+            self.forget_routed();
+        }
+    }
+}
+
+impl SyncWaiter for DelayedMessages {
+    fn synced(&self) {
+        self.forget_routed();
     }
 }
 

@@ -175,6 +175,8 @@ pub struct Exchange {
     uses_properties: bool,
     /// A delayed exchange's held messages (set by the vhost that owns it).
     delayed: Option<Arc<delayed::DelayedMessages>>,
+    /// A durable delayed exchange's store directory.
+    pub store_dir: Option<String>,
 }
 
 impl Exchange {
@@ -203,6 +205,7 @@ impl Exchange {
                     Ok(consistent_hash::HashOn::Property(_))
                 ),
             delayed: None,
+            store_dir: None,
             arguments,
         }
     }

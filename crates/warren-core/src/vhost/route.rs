@@ -176,7 +176,7 @@ impl VHost {
 }
 
 impl DelayedOwner for VHost {
-    fn publish_due(&self, exchange: &str, held: Held, now: Millis) {
+    fn publish_due(&self, exchange: &str, held: &Held, now: Millis) -> u64 {
         let m = Routable {
             routing_key: &held.message.routing_key,
             headers: held.properties.headers().as_ref(),
@@ -184,11 +184,15 @@ impl DelayedOwner for VHost {
         };
         // The exchange may have gone since; then the message goes with it.
         let Ok(routed) = self.route_from(exchange, &m, false) else {
-            return;
+            return 0;
         };
+        let mut epoch = 0;
         for q in routed.queues {
-            let _ = q.publish(held.message.clone(), now);
+            if let crate::queue::Enqueued::Yes(e) = q.publish(held.message.clone(), now) {
+                epoch = epoch.max(e);
+            }
         }
+        epoch
     }
 }
 

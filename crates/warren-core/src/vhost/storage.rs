@@ -6,6 +6,8 @@
 //! store's first flush in the sync thread, so a declaration touches no disk on the event loop.
 //! At startup the directory list is read once; replayed declarations claim their directories,
 //! and what nobody claims (a queue deleted before a crash finished removing it) is removed.
+//! A durable delayed-message exchange's store lives there too, in a directory named `dx-...`
+//! (its declaration names it the same way).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -72,6 +74,17 @@ impl VHost {
     /// The store of a durable queue incarnation: opened (recovering its messages) when a
     /// previous run left its directory, otherwise new (nothing touches the disk now).
     pub(super) fn store_for(&self, store_dir: &str) -> std::io::Result<Option<StoreRef>> {
+        let limit = self.storage.as_ref().map_or(0, |s| s.memory_limit);
+        self.store_with_limit(store_dir, limit)
+    }
+
+    /// Like [`Self::store_for`], recovering at most `memory_limit` messages into memory (0:
+    /// all; a delayed exchange holds all of its messages in due order).
+    pub(super) fn store_with_limit(
+        &self,
+        store_dir: &str,
+        memory_limit: usize,
+    ) -> std::io::Result<Option<StoreRef>> {
         let Some(s) = &self.storage else {
             return Ok(None);
         };
@@ -82,9 +95,9 @@ impl VHost {
             .as_mut()
             .is_some_and(|u| u.remove(store_dir));
         let store = if existed {
-            SegmentStore::open(&path, s.syncer.clone(), s.segment_size, s.memory_limit)?
+            SegmentStore::open(&path, s.syncer.clone(), s.segment_size, memory_limit)?
         } else {
-            SegmentStore::create(&path, s.syncer.clone(), s.segment_size, s.memory_limit)
+            SegmentStore::create(&path, s.syncer.clone(), s.segment_size, memory_limit)
         };
         Ok(Some(store as StoreRef))
     }
@@ -130,6 +143,7 @@ impl VHost {
                     auto_delete: x.auto_delete,
                     internal: x.internal,
                     arguments: x.arguments.clone(),
+                    store_dir: x.store_dir.clone().unwrap_or_default(),
                 }));
             }
         }

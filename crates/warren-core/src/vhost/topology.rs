@@ -15,7 +15,7 @@ use super::equivalence::{bool_str, check_queue_args, inequivalent};
 use super::{reserved, Applied, Check, DeclaredQueue, Origin, Pre, Topology, VHost};
 use crate::clock::Millis;
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::delayed::{DelayedMessages, DelayedOwner};
+use crate::exchange::delayed::{DelayedMessages, DelayedOwner, DelayedStore};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::metadata::{BindingDef, Command, ExchangeDef, QueueDef};
 use crate::queue::{self, QueueArgs, QueueInfo, QueueOptions, QueueOwner, QueueRef};
@@ -316,12 +316,16 @@ impl VHost {
                     d.arguments.clone(),
                 );
                 if kind == ExchangeKind::Delayed {
+                    let store = self.delayed_store(d)?;
+                    x.store_dir = store.as_ref().map(|_| d.store_dir.clone());
                     let owner: std::sync::Weak<dyn DelayedOwner> = self.me.clone();
                     let name = x.name.clone();
                     x = x.with_delayed(DelayedMessages::new(
                         name,
                         self.services.timers.clone(),
                         owner,
+                        store,
+                        now,
                     ));
                 }
                 topo.exchanges.insert(d.name.as_str().into(), x);
@@ -393,6 +397,21 @@ impl VHost {
                 Ok(Applied::Done)
             }
         }
+    }
+
+    /// The store of a durable delayed exchange's persistent messages (none without a data
+    /// dir or for a non-durable exchange).
+    fn delayed_store(&self, d: &ExchangeDef) -> AmqpResult<Option<DelayedStore>> {
+        let (true, false, Some(s)) = (d.durable, d.store_dir.is_empty(), &self.storage) else {
+            return Ok(None);
+        };
+        let store = self
+            .store_with_limit(&d.store_dir, 0)
+            .map_err(|e| AmqpError::internal(format!("cannot open delayed message store: {e}")))?;
+        Ok(store.map(|store| DelayedStore {
+            store,
+            syncer: s.syncer.clone(),
+        }))
     }
 
     fn apply_declare_queue(&self, d: &QueueDef, now: Millis) -> AmqpResult<Applied> {
@@ -503,6 +522,9 @@ impl VHost {
         let Some(x) = topo.exchanges.remove(name) else {
             return;
         };
+        if let Some(held) = x.delayed() {
+            held.destroy();
+        }
         for b in x.bindings() {
             Self::forget_source(topo, &b.destination, name);
         }

@@ -130,23 +130,25 @@ impl Channel {
             });
             return Ok(());
         }
-        if let Some((held, delay)) = routed.delayed {
-            Self::hold_delayed(ctx, &held, &message, props, delay);
-        }
-        self.enqueue(ctx, &routed.queues, message, p.mandatory);
+        let held_epoch = match routed.delayed {
+            Some((held, delay)) => Self::hold_delayed(ctx, &held, &message, props, delay),
+            None => 0,
+        };
+        self.enqueue(ctx, &routed.queues, message, p.mandatory, held_epoch);
         Ok(())
     }
 
     /// Gives a message with a delay to its delayed exchange. Then it has gone nowhere yet, so
-    /// that the caller's enqueue returns it if mandatory and confirms it at once, as the
-    /// plugin does (the plugin's route answers no queues).
+    /// that the caller's enqueue returns it if mandatory and confirms it, as the plugin does
+    /// (the plugin's route answers no queues); returns the sync epoch the confirm waits for
+    /// (a persistent message of a durable exchange is stored).
     pub(super) fn hold_delayed(
         ctx: &Ctx,
         held: &DelayedMessages,
         message: &Message,
         props: &AMQPProperties,
         delay: u64,
-    ) {
+    ) -> u64 {
         let properties = due_properties(props, delay);
         let raw = Bytes::from(warren_codec::encode_properties(&properties));
         let due = Message::new(
@@ -162,7 +164,8 @@ impl Channel {
                 properties,
             },
             ctx.now.saturating_add(delay),
-        );
+            ctx.now,
+        )
     }
 
     /// Routes a publish, through the channel's one-entry cache when the message has no headers
@@ -223,10 +226,11 @@ impl Channel {
         queues: &[QueueRef],
         message: Arc<Message>,
         mandatory: bool,
+        held_epoch: u64,
     ) -> u64 {
         let mut routed = false;
         let mut rejected = false;
-        let mut epoch = 0;
+        let mut epoch = held_epoch;
         for q in queues {
             match q.publish(message.clone(), ctx.now) {
                 Enqueued::Yes(e) => {

@@ -57,14 +57,16 @@ impl Channel {
                 };
                 let mut epoch = 0;
                 for p in state.publishes {
+                    let mut held_epoch = 0;
                     if let Some((held, delay)) = &p.delayed {
                         if let Some(props) =
                             warren_codec::decode_properties(&p.message.raw_properties)
                         {
-                            Self::hold_delayed(ctx, held, &p.message, &props, *delay);
+                            held_epoch = Self::hold_delayed(ctx, held, &p.message, &props, *delay);
                         }
                     }
-                    epoch = epoch.max(self.enqueue(ctx, &p.queues, p.message, p.mandatory));
+                    let e = self.enqueue(ctx, &p.queues, p.message, p.mandatory, held_epoch);
+                    epoch = epoch.max(e);
                 }
                 let (mut acks, mut rejects, mut requeues) = (Vec::new(), Vec::new(), Vec::new());
                 for (_, u, how) in state.settles {
