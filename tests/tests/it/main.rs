@@ -4,6 +4,7 @@
 
 mod connections;
 mod consistent_hash;
+mod dedup;
 mod delayed;
 mod direct_reply_to;
 mod drain;

@@ -9,6 +9,7 @@
 //! (`crate::vhost`), which is read on every publish and written only by declare/bind/delete.
 
 pub mod consistent_hash;
+pub mod dedup;
 pub mod delayed;
 mod direct;
 mod fanout;
@@ -36,6 +37,8 @@ pub enum ExchangeKind {
     ConsistentHash,
     /// Holds messages with an `x-delay`, routes as its `x-delayed-type` (`x-delayed-message`).
     Delayed,
+    /// Fanout that drops duplicates (`x-message-deduplication`).
+    Dedup,
 }
 
 impl ExchangeKind {
@@ -48,6 +51,7 @@ impl ExchangeKind {
             "headers" => Some(Self::Headers),
             "x-consistent-hash" => Some(Self::ConsistentHash),
             "x-delayed-message" => Some(Self::Delayed),
+            "x-message-deduplication" => Some(Self::Dedup),
             _ => None,
         }
     }
@@ -60,6 +64,7 @@ impl ExchangeKind {
             Self::Headers => "headers",
             Self::ConsistentHash => "x-consistent-hash",
             Self::Delayed => "x-delayed-message",
+            Self::Dedup => "x-message-deduplication",
         }
     }
 }
@@ -118,8 +123,18 @@ impl ExchangeKind {
                 let inner = delayed::delayed_type(args)?;
                 inner.validate_arguments(args)
             }
-            _ => Ok(()),
+            Self::Dedup => dedup::parse_type_args(args).map(|_| ()),
+            _ => dedup::parse_flag_args(args).map(|_| ()),
         }
+    }
+
+    /// The deduplication an exchange of this type with `args` does, if any.
+    fn dedup(self, args: &FieldTable) -> Option<dedup::Dedup> {
+        let a = match self.routing_kind(args) {
+            Self::Dedup => dedup::parse_type_args(args).ok(),
+            _ => dedup::parse_flag_args(args).ok().flatten(),
+        };
+        a.map(dedup::Dedup::new)
     }
 
     /// The router for this type (arguments already validated; a delayed exchange gets its
@@ -130,6 +145,7 @@ impl ExchangeKind {
             Self::Fanout => Box::<fanout::FanoutRouter>::default(),
             Self::Topic => Box::<topic::TopicRouter>::default(),
             Self::Headers => Box::<headers::HeadersRouter>::default(),
+            Self::Dedup => Box::<fanout::FanoutRouter>::default(),
             Self::ConsistentHash => Box::new(consistent_hash::ConsistentHashRouter::new(
                 consistent_hash::parse_args(args).unwrap_or_default(),
             )),
@@ -177,6 +193,8 @@ pub struct Exchange {
     delayed: Option<Arc<delayed::DelayedMessages>>,
     /// A durable delayed exchange's store directory.
     pub store_dir: Option<String>,
+    /// The deduplication cache, when the exchange deduplicates.
+    dedup: Option<dedup::Dedup>,
 }
 
 impl Exchange {
@@ -206,6 +224,7 @@ impl Exchange {
                 ),
             delayed: None,
             store_dir: None,
+            dedup: kind.dedup(&arguments),
             arguments,
         }
     }
@@ -219,6 +238,19 @@ impl Exchange {
     /// A delayed exchange's held messages.
     pub fn delayed(&self) -> Option<&Arc<delayed::DelayedMessages>> {
         self.delayed.as_ref()
+    }
+
+    /// Whether a message with `headers` is a duplicate the exchange drops (remembering its key
+    /// if not).
+    pub fn is_duplicate(&self, headers: Option<&FieldTable>, now: crate::clock::Millis) -> bool {
+        self.dedup
+            .as_ref()
+            .is_some_and(|d| d.is_duplicate(headers, now))
+    }
+
+    /// Number of keys in the deduplication cache (`None`: the exchange does not deduplicate).
+    pub fn dedup_cache_len(&self) -> Option<usize> {
+        self.dedup.as_ref().map(dedup::Dedup::len)
     }
 
     /// Whether routing reads message properties (so a route cannot be cached by key alone).

@@ -221,6 +221,16 @@ impl VHost {
             .and_then(|x| x.delayed().map(|d| d.len()))
     }
 
+    /// The number of keys an exchange's deduplication cache holds (`None`: no such exchange,
+    /// or it does not deduplicate).
+    pub fn dedup_cache_len(&self, exchange: &str) -> Option<usize> {
+        self.topo
+            .read()
+            .exchanges
+            .get(exchange)
+            .and_then(Exchange::dedup_cache_len)
+    }
+
     /// Names of all exchanges (for tests and introspection).
     pub fn exchange_names(&self) -> Vec<String> {
         self.topo

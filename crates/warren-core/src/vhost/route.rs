@@ -36,13 +36,14 @@ impl VHost {
         exchange: &str,
         routing_key: &str,
         headers: Option<&FieldTable>,
+        now: Millis,
     ) -> AmqpResult<Vec<QueueRef>> {
         let m = Routable {
             routing_key,
             headers,
             properties: None,
         };
-        self.route_from(exchange, &m, true).map(|r| r.queues)
+        self.route_from(exchange, &m, true, now).map(|r| r.queues)
     }
 
     /// Routes a client's publish: like [`VHost::route`], with the properties (consistent-hash
@@ -52,13 +53,14 @@ impl VHost {
         exchange: &str,
         routing_key: &str,
         properties: &AMQPProperties,
+        now: Millis,
     ) -> AmqpResult<Routed> {
         let m = Routable {
             routing_key,
             headers: properties.headers().as_ref(),
             properties: Some(properties),
         };
-        self.route_from(exchange, &m, true)
+        self.route_from(exchange, &m, true, now)
     }
 
     /// Publishes a dead-lettered message to its dead-letter exchange (dropped if that exchange
@@ -69,7 +71,7 @@ impl VHost {
             headers: Some(&dl.headers),
             properties: None,
         };
-        let Ok(routed) = self.route_from(&dl.message.exchange, &m, false) else {
+        let Ok(routed) = self.route_from(&dl.message.exchange, &m, false, now) else {
             return;
         };
         let msg = Arc::new(dl.message);
@@ -83,12 +85,13 @@ impl VHost {
     }
 
     /// `from_client`: a client's publish (internal exchanges refuse it; delayed exchanges
-    /// hold it when it has a delay).
+    /// hold it when it has a delay). `now` ages deduplication caches.
     fn route_from(
         &self,
         exchange: &str,
         m: &Routable<'_>,
         from_client: bool,
+        now: Millis,
     ) -> AmqpResult<Routed> {
         let topo = self.topo.read();
         let x = topo
@@ -136,6 +139,10 @@ impl VHost {
             }
             visited.push(&x.name);
             cacheable &= !x.uses_properties();
+            // A duplicate goes nowhere from this exchange (not to its alternate either).
+            if x.is_duplicate(m.headers, now) {
+                continue;
+            }
             dests.clear();
             x.route(m, &mut dests);
             if dests.is_empty() {
@@ -183,7 +190,7 @@ impl DelayedOwner for VHost {
             properties: Some(&held.properties),
         };
         // The exchange may have gone since; then the message goes with it.
-        let Ok(routed) = self.route_from(exchange, &m, false) else {
+        let Ok(routed) = self.route_from(exchange, &m, false, now) else {
             return 0;
         };
         let mut epoch = 0;

@@ -113,7 +113,13 @@ impl Channel {
             }
         }
         let vh = Self::vhost(ctx)?;
-        let routed = self.route(&vh, p.exchange.as_str(), p.routing_key.as_str(), props)?;
+        let routed = self.route(
+            &vh,
+            p.exchange.as_str(),
+            p.routing_key.as_str(),
+            props,
+            ctx.now,
+        )?;
         let message = Arc::new(Message::new(
             routed.exchange,
             p.routing_key.as_str(),
@@ -177,9 +183,10 @@ impl Channel {
         exchange: &str,
         routing_key: &str,
         props: &AMQPProperties,
+        now: crate::clock::Millis,
     ) -> AmqpResult<Routed<Targets>> {
         if props.headers().is_some() {
-            let r = vh.route_message(exchange, routing_key, props)?;
+            let r = vh.route_message(exchange, routing_key, props, now)?;
             return Ok(Routed {
                 queues: r.queues.into(),
                 exchange: r.exchange,
@@ -199,7 +206,7 @@ impl Channel {
                 });
             }
         }
-        let r = vh.route_message(exchange, routing_key, props)?;
+        let r = vh.route_message(exchange, routing_key, props, now)?;
         let queues: Targets = r.queues.into();
         if r.cacheable {
             self.route_cache = Some(RouteCache {
