@@ -24,6 +24,7 @@ pub mod config;
 mod connection;
 pub mod datadir;
 pub mod error;
+pub mod events;
 pub mod exchange;
 pub mod message;
 pub mod metadata;

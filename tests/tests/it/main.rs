@@ -10,6 +10,7 @@ mod direct_reply_to;
 mod drain;
 mod durability;
 mod errors;
+mod events;
 mod flow;
 mod foundation;
 mod interop;

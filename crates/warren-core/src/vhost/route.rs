@@ -86,7 +86,7 @@ impl VHost {
 
     /// `from_client`: a client's publish (internal exchanges refuse it; delayed exchanges
     /// hold it when it has a delay). `now` ages deduplication caches.
-    fn route_from(
+    pub(super) fn route_from(
         &self,
         exchange: &str,
         m: &Routable<'_>,

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use super::equivalence::{bool_str, check_queue_args, inequivalent};
+use super::events;
 use super::{reserved, Applied, Check, DeclaredQueue, Origin, Pre, Topology, VHost};
 use crate::clock::Millis;
 use crate::error::{AmqpError, AmqpResult};
@@ -287,17 +288,36 @@ impl VHost {
     /// Carries out `cmd` (see the module docs). `replay`: the command comes from the log at
     /// startup.
     pub fn apply(&self, cmd: &Command, now: Millis, replay: bool) -> AmqpResult<Applied> {
-        let r = self.apply_locked(cmd, now, replay);
-        // Follow-up commands were collected under the topology lock; the metadata path
-        // takes it again.
+        self.apply_as(cmd, now, replay, None)
+    }
+
+    /// [`Self::apply`] on behalf of `user` (`None`: the broker itself), who is named in the
+    /// events the change gives rise to.
+    pub fn apply_as(
+        &self,
+        cmd: &Command,
+        now: Millis,
+        replay: bool,
+        user: Option<&str>,
+    ) -> AmqpResult<Applied> {
+        let r = self.apply_locked(cmd, now, replay, user);
+        // Follow-up commands and events were collected under the topology lock; the metadata
+        // path and routing take it again.
         let followups = std::mem::take(&mut *self.followups.lock());
         for c in followups {
             self.submit_detached(c);
         }
+        self.publish_events(now);
         r
     }
 
-    fn apply_locked(&self, cmd: &Command, now: Millis, replay: bool) -> AmqpResult<Applied> {
+    fn apply_locked(
+        &self,
+        cmd: &Command,
+        now: Millis,
+        replay: bool,
+        user: Option<&str>,
+    ) -> AmqpResult<Applied> {
         match cmd {
             Command::DeclareExchange(d) => {
                 let kind = Self::exchange_kind(d)?;
@@ -329,16 +349,24 @@ impl VHost {
                     ));
                 }
                 topo.exchanges.insert(d.name.as_str().into(), x);
+                if !replay {
+                    self.queue_event(&topo, || events::exchange_created(d, user));
+                }
                 Ok(Applied::Done)
             }
             Command::DeleteExchange { name, .. } => {
                 let mut topo = self.topo_mut();
                 if topo.exchanges.contains_key(name.as_str()) {
                     self.remove_exchange(&mut topo, name, replay);
+                    if !replay {
+                        self.queue_event(&topo, || {
+                            events::deleted("exchange.deleted", &self.name, name, user)
+                        });
+                    }
                 }
                 Ok(Applied::Done)
             }
-            Command::DeclareQueue(d) => self.apply_declare_queue(d, now),
+            Command::DeclareQueue(d) => self.apply_declare_queue(d, now, replay, user),
             Command::DeleteQueue {
                 name, store_dir, ..
             } => {
@@ -349,7 +377,13 @@ impl VHost {
                 if store_dir.is_some() && *store_dir != q.info().store_dir {
                     return Ok(Applied::Deleted(0));
                 }
-                Ok(Applied::Deleted(self.remove_queue(&mut topo, &q, replay)))
+                let n = self.remove_queue(&mut topo, &q, replay);
+                if !replay {
+                    self.queue_event(&topo, || {
+                        events::deleted("queue.deleted", &self.name, name, user)
+                    });
+                }
+                Ok(Applied::Deleted(n))
             }
             Command::Bind(b) => {
                 let mut topo = self.topo_mut();
@@ -374,6 +408,9 @@ impl VHost {
                     if !sources.iter().any(|s| **s == *b.source) {
                         sources.push(b.source.as_str().into());
                     }
+                    if !replay {
+                        self.queue_event(&topo, || events::binding("binding.created", b, user));
+                    }
                 }
                 Ok(Applied::Done)
             }
@@ -390,6 +427,9 @@ impl VHost {
                 let emptied = src.auto_delete && src.binding_count() == 0;
                 if !still {
                     Self::forget_source(&mut topo, &dest, &b.source);
+                }
+                if !replay {
+                    self.queue_event(&topo, || events::binding("binding.deleted", b, user));
                 }
                 if emptied {
                     self.exchange_emptied(&mut topo, &b.source, replay);
@@ -414,7 +454,13 @@ impl VHost {
         }))
     }
 
-    fn apply_declare_queue(&self, d: &QueueDef, now: Millis) -> AmqpResult<Applied> {
+    fn apply_declare_queue(
+        &self,
+        d: &QueueDef,
+        now: Millis,
+        replay: bool,
+        user: Option<&str>,
+    ) -> AmqpResult<Applied> {
         let mut topo = self.topo_mut();
         if let Some(q) = topo.queues.get(d.name.as_str()) {
             self.check_queue_equivalent(q, d)?;
@@ -448,6 +494,9 @@ impl VHost {
             topo.exclusive.entry(c).or_default().push(name.clone());
         }
         topo.queues.insert(name, q.clone());
+        if !replay {
+            self.queue_event(&topo, || events::queue_created(d, user));
+        }
         Ok(Applied::Queue(DeclaredQueue {
             queue: q,
             message_count: 0,

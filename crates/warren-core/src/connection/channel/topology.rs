@@ -32,6 +32,7 @@ impl Channel {
     ) -> AmqpResult<()> {
         let origin = Origin {
             conn_id: Some(ctx.conn_id),
+            user: Some(ctx.user.as_str().into()),
             internal,
         };
         let sink = ctx.sink.clone();
