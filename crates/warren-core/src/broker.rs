@@ -238,11 +238,12 @@ impl Broker {
                 cmd.vhost()
             ))));
         };
+        let user = origin.user.clone();
         match vh.check(&mut cmd, origin, pre, now) {
             Err(e) => Some(Err(e)),
             Ok(Check::Done(a)) => Some(Ok(a)),
-            Ok(Check::Apply) => Some(vh.apply(&cmd, now, false)),
-            Ok(Check::Log) if self.immediate => Some(self.apply(&cmd)),
+            Ok(Check::Apply) => Some(vh.apply_as(&cmd, now, false, user.as_deref())),
+            Ok(Check::Log) if self.immediate => Some(self.apply_as(&cmd, user.as_deref())),
             Ok(Check::Log) => {
                 let me = Arc::downgrade(self);
                 let logged = cmd.clone();
@@ -250,7 +251,7 @@ impl Broker {
                     &cmd,
                     Box::new(move |r| {
                         let outcome = match (r, me.upgrade()) {
-                            (Ok(()), Some(b)) => b.apply(&logged),
+                            (Ok(()), Some(b)) => b.apply_as(&logged, user.as_deref()),
                             (Ok(()), None) => Err(AmqpError::internal("the broker is stopping")),
                             (Err(e), _) => Err(AmqpError::internal(format!(
                                 "cannot write the metadata log: {e}"
@@ -285,10 +286,15 @@ impl Broker {
     /// Carries out a command (checked, and durable if it had to be): the one function every
     /// metadata change goes through, whichever way it came in.
     pub fn apply(&self, cmd: &Command) -> AmqpResult<Applied> {
+        self.apply_as(cmd, None)
+    }
+
+    /// [`Broker::apply`] on behalf of `user` (named in the events it gives rise to).
+    pub fn apply_as(&self, cmd: &Command, user: Option<&str>) -> AmqpResult<Applied> {
         let Some(vh) = self.vhost(cmd.vhost()) else {
             return Err(AmqpError::not_found(format!("no vhost '{}'", cmd.vhost())));
         };
-        vh.apply(cmd, self.clock.now(), false)
+        vh.apply_as(cmd, self.clock.now(), false, user)
     }
 
     /// Checks a login (RabbitMQ's internal backend plus `loopback_users`).
@@ -324,6 +330,7 @@ impl MetaPath for Broker {
             cmd,
             Origin {
                 conn_id: None,
+                user: None,
                 internal: true,
             },
             Pre::default(),

@@ -90,6 +90,18 @@ impl AmqpError {
         Self::new(ReplyCode::InternalError, explanation)
     }
 
+    /// 541 `INTERNAL_ERROR` with no explanation: what RabbitMQ answers when an exchange type
+    /// plugin crashes on bad input (the consistent-hash plugin given a non-string
+    /// `hash-header`, the delayed-message plugin given a non-numeric string `x-delay`).
+    pub fn internal_crash() -> Self {
+        Self {
+            code: ReplyCode::InternalError,
+            text: "INTERNAL_ERROR".into(),
+            class_id: 0,
+            method_id: 0,
+        }
+    }
+
     /// `no queue 'q' in vhost '/'`.
     pub fn no_queue(queue: &str, vhost: &str) -> Self {
         Self::not_found(format!("no queue '{queue}' in vhost '{vhost}'"))

@@ -25,6 +25,7 @@ mod connection;
 pub mod datadir;
 pub mod disk_monitor;
 pub mod error;
+pub mod events;
 pub mod exchange;
 pub mod message;
 pub mod metadata;

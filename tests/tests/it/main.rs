@@ -4,10 +4,14 @@
 
 mod compat;
 mod connections;
+mod consistent_hash;
+mod dedup;
+mod delayed;
 mod direct_reply_to;
 mod drain;
 mod durability;
 mod errors;
+mod events;
 mod flow;
 mod foundation;
 mod interop;

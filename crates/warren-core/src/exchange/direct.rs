@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::proto::FieldTable;
-use super::{Destination, Router};
+use super::{Destination, Routable, Router};
 
 /// Destinations by binding key, each with the number of its bindings under that key (bindings
 /// that differ only in their arguments route once).
@@ -36,8 +36,8 @@ impl Router for DirectRouter {
         }
     }
 
-    fn route(&self, routing_key: &str, _headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
-        if let Some(v) = self.keys.get(routing_key) {
+    fn route(&self, m: &Routable<'_>, out: &mut Vec<Destination>) {
+        if let Some(v) = self.keys.get(m.routing_key) {
             out.extend(v.iter().map(|(d, _)| d.clone()));
         }
     }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::proto::FieldTable;
-use super::{Destination, Router};
+use super::{Destination, Routable, Router};
 
 /// Bound destinations with their number of bindings.
 #[derive(Debug, Default)]
@@ -25,7 +25,7 @@ impl Router for FanoutRouter {
         }
     }
 
-    fn route(&self, _key: &str, _headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
+    fn route(&self, _m: &Routable<'_>, out: &mut Vec<Destination>) {
         out.extend(self.dests.keys().cloned());
     }
 }

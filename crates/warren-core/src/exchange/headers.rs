@@ -292,14 +292,9 @@ impl super::Router for HeadersRouter {
         }
     }
 
-    fn route(
-        &self,
-        _routing_key: &str,
-        headers: Option<&FieldTable>,
-        out: &mut Vec<super::Destination>,
-    ) {
+    fn route(&self, m: &super::Routable<'_>, out: &mut Vec<super::Destination>) {
         for (xm, args, d) in &self.rules {
-            if headers_match(*xm, args, headers) {
+            if headers_match(*xm, args, m.headers) {
                 out.push(d.clone());
             }
         }

@@ -3,9 +3,14 @@
 //! An [`Exchange`] holds its declared properties, its bindings by destination, and a
 //! [`Router`] for its type that indexes them for routing: a hash map for direct, a set for
 //! fanout, a trie for topic ([`topic::TopicTrie`]) and a list of parsed `x-match` rules for
-//! headers. Exchanges live in the vhost topology
+//! headers, weighted buckets for consistent-hash ([`consistent_hash`]); a delayed-message
+//! exchange ([`delayed`]) routes with the router of its `x-delayed-type` and holds delayed
+//! messages. Exchanges live in the vhost topology
 //! (`crate::vhost`), which is read on every publish and written only by declare/bind/delete.
 
+pub mod consistent_hash;
+pub mod dedup;
+pub mod delayed;
 mod direct;
 mod fanout;
 pub mod headers;
@@ -13,7 +18,7 @@ pub mod topic;
 
 pub(crate) use warren_codec::proto;
 
-use proto::{AMQPValue, FieldTable};
+use proto::{AMQPProperties, AMQPValue, FieldTable};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -28,6 +33,12 @@ pub enum ExchangeKind {
     Topic,
     /// Header tables with `x-match`.
     Headers,
+    /// Weighted consistent hashing (`x-consistent-hash`).
+    ConsistentHash,
+    /// Holds messages with an `x-delay`, routes as its `x-delayed-type` (`x-delayed-message`).
+    Delayed,
+    /// Fanout that drops duplicates (`x-message-deduplication`).
+    Dedup,
 }
 
 impl ExchangeKind {
@@ -38,6 +49,9 @@ impl ExchangeKind {
             "fanout" => Some(Self::Fanout),
             "topic" => Some(Self::Topic),
             "headers" => Some(Self::Headers),
+            "x-consistent-hash" => Some(Self::ConsistentHash),
+            "x-delayed-message" => Some(Self::Delayed),
+            "x-message-deduplication" => Some(Self::Dedup),
             _ => None,
         }
     }
@@ -48,6 +62,9 @@ impl ExchangeKind {
             Self::Fanout => "fanout",
             Self::Topic => "topic",
             Self::Headers => "headers",
+            Self::ConsistentHash => "x-consistent-hash",
+            Self::Delayed => "x-delayed-message",
+            Self::Dedup => "x-message-deduplication",
         }
     }
 }
@@ -72,27 +89,78 @@ pub struct Binding {
     pub arguments: FieldTable,
 }
 
+/// What routing looks at in a message.
+#[derive(Debug, Clone, Copy)]
+pub struct Routable<'a> {
+    /// The routing key.
+    pub routing_key: &'a str,
+    /// The headers table, if any.
+    pub headers: Option<&'a FieldTable>,
+    /// All properties, when known (a dead-lettered message is routed by key and headers).
+    pub properties: Option<&'a AMQPProperties>,
+}
+
 /// The routing index of one exchange type: told about every binding added and removed (each
 /// distinct `(destination, key, arguments)` once), asked for the destinations of a message.
 /// One implementation per type, one file each (`direct.rs`, `fanout.rs`, `topic.rs`,
-/// `headers.rs`); new types (delayed, consistent-hash) plug in here.
+/// `headers.rs`, `consistent_hash.rs`).
 pub trait Router: Send + Sync + std::fmt::Debug {
     /// A binding was added.
     fn add(&mut self, dest: &Destination, key: &str, args: &FieldTable);
     /// A binding was removed.
     fn remove(&mut self, dest: &Destination, key: &str, args: &FieldTable);
-    /// Appends the destinations a message with `routing_key` and `headers` goes to (possibly
-    /// with duplicates; the caller dedupes).
-    fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>);
+    /// Appends the destinations message `m` goes to (possibly with duplicates; the caller
+    /// dedupes).
+    fn route(&self, m: &Routable<'_>, out: &mut Vec<Destination>);
 }
 
 impl ExchangeKind {
-    fn router(self) -> Box<dyn Router> {
+    /// Checks the declare arguments this type reads, with the plugins' errors.
+    pub fn validate_arguments(self, args: &FieldTable) -> crate::error::AmqpResult<()> {
+        match self {
+            Self::ConsistentHash => consistent_hash::parse_args(args).map(|_| ()),
+            Self::Delayed => {
+                let inner = delayed::delayed_type(args)?;
+                inner.validate_arguments(args)
+            }
+            Self::Dedup => dedup::parse_type_args(args).map(|_| ()),
+            _ => dedup::parse_flag_args(args).map(|_| ()),
+        }
+    }
+
+    /// The deduplication an exchange of this type with `args` does, if any.
+    fn dedup(self, args: &FieldTable) -> Option<dedup::Dedup> {
+        let a = match self.routing_kind(args) {
+            Self::Dedup => dedup::parse_type_args(args).ok(),
+            _ => dedup::parse_flag_args(args).ok().flatten(),
+        };
+        a.map(dedup::Dedup::new)
+    }
+
+    /// The router for this type (arguments already validated; a delayed exchange gets its
+    /// delayed type's).
+    fn router(self, args: &FieldTable) -> Box<dyn Router> {
         match self {
             Self::Direct => Box::<direct::DirectRouter>::default(),
             Self::Fanout => Box::<fanout::FanoutRouter>::default(),
             Self::Topic => Box::<topic::TopicRouter>::default(),
             Self::Headers => Box::<headers::HeadersRouter>::default(),
+            Self::Dedup => Box::<fanout::FanoutRouter>::default(),
+            Self::ConsistentHash => Box::new(consistent_hash::ConsistentHashRouter::new(
+                consistent_hash::parse_args(args).unwrap_or_default(),
+            )),
+            Self::Delayed => match delayed::delayed_type(args) {
+                Ok(inner) => inner.router(args),
+                Err(_) => Box::<direct::DirectRouter>::default(),
+            },
+        }
+    }
+
+    /// The type that routes: a delayed exchange's `x-delayed-type`, else the type itself.
+    fn routing_kind(self, args: &FieldTable) -> Self {
+        match self {
+            Self::Delayed => delayed::delayed_type(args).unwrap_or(Self::Direct),
+            k => k,
         }
     }
 }
@@ -117,6 +185,16 @@ pub struct Exchange {
     by_dest: HashMap<Destination, Vec<(Box<str>, FieldTable)>>,
     count: usize,
     router: Box<dyn Router>,
+    /// The type `router` routes as.
+    routing_kind: ExchangeKind,
+    /// Whether routing reads message properties (consistent-hash on `hash-property`).
+    uses_properties: bool,
+    /// A delayed exchange's held messages (set by the vhost that owns it).
+    delayed: Option<Arc<delayed::DelayedMessages>>,
+    /// A durable delayed exchange's store directory.
+    pub store_dir: Option<String>,
+    /// The deduplication cache, when the exchange deduplicates.
+    dedup: Option<dedup::Dedup>,
 }
 
 impl Exchange {
@@ -135,11 +213,49 @@ impl Exchange {
             durable,
             auto_delete,
             internal,
-            arguments,
             by_dest: HashMap::new(),
             count: 0,
-            router: kind.router(),
+            router: kind.router(&arguments),
+            routing_kind: kind.routing_kind(&arguments),
+            uses_properties: kind.routing_kind(&arguments) == ExchangeKind::ConsistentHash
+                && matches!(
+                    consistent_hash::parse_args(&arguments),
+                    Ok(consistent_hash::HashOn::Property(_))
+                ),
+            delayed: None,
+            store_dir: None,
+            dedup: kind.dedup(&arguments),
+            arguments,
         }
+    }
+
+    /// Gives a delayed exchange the holder of its delayed messages.
+    pub fn with_delayed(mut self, held: Arc<delayed::DelayedMessages>) -> Self {
+        self.delayed = Some(held);
+        self
+    }
+
+    /// A delayed exchange's held messages.
+    pub fn delayed(&self) -> Option<&Arc<delayed::DelayedMessages>> {
+        self.delayed.as_ref()
+    }
+
+    /// Whether a message with `headers` is a duplicate the exchange drops (remembering its key
+    /// if not).
+    pub fn is_duplicate(&self, headers: Option<&FieldTable>, now: crate::clock::Millis) -> bool {
+        self.dedup
+            .as_ref()
+            .is_some_and(|d| d.is_duplicate(headers, now))
+    }
+
+    /// Number of keys in the deduplication cache (`None`: the exchange does not deduplicate).
+    pub fn dedup_cache_len(&self) -> Option<usize> {
+        self.dedup.as_ref().map(dedup::Dedup::len)
+    }
+
+    /// Whether routing reads message properties (so a route cannot be cached by key alone).
+    pub fn uses_properties(&self) -> bool {
+        self.uses_properties
     }
 
     /// The `alternate-exchange` argument, if any.
@@ -182,12 +298,13 @@ impl Exchange {
         self.by_dest.contains_key(dest)
     }
 
-    /// Validates binding arguments for this exchange type (headers: `x-match`).
-    pub fn validate_binding(&self, arguments: &FieldTable) -> Result<(), String> {
-        if self.kind == ExchangeKind::Headers {
-            headers::parse_x_match(arguments).map(|_| ())
-        } else {
-            Ok(())
+    /// Validates a binding for this exchange type (headers: `x-match`; consistent-hash: the
+    /// key is a weight).
+    pub fn validate_binding(&self, key: &str, arguments: &FieldTable) -> Result<(), String> {
+        match self.routing_kind {
+            ExchangeKind::Headers => headers::parse_x_match(arguments).map(|_| ()),
+            ExchangeKind::ConsistentHash => consistent_hash::weight(key).map(|_| ()),
+            _ => Ok(()),
         }
     }
 
@@ -238,14 +355,9 @@ impl Exchange {
         v.len()
     }
 
-    /// Appends the destinations a message with `routing_key` and `headers` goes to (possibly
-    /// with duplicates; the caller dedupes across exchanges).
-    pub fn route(
-        &self,
-        routing_key: &str,
-        headers: Option<&FieldTable>,
-        out: &mut Vec<Destination>,
-    ) {
-        self.router.route(routing_key, headers, out);
+    /// Appends the destinations message `m` goes to (possibly with duplicates; the caller
+    /// dedupes across exchanges).
+    pub fn route(&self, m: &Routable<'_>, out: &mut Vec<Destination>) {
+        self.router.route(m, out);
     }
 }

@@ -430,13 +430,8 @@ impl super::Router for TopicRouter {
         }
     }
 
-    fn route(
-        &self,
-        routing_key: &str,
-        _headers: Option<&super::proto::FieldTable>,
-        out: &mut Vec<super::Destination>,
-    ) {
-        self.trie.route(routing_key, out);
+    fn route(&self, m: &super::Routable<'_>, out: &mut Vec<super::Destination>) {
+        self.trie.route(m.routing_key, out);
     }
 }
 

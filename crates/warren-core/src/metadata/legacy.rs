@@ -111,6 +111,7 @@ impl Definitions {
                 auto_delete: x.auto_delete,
                 internal: x.internal,
                 arguments: x.arguments.clone(),
+                store_dir: String::new(),
             }));
         }
         for q in &self.queues {

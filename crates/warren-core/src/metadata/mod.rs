@@ -35,6 +35,10 @@ pub struct ExchangeDef {
     pub internal: bool,
     /// Arguments.
     pub arguments: FieldTable,
+    /// A durable delayed-message exchange's store directory (named at declare, like a
+    /// queue's: each incarnation has its own). Empty otherwise, and in logs of older versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub store_dir: String,
 }
 
 /// A queue's declaration.

@@ -15,13 +15,43 @@ use tokio::sync::{mpsc, Notify};
 use super::Queue;
 use crate::clock::{Clock, Millis};
 
-type Request = (Millis, Weak<dyn Queue>);
+/// Something other than a queue that wants to be woken at a deadline (a delayed-message
+/// exchange's held messages).
+pub trait Deadline: Send + Sync {
+    /// The deadline asked for has come; `now` is the time.
+    fn on_deadline(&self, now: Millis);
+}
+
+/// Who asked for a wake-up.
+enum Target {
+    Queue(Weak<dyn Queue>),
+    Other(Weak<dyn Deadline>),
+}
+
+impl Target {
+    fn fire(&self, now: Millis) {
+        match self {
+            Target::Queue(w) => {
+                if let Some(q) = w.upgrade() {
+                    q.on_timer(now);
+                }
+            }
+            Target::Other(w) => {
+                if let Some(d) = w.upgrade() {
+                    d.on_deadline(now);
+                }
+            }
+        }
+    }
+}
+
+type Request = (Millis, Target);
 
 /// The deadlines asked for, soonest first.
 #[derive(Default)]
 struct Pending {
     heap: BinaryHeap<Reverse<(Millis, u64)>>,
-    waiting: HashMap<u64, Weak<dyn Queue>>,
+    waiting: HashMap<u64, Target>,
     counter: u64,
 }
 
@@ -70,7 +100,12 @@ impl Timers {
 
     /// Asks for `queue.on_timer(now)` at `at` (or soon after).
     pub fn schedule(&self, at: Millis, queue: Weak<dyn Queue>) {
-        let _ = self.tx.send((at, queue));
+        let _ = self.tx.send((at, Target::Queue(queue)));
+    }
+
+    /// Asks for `target.on_deadline(now)` at `at` (or soon after).
+    pub fn schedule_deadline(&self, at: Millis, target: Weak<dyn Deadline>) {
+        let _ = self.tx.send((at, Target::Other(target)));
     }
 
     /// Spawns the timer task on the current runtime (once).
@@ -93,8 +128,8 @@ impl Timers {
                         break;
                     }
                     heap.pop();
-                    if let Some(q) = waiting.remove(&id).and_then(|w| w.upgrade()) {
-                        q.on_timer(now);
+                    if let Some(t) = waiting.remove(&id) {
+                        t.fire(now);
                     }
                 }
                 processed.0.store(now, Ordering::Release);

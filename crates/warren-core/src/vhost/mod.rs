@@ -8,9 +8,10 @@
 //! Files: this one (the state and lookups), `topology.rs` (checking and applying metadata
 //! commands: the only code that changes the topology), `route.rs` (routing and
 //! dead-lettering), `equivalence.rs` (redeclaration rules), `storage.rs` (store directories,
-//! recovery, snapshots).
+//! recovery, snapshots), `events.rs` (the event exchange's events).
 
 mod equivalence;
+mod events;
 mod route;
 mod storage;
 mod topology;
@@ -27,6 +28,8 @@ use crate::queue::{QueueRef, Services};
 use warren_codec::proto::FieldTable;
 
 pub(crate) use equivalence::arg_display;
+pub use events::channel_pid;
+pub use route::Routed;
 pub use storage::{new_store_dir, Storage};
 
 /// Exchanges RabbitMQ pre-declares in every vhost (`rabbit_vhost:declare_default_exchanges`).
@@ -38,6 +41,8 @@ const DEFAULT_EXCHANGES: &[(&str, ExchangeKind, bool)] = &[
     ("amq.headers", ExchangeKind::Headers, false),
     ("amq.match", ExchangeKind::Headers, false),
     ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
+    // The event exchange plugin's (built in: `crate::events`).
+    (crate::events::EVENT_EXCHANGE, ExchangeKind::Topic, true),
 ];
 
 fn is_default_exchange(name: &str) -> bool {
@@ -64,10 +69,12 @@ pub trait MetaPath: Send + Sync {
 }
 
 /// Who is asking for a change (for the checks that depend on it).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Origin {
     /// The connection (exclusive queues belong to one).
     pub conn_id: Option<u64>,
+    /// The user asking (`user_who_performed_action` of events; `None`: the broker).
+    pub user: Option<Arc<str>>,
     /// The broker itself (may use reserved `amq.` names).
     pub internal: bool,
 }
@@ -130,6 +137,8 @@ pub struct VHost {
     unclaimed: Mutex<Option<std::collections::HashSet<String>>>,
     /// Commands an apply gave rise to, submitted once the topology lock is released.
     followups: Mutex<Vec<Command>>,
+    /// Events an apply gave rise to, published once the topology lock is released.
+    events: Mutex<Vec<crate::events::Event>>,
 }
 
 pub(crate) fn reserved(name: &str) -> bool {
@@ -165,6 +174,7 @@ impl VHost {
             me: me.clone(),
             unclaimed: Mutex::new(unclaimed),
             followups: Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
         }))
     }
 
@@ -208,6 +218,26 @@ impl VHost {
     /// Whether an exchange exists.
     pub fn has_exchange(&self, name: &str) -> bool {
         self.topo.read().exchanges.contains_key(name)
+    }
+
+    /// The number of messages a delayed-message exchange holds (`None`: no such exchange,
+    /// or not a delayed one).
+    pub fn delayed_count(&self, exchange: &str) -> Option<usize> {
+        self.topo
+            .read()
+            .exchanges
+            .get(exchange)
+            .and_then(|x| x.delayed().map(|d| d.len()))
+    }
+
+    /// The number of keys an exchange's deduplication cache holds (`None`: no such exchange,
+    /// or it does not deduplicate).
+    pub fn dedup_cache_len(&self, exchange: &str) -> Option<usize> {
+        self.topo
+            .read()
+            .exchanges
+            .get(exchange)
+            .and_then(Exchange::dedup_cache_len)
     }
 
     /// Names of all exchanges (for tests and introspection).

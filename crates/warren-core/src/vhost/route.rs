@@ -7,10 +7,25 @@ use tracing::warn;
 use super::VHost;
 use crate::clock::Millis;
 use crate::error::{AmqpError, AmqpResult};
-use crate::exchange::{Destination, Exchange};
+use crate::exchange::delayed::{delay_of, DelayedMessages, DelayedOwner, Held};
+use crate::exchange::{Destination, Exchange, Routable};
 use crate::queue::deadletter::is_cycle;
 use crate::queue::{DeadLetter, QueueOwner, QueueRef, Reason};
-use warren_codec::proto::{AMQPValue, FieldTable};
+use warren_codec::proto::{AMQPProperties, AMQPValue, FieldTable};
+
+/// Where a publish goes.
+#[derive(Debug)]
+pub struct Routed {
+    /// The queues, each once.
+    pub queues: Vec<QueueRef>,
+    /// The exchange's shared name (messages keep it rather than a copy of their own).
+    pub exchange: Arc<str>,
+    /// Whether the result depends only on exchange, routing key and topology, so that a
+    /// message without headers may reuse it (false when an exchange read the properties).
+    pub cacheable: bool,
+    /// The exchange holds the message instead of routing it: its holder and the delay (ms).
+    pub delayed: Option<(Arc<DelayedMessages>, u64)>,
+}
 
 impl VHost {
     /// Finds the queues a message published to `exchange` with `routing_key` goes to, following
@@ -21,35 +36,46 @@ impl VHost {
         exchange: &str,
         routing_key: &str,
         headers: Option<&FieldTable>,
+        now: Millis,
     ) -> AmqpResult<Vec<QueueRef>> {
-        self.route_from(exchange, routing_key, headers, true)
-            .map(|(q, _)| q)
+        let m = Routable {
+            routing_key,
+            headers,
+            properties: None,
+        };
+        self.route_from(exchange, &m, true, now).map(|r| r.queues)
     }
 
-    /// Like [`VHost::route`], also giving the exchange's shared name, so that messages do not
-    /// each allocate their own copy of it.
+    /// Routes a client's publish: like [`VHost::route`], with the properties (consistent-hash
+    /// exchanges may hash one), and a delayed exchange may hold the message instead.
     pub fn route_message(
         &self,
         exchange: &str,
         routing_key: &str,
-        headers: Option<&FieldTable>,
-    ) -> AmqpResult<(Vec<QueueRef>, Arc<str>)> {
-        self.route_from(exchange, routing_key, headers, true)
+        properties: &AMQPProperties,
+        now: Millis,
+    ) -> AmqpResult<Routed> {
+        let m = Routable {
+            routing_key,
+            headers: properties.headers().as_ref(),
+            properties: Some(properties),
+        };
+        self.route_from(exchange, &m, true, now)
     }
 
     /// Publishes a dead-lettered message to its dead-letter exchange (dropped if that exchange
     /// is missing), skipping target queues where it would cycle, as RabbitMQ does.
     pub fn publish_dead_letter(&self, dl: DeadLetter, reason: Reason, now: Millis) {
-        let Ok((queues, _)) = self.route_from(
-            &dl.message.exchange,
-            &dl.message.routing_key,
-            Some(&dl.headers),
-            false,
-        ) else {
+        let m = Routable {
+            routing_key: &dl.message.routing_key,
+            headers: Some(&dl.headers),
+            properties: None,
+        };
+        let Ok(routed) = self.route_from(&dl.message.exchange, &m, false, now) else {
             return;
         };
         let msg = Arc::new(dl.message);
-        for q in queues {
+        for q in routed.queues {
             if reason != Reason::Rejected && is_cycle(q.name(), &dl.deaths) {
                 warn!(queue = %q.name(), "dead-letter cycle without a rejection: message dropped");
                 continue;
@@ -58,16 +84,18 @@ impl VHost {
         }
     }
 
-    fn route_from(
+    /// `from_client`: a client's publish (internal exchanges refuse it; delayed exchanges
+    /// hold it when it has a delay). `now` ages deduplication caches.
+    pub(super) fn route_from(
         &self,
         exchange: &str,
-        routing_key: &str,
-        headers: Option<&FieldTable>,
+        m: &Routable<'_>,
         from_client: bool,
-    ) -> AmqpResult<(Vec<QueueRef>, Arc<str>)> {
+        now: Millis,
+    ) -> AmqpResult<Routed> {
         // Sender-selected distribution: the CC and BCC headers' keys route too.
-        let mut keys = vec![routing_key];
-        if let Some(h) = headers {
+        let mut keys = vec![m.routing_key];
+        if let Some(h) = m.headers {
             sender_selected_keys(h, &mut keys)?;
         }
         let topo = self.topo.read();
@@ -81,7 +109,12 @@ impl VHost {
                 .filter_map(|k| topo.queues.get(*k).cloned())
                 .collect();
             dedup_queues(&mut q);
-            return Ok((q, x.name.clone()));
+            return Ok(Routed {
+                queues: q,
+                exchange: x.name.clone(),
+                cacheable: true,
+                delayed: None,
+            });
         }
         if x.internal && from_client {
             return Err(AmqpError::access_refused(format!(
@@ -89,6 +122,17 @@ impl VHost {
                 self.name
             )));
         }
+        if let (Some(held), true) = (x.delayed(), from_client) {
+            if let Some(delay) = delay_of(m.headers)? {
+                return Ok(Routed {
+                    queues: Vec::new(),
+                    exchange: x.name.clone(),
+                    cacheable: false,
+                    delayed: Some((held.clone(), delay)),
+                });
+            }
+        }
+        let mut cacheable = true;
         let mut visited: Vec<&str> = Vec::new();
         let mut pending: Vec<&Exchange> = vec![x];
         let mut dests: Vec<Destination> = Vec::new();
@@ -98,9 +142,19 @@ impl VHost {
                 continue;
             }
             visited.push(&x.name);
+            cacheable &= !x.uses_properties();
+            // A duplicate goes nowhere from this exchange (not to its alternate either).
+            if x.is_duplicate(m.headers, now) {
+                continue;
+            }
             dests.clear();
             for key in &keys {
-                x.route(key, headers, &mut dests);
+                let by_key = Routable {
+                    routing_key: key,
+                    headers: m.headers,
+                    properties: m.properties,
+                };
+                x.route(&by_key, &mut dests);
             }
             if dests.is_empty() {
                 if let Some(ae) = x
@@ -127,7 +181,33 @@ impl VHost {
             }
         }
         dedup_queues(&mut queues);
-        Ok((queues, x.name.clone()))
+        Ok(Routed {
+            queues,
+            exchange: x.name.clone(),
+            cacheable,
+            delayed: None,
+        })
+    }
+}
+
+impl DelayedOwner for VHost {
+    fn publish_due(&self, exchange: &str, held: &Held, now: Millis) -> u64 {
+        let m = Routable {
+            routing_key: &held.message.routing_key,
+            headers: held.properties.headers().as_ref(),
+            properties: Some(&held.properties),
+        };
+        // The exchange may have gone since; then the message goes with it.
+        let Ok(routed) = self.route_from(exchange, &m, false, now) else {
+            return 0;
+        };
+        let mut epoch = 0;
+        for q in routed.queues {
+            if let crate::queue::Enqueued::Yes(e) = q.publish(held.message.clone(), now) {
+                epoch = epoch.max(e);
+            }
+        }
+        epoch
     }
 }
 

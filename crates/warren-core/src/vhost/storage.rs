@@ -6,6 +6,8 @@
 //! store's first flush in the sync thread, so a declaration touches no disk on the event loop.
 //! At startup the directory list is read once; replayed declarations claim their directories,
 //! and what nobody claims (a queue deleted before a crash finished removing it) is removed.
+//! A durable delayed-message exchange's store lives there too, in a directory named `dx-...`
+//! (its declaration names it the same way).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -82,13 +84,9 @@ impl VHost {
         let Some(s) = &self.storage else {
             return Ok(Backing::None);
         };
-        let path = s.queues_dir().join(store_dir);
-        let existed = self
-            .unclaimed
-            .lock()
-            .as_mut()
-            .is_some_and(|u| u.remove(store_dir));
         if args.kind == QueueKind::Stream {
+            let path = s.queues_dir().join(store_dir);
+            let existed = self.claim(store_dir);
             let max = args.stream_max_segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE);
             let log = if existed {
                 StreamLog::open(&path, s.syncer.clone(), max)?
@@ -97,12 +95,38 @@ impl VHost {
             };
             return Ok(Backing::Stream(log));
         }
-        let store = if existed {
-            SegmentStore::open(&path, s.syncer.clone(), s.segment_size, s.memory_limit)?
-        } else {
-            SegmentStore::create(&path, s.syncer.clone(), s.segment_size, s.memory_limit)
+        Ok(match self.store_with_limit(store_dir, s.memory_limit)? {
+            Some(store) => Backing::Store(store),
+            None => Backing::None,
+        })
+    }
+
+    /// A message store in `store_dir`, recovering at most `memory_limit` messages into memory
+    /// (0: all; a delayed exchange holds all of its messages in due order).
+    pub(super) fn store_with_limit(
+        &self,
+        store_dir: &str,
+        memory_limit: usize,
+    ) -> std::io::Result<Option<StoreRef>> {
+        let Some(s) = &self.storage else {
+            return Ok(None);
         };
-        Ok(Backing::Store(store as StoreRef))
+        let path = s.queues_dir().join(store_dir);
+        let store = if self.claim(store_dir) {
+            SegmentStore::open(&path, s.syncer.clone(), s.segment_size, memory_limit)?
+        } else {
+            SegmentStore::create(&path, s.syncer.clone(), s.segment_size, memory_limit)
+        };
+        Ok(Some(store as StoreRef))
+    }
+
+    /// Whether a previous run left `store_dir` (recovery has not finished and no other
+    /// incarnation claimed it); claims it.
+    fn claim(&self, store_dir: &str) -> bool {
+        self.unclaimed
+            .lock()
+            .as_mut()
+            .is_some_and(|u| u.remove(store_dir))
     }
 
     /// Ends recovery: store directories no replayed queue claimed are garbage.
@@ -146,6 +170,7 @@ impl VHost {
                     auto_delete: x.auto_delete,
                     internal: x.internal,
                     arguments: x.arguments.clone(),
+                    store_dir: x.store_dir.clone().unwrap_or_default(),
                 }));
             }
         }

@@ -12,9 +12,11 @@
 use std::sync::Arc;
 
 use super::equivalence::{bool_str, check_queue_args, inequivalent};
+use super::events;
 use super::{reserved, Applied, Check, DeclaredQueue, Origin, Pre, Topology, VHost};
 use crate::clock::Millis;
 use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::delayed::{DelayedMessages, DelayedOwner, DelayedStore};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::metadata::{BindingDef, Command, ExchangeDef, QueueDef};
 use crate::queue::{
@@ -126,6 +128,7 @@ impl VHost {
                 d.name
             )));
         }
+        kind.validate_arguments(&d.arguments)?;
         Ok(if d.durable { Check::Log } else { Check::Apply })
     }
 
@@ -268,7 +271,7 @@ impl VHost {
         };
         let exists = src.has_binding(&binding(b));
         if bind {
-            src.validate_binding(&b.arguments)
+            src.validate_binding(&b.routing_key, &b.arguments)
                 .map_err(AmqpError::precondition_failed)?;
             if exists {
                 return Ok(Check::Done(Applied::Done));
@@ -286,17 +289,36 @@ impl VHost {
     /// Carries out `cmd` (see the module docs). `replay`: the command comes from the log at
     /// startup.
     pub fn apply(&self, cmd: &Command, now: Millis, replay: bool) -> AmqpResult<Applied> {
-        let r = self.apply_locked(cmd, now, replay);
-        // Follow-up commands were collected under the topology lock; the metadata path
-        // takes it again.
+        self.apply_as(cmd, now, replay, None)
+    }
+
+    /// [`Self::apply`] on behalf of `user` (`None`: the broker itself), who is named in the
+    /// events the change gives rise to.
+    pub fn apply_as(
+        &self,
+        cmd: &Command,
+        now: Millis,
+        replay: bool,
+        user: Option<&str>,
+    ) -> AmqpResult<Applied> {
+        let r = self.apply_locked(cmd, now, replay, user);
+        // Follow-up commands and events were collected under the topology lock; the metadata
+        // path and routing take it again.
         let followups = std::mem::take(&mut *self.followups.lock());
         for c in followups {
             self.submit_detached(c);
         }
+        self.publish_events(now);
         r
     }
 
-    fn apply_locked(&self, cmd: &Command, now: Millis, replay: bool) -> AmqpResult<Applied> {
+    fn apply_locked(
+        &self,
+        cmd: &Command,
+        now: Millis,
+        replay: bool,
+        user: Option<&str>,
+    ) -> AmqpResult<Applied> {
         match cmd {
             Command::DeclareExchange(d) => {
                 let kind = Self::exchange_kind(d)?;
@@ -305,27 +327,47 @@ impl VHost {
                     self.check_exchange_equivalent(x, kind, d)?;
                     return Ok(Applied::Done);
                 }
-                topo.exchanges.insert(
-                    d.name.as_str().into(),
-                    Exchange::new(
-                        &d.name,
-                        kind,
-                        d.durable,
-                        d.auto_delete,
-                        d.internal,
-                        d.arguments.clone(),
-                    ),
+                kind.validate_arguments(&d.arguments)?;
+                let mut x = Exchange::new(
+                    &d.name,
+                    kind,
+                    d.durable,
+                    d.auto_delete,
+                    d.internal,
+                    d.arguments.clone(),
                 );
+                if kind == ExchangeKind::Delayed {
+                    let store = self.delayed_store(d)?;
+                    x.store_dir = store.as_ref().map(|_| d.store_dir.clone());
+                    let owner: std::sync::Weak<dyn DelayedOwner> = self.me.clone();
+                    let name = x.name.clone();
+                    x = x.with_delayed(DelayedMessages::new(
+                        name,
+                        self.services.timers.clone(),
+                        owner,
+                        store,
+                        now,
+                    ));
+                }
+                topo.exchanges.insert(d.name.as_str().into(), x);
+                if !replay {
+                    self.queue_event(&topo, || events::exchange_created(d, user));
+                }
                 Ok(Applied::Done)
             }
             Command::DeleteExchange { name, .. } => {
                 let mut topo = self.topo_mut();
                 if topo.exchanges.contains_key(name.as_str()) {
                     self.remove_exchange(&mut topo, name, replay);
+                    if !replay {
+                        self.queue_event(&topo, || {
+                            events::deleted("exchange.deleted", &self.name, name, user)
+                        });
+                    }
                 }
                 Ok(Applied::Done)
             }
-            Command::DeclareQueue(d) => self.apply_declare_queue(d, now),
+            Command::DeclareQueue(d) => self.apply_declare_queue(d, now, replay, user),
             Command::DeleteQueue {
                 name, store_dir, ..
             } => {
@@ -336,7 +378,13 @@ impl VHost {
                 if store_dir.is_some() && *store_dir != q.info().store_dir {
                     return Ok(Applied::Deleted(0));
                 }
-                Ok(Applied::Deleted(self.remove_queue(&mut topo, &q, replay)))
+                let n = self.remove_queue(&mut topo, &q, replay);
+                if !replay {
+                    self.queue_event(&topo, || {
+                        events::deleted("queue.deleted", &self.name, name, user)
+                    });
+                }
+                Ok(Applied::Deleted(n))
             }
             Command::Bind(b) => {
                 let mut topo = self.topo_mut();
@@ -354,12 +402,15 @@ impl VHost {
                         Destination::Exchange(n) => AmqpError::no_exchange(n, &self.name),
                     });
                 }
-                src.validate_binding(&b.arguments)
+                src.validate_binding(&b.routing_key, &b.arguments)
                     .map_err(AmqpError::precondition_failed)?;
                 if src.bind(binding(b)) {
                     let sources = topo.sources.entry(dest).or_default();
                     if !sources.iter().any(|s| **s == *b.source) {
                         sources.push(b.source.as_str().into());
+                    }
+                    if !replay {
+                        self.queue_event(&topo, || events::binding("binding.created", b, user));
                     }
                 }
                 Ok(Applied::Done)
@@ -378,6 +429,9 @@ impl VHost {
                 if !still {
                     Self::forget_source(&mut topo, &dest, &b.source);
                 }
+                if !replay {
+                    self.queue_event(&topo, || events::binding("binding.deleted", b, user));
+                }
                 if emptied {
                     self.exchange_emptied(&mut topo, &b.source, replay);
                 }
@@ -386,7 +440,28 @@ impl VHost {
         }
     }
 
-    fn apply_declare_queue(&self, d: &QueueDef, now: Millis) -> AmqpResult<Applied> {
+    /// The store of a durable delayed exchange's persistent messages (none without a data
+    /// dir or for a non-durable exchange).
+    fn delayed_store(&self, d: &ExchangeDef) -> AmqpResult<Option<DelayedStore>> {
+        let (true, false, Some(s)) = (d.durable, d.store_dir.is_empty(), &self.storage) else {
+            return Ok(None);
+        };
+        let store = self
+            .store_with_limit(&d.store_dir, 0)
+            .map_err(|e| AmqpError::internal(format!("cannot open delayed message store: {e}")))?;
+        Ok(store.map(|store| DelayedStore {
+            store,
+            syncer: s.syncer.clone(),
+        }))
+    }
+
+    fn apply_declare_queue(
+        &self,
+        d: &QueueDef,
+        now: Millis,
+        replay: bool,
+        user: Option<&str>,
+    ) -> AmqpResult<Applied> {
         let mut topo = self.topo_mut();
         if let Some(q) = topo.queues.get(d.name.as_str()) {
             self.check_queue_equivalent(q, d)?;
@@ -424,6 +499,9 @@ impl VHost {
             topo.exclusive.entry(c).or_default().push(name.clone());
         }
         topo.queues.insert(name, q.clone());
+        if !replay {
+            self.queue_event(&topo, || events::queue_created(d, user));
+        }
         Ok(Applied::Queue(DeclaredQueue {
             queue: q,
             message_count: 0,
@@ -498,6 +576,9 @@ impl VHost {
         let Some(x) = topo.exchanges.remove(name) else {
             return;
         };
+        if let Some(held) = x.delayed() {
+            held.destroy();
+        }
         for b in x.bindings() {
             Self::forget_source(topo, &b.destination, name);
         }

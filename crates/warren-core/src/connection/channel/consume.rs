@@ -8,9 +8,11 @@ use super::{ok, random_tag, short, Channel, ChannelConsumer, Unacked, DIRECT_REP
 use crate::clock::Millis;
 use crate::connection::Ctx;
 use crate::error::{AmqpError, AmqpResult};
+use crate::events::{arguments, Event};
 use crate::message::QueuedMessage;
 use crate::metadata::{Command, QueueDef};
 use crate::queue::{AfterCancel, Consumer, Credit, Delivery, Got, QueueRef, Settle, Sink, Waiter};
+use crate::vhost::channel_pid;
 use crate::vhost::{Applied, Origin, Pre};
 use warren_codec::encode;
 use warren_codec::proto::{basic, AMQPClass, FieldTable};
@@ -161,6 +163,7 @@ impl Channel {
         });
         let origin = Origin {
             conn_id: Some(ctx.conn_id),
+            user: Some(ctx.user.as_str().into()),
             internal: true,
         };
         // Not durable: applied at once.
@@ -208,6 +211,8 @@ impl Channel {
         }
         let credit = Credit::new(self.prefetch);
         let sink: Arc<dyn Sink> = ctx.sink.clone();
+        // For the consumer.created event; the arguments themselves go to the queue.
+        let event_args = vh.wants_events().then(|| arguments(&c.arguments));
         let consumer = Consumer {
             tag: tag.clone(),
             conn_id: ctx.conn_id,
@@ -221,6 +226,17 @@ impl Channel {
             arguments: c.arguments,
         };
         q.consume(consumer, ctx.now)?;
+        if let Some(event_args) = event_args {
+            let e = Event::new("consumer.created", &ctx.user, &vh.name)
+                .str("queue", q.name())
+                .str("consumer_tag", &tag)
+                .bool("ack_required", !c.no_ack)
+                .bool("exclusive", c.exclusive)
+                .int("prefetch_count", i64::from(self.prefetch))
+                .value("arguments", event_args)
+                .str("channel", &channel_pid(ctx.conn_id, self.id));
+            vh.emit_event(e, ctx.now);
+        }
         // consume-ok precedes every delivery: deliveries come back through this connection's
         // event queue, which is read only after this method has been handled.
         if !c.nowait {
@@ -247,10 +263,17 @@ impl Channel {
 
     fn cancel_consumer(&mut self, ctx: &mut Ctx, tag: &Arc<str>) {
         if let Some(c) = self.consumers.remove(tag) {
-            if c.queue.cancel(ctx.conn_id, self.id, tag, ctx.now) == AfterCancel::AutoDelete {
-                if let Ok(vh) = Self::vhost(ctx) {
-                    vh.delete_queue_instance(&c.queue);
-                }
+            let after = c.queue.cancel(ctx.conn_id, self.id, tag, ctx.now);
+            let Ok(vh) = Self::vhost(ctx) else { return };
+            if vh.wants_events() {
+                let e = Event::new("consumer.deleted", &ctx.user, &vh.name)
+                    .str("queue", c.queue.name())
+                    .str("consumer_tag", tag)
+                    .str("channel", &channel_pid(ctx.conn_id, self.id));
+                vh.emit_event(e, ctx.now);
+            }
+            if after == AfterCancel::AutoDelete {
+                vh.delete_queue_instance(&c.queue);
             }
         }
     }

@@ -8,6 +8,7 @@ use super::tx::TxPublish;
 use super::{short, Channel, DIRECT_REPLY_TO};
 use crate::connection::Ctx;
 use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::delayed::{due_properties, DelayedMessages, Held};
 use crate::message::Message;
 use crate::queue::{Enqueued, QueueRef};
 use crate::vhost::VHost;
@@ -16,6 +17,14 @@ use warren_codec::{encode, ContentHeader, ReplyCode};
 
 /// The queues a publish goes to (shared with the channel's route cache).
 pub(super) type Targets = Arc<[QueueRef]>;
+
+/// Where a publish goes, as the channel keeps it.
+pub(super) struct Routed<Q> {
+    queues: Q,
+    exchange: Arc<str>,
+    /// Held by a delayed exchange instead: its holder and the delay.
+    delayed: Option<(Arc<DelayedMessages>, u64)>,
+}
 
 #[derive(Debug)]
 pub(super) struct RouteCache {
@@ -104,8 +113,13 @@ impl Channel {
             }
         }
         let vh = Self::vhost(ctx)?;
-        let (queues, exchange) =
-            self.route(&vh, p.exchange.as_str(), p.routing_key.as_str(), props)?;
+        let routed = self.route(
+            &vh,
+            p.exchange.as_str(),
+            p.routing_key.as_str(),
+            props,
+            ctx.now,
+        )?;
         if props
             .headers()
             .as_ref()
@@ -120,7 +134,7 @@ impl Channel {
         }
         let props: &AMQPProperties = &header.properties;
         let message = Arc::new(Message::new(
-            exchange,
+            routed.exchange,
             p.routing_key.as_str(),
             props,
             header.raw_properties,
@@ -128,29 +142,69 @@ impl Channel {
         ));
         if let Some(tx) = &mut self.tx {
             tx.publishes.push(TxPublish {
-                queues,
+                queues: routed.queues,
                 message,
                 mandatory: p.mandatory,
+                delayed: routed.delayed,
             });
             return Ok(());
         }
-        self.enqueue(ctx, &queues, message, p.mandatory);
+        let held_epoch = match routed.delayed {
+            Some((held, delay)) => Self::hold_delayed(ctx, &held, &message, props, delay),
+            None => 0,
+        };
+        self.enqueue(ctx, &routed.queues, message, p.mandatory, held_epoch);
         Ok(())
     }
 
+    /// Gives a message with a delay to its delayed exchange. Then it has gone nowhere yet, so
+    /// that the caller's enqueue returns it if mandatory and confirms it, as the plugin does
+    /// (the plugin's route answers no queues); returns the sync epoch the confirm waits for
+    /// (a persistent message of a durable exchange is stored).
+    pub(super) fn hold_delayed(
+        ctx: &Ctx,
+        held: &DelayedMessages,
+        message: &Message,
+        props: &AMQPProperties,
+        delay: u64,
+    ) -> u64 {
+        let properties = due_properties(props, delay);
+        let raw = Bytes::from(warren_codec::encode_properties(&properties));
+        let due = Message::new(
+            message.exchange.clone(),
+            &message.routing_key,
+            &properties,
+            raw,
+            message.body.clone(),
+        );
+        held.hold(
+            Held {
+                message: Arc::new(due),
+                properties,
+            },
+            ctx.now.saturating_add(delay),
+            ctx.now,
+        )
+    }
+
     /// Routes a publish, through the channel's one-entry cache when the message has no headers
-    /// (then the route depends only on exchange, key and topology version).
+    /// and no exchange on the way reads its properties (then the route depends only on
+    /// exchange, key and topology version).
     fn route(
         &mut self,
         vh: &VHost,
         exchange: &str,
         routing_key: &str,
         props: &AMQPProperties,
-    ) -> AmqpResult<(Targets, Arc<str>)> {
+        now: crate::clock::Millis,
+    ) -> AmqpResult<Routed<Targets>> {
         if props.headers().is_some() {
-            return vh
-                .route_message(exchange, routing_key, props.headers().as_ref())
-                .map(|(q, e)| (q.into(), e));
+            let r = vh.route_message(exchange, routing_key, props, now)?;
+            return Ok(Routed {
+                queues: r.queues.into(),
+                exchange: r.exchange,
+                delayed: r.delayed,
+            });
         }
         let version = vh.version();
         if let Some(c) = &self.route_cache {
@@ -158,19 +212,29 @@ impl Channel {
                 && same_str(&c.exchange, exchange)
                 && same_str(&c.routing_key, routing_key)
             {
-                return Ok((c.queues.clone(), c.exchange_name.clone()));
+                return Ok(Routed {
+                    queues: c.queues.clone(),
+                    exchange: c.exchange_name.clone(),
+                    delayed: None,
+                });
             }
         }
-        let (queues, exchange_name) = vh.route_message(exchange, routing_key, None)?;
-        let queues: Targets = queues.into();
-        self.route_cache = Some(RouteCache {
-            version,
-            exchange: exchange.to_string(),
-            routing_key: routing_key.to_string(),
-            queues: queues.clone(),
-            exchange_name: exchange_name.clone(),
-        });
-        Ok((queues, exchange_name))
+        let r = vh.route_message(exchange, routing_key, props, now)?;
+        let queues: Targets = r.queues.into();
+        if r.cacheable {
+            self.route_cache = Some(RouteCache {
+                version,
+                exchange: exchange.to_string(),
+                routing_key: routing_key.to_string(),
+                queues: queues.clone(),
+                exchange_name: r.exchange.clone(),
+            });
+        }
+        Ok(Routed {
+            queues,
+            exchange: r.exchange,
+            delayed: r.delayed,
+        })
     }
 
     /// Puts a routed message into its queues, returns it if mandatory and unroutable, and
@@ -182,10 +246,11 @@ impl Channel {
         queues: &[QueueRef],
         message: Arc<Message>,
         mandatory: bool,
+        held_epoch: u64,
     ) -> u64 {
         let mut routed = false;
         let mut rejected = false;
-        let mut epoch = 0;
+        let mut epoch = held_epoch;
         for q in queues {
             match q.publish(message.clone(), ctx.now) {
                 Enqueued::Yes(e) => {

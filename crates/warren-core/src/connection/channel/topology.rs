@@ -7,6 +7,7 @@ use super::{ok, short, Channel, DIRECT_REPLY_TO};
 use crate::broker::Done;
 use crate::connection::{ConnEvent, Ctx};
 use crate::error::{AmqpError, AmqpResult};
+use crate::exchange::ExchangeKind;
 use crate::metadata::{BindingDef, Command, ExchangeDef, QueueDef};
 use crate::queue::Waiter;
 use crate::vhost::{new_store_dir, server_named, Applied, Origin, Pre};
@@ -31,6 +32,7 @@ impl Channel {
     ) -> AmqpResult<()> {
         let origin = Origin {
             conn_id: Some(ctx.conn_id),
+            user: Some(ctx.user.as_str().into()),
             internal,
         };
         let sink = ctx.sink.clone();
@@ -114,6 +116,15 @@ impl Channel {
                 Ok(())
             }
             X::Declare(d) => {
+                // A durable delayed exchange keeps persistent held messages in a store.
+                let store_dir = if d.durable
+                    && d.kind.as_str() == ExchangeKind::Delayed.as_str()
+                    && vh.persistent()
+                {
+                    format!("dx-{}", new_store_dir(d.exchange.as_str()))
+                } else {
+                    String::new()
+                };
                 let cmd = Command::DeclareExchange(ExchangeDef {
                     vhost,
                     name: d.exchange.to_string(),
@@ -122,6 +133,7 @@ impl Channel {
                     auto_delete: d.auto_delete,
                     internal: d.internal,
                     arguments: d.arguments,
+                    store_dir,
                 });
                 let reply = Reply::ExchangeDeclare { nowait: d.nowait };
                 self.submit(ctx, cmd, Pre::default(), reply)

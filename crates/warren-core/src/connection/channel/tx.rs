@@ -19,6 +19,8 @@ pub(super) struct TxPublish {
     pub queues: Targets,
     pub message: Arc<Message>,
     pub mandatory: bool,
+    /// Held by a delayed exchange at commit: its holder and the delay.
+    pub delayed: Option<(Arc<crate::exchange::delayed::DelayedMessages>, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -55,7 +57,16 @@ impl Channel {
                 };
                 let mut epoch = 0;
                 for p in state.publishes {
-                    epoch = epoch.max(self.enqueue(ctx, &p.queues, p.message, p.mandatory));
+                    let mut held_epoch = 0;
+                    if let Some((held, delay)) = &p.delayed {
+                        if let Some(props) =
+                            warren_codec::decode_properties(&p.message.raw_properties)
+                        {
+                            held_epoch = Self::hold_delayed(ctx, held, &p.message, &props, *delay);
+                        }
+                    }
+                    let e = self.enqueue(ctx, &p.queues, p.message, p.mandatory, held_epoch);
+                    epoch = epoch.max(e);
                 }
                 let (mut acks, mut rejects, mut requeues) = (Vec::new(), Vec::new(), Vec::new());
                 for (_, u, how) in state.settles {
