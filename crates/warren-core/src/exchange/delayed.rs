@@ -275,7 +275,9 @@ impl DelayedMessages {
             let stored = match &self.store {
                 Some(st) if held.message.persistent => {
                     let due_wall = wall_ms().saturating_add(at.saturating_sub(now));
-                    epoch = st.store.append(id, &stored_form(&held.message, due_wall), 0);
+                    epoch = st
+                        .store
+                        .append(id, &stored_form(&held.message, due_wall), 0);
                     Some(id)
                 }
                 _ => None,
