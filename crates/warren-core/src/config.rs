@@ -22,6 +22,17 @@ pub struct Config {
     pub log: LogConfig,
     /// Memory alarm.
     pub memory: MemoryConfig,
+    /// Definitions imported at every start.
+    pub definitions: DefinitionsConfig,
+}
+
+/// A definitions file in RabbitMQ's format, imported at every start before clients are
+/// accepted (RabbitMQ's `load_definitions`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefinitionsConfig {
+    /// Path of the file; empty: none.
+    pub load: PathBuf,
 }
 
 /// The memory alarm (RabbitMQ's `vm_memory_high_watermark`): above it, publishing connections
@@ -105,6 +116,8 @@ pub struct AuthConfig {
     pub default_pass: String,
     /// Users who may only log in from a loopback address (RabbitMQ's `loopback_users`).
     pub loopback_users: Vec<String>,
+    /// The vhost created on first start (RabbitMQ's `default_vhost`, `/`).
+    pub default_vhost: String,
 }
 
 /// Storage.
@@ -150,6 +163,7 @@ impl Default for AuthConfig {
             default_user: "guest".into(),
             default_pass: "guest".into(),
             loopback_users: vec!["guest".into()],
+            default_vhost: "/".into(),
         }
     }
 }

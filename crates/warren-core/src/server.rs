@@ -53,7 +53,27 @@ pub async fn run_all(
     let broker = tokio::task::spawn_blocking(move || Broker::open(config))
         .await
         .map_err(std::io::Error::other)??;
+    import_configured_definitions(&broker).await?;
     run_broker_on(broker, listeners, shutdown).await
+}
+
+/// Imports `definitions.load`, if set, before any client is served; a malformed file or a
+/// refused entry is a startup error naming the place.
+pub async fn import_configured_definitions(broker: &Arc<Broker>) -> std::io::Result<()> {
+    let path = broker.config.definitions.load.clone();
+    if path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let p = path.clone();
+    let defs = tokio::task::spawn_blocking(move || crate::broker::definitions::load(&p))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?;
+    broker
+        .import_definitions(defs)
+        .await
+        .map_err(|e| std::io::Error::other(format!("definitions file {}: {e}", path.display())))?;
+    Ok(())
 }
 
 /// Like [`run`], with a broker built by the caller (tests inspect it).

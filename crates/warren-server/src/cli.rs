@@ -79,6 +79,9 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub default_pass: Option<String>,
+    /// Definitions file in RabbitMQ's format imported at start (`definitions.load`).
+    #[arg(long, env = "WARREN_LOAD_DEFINITIONS", value_name = "PATH")]
+    pub load_definitions: Option<PathBuf>,
     /// Print a documented configuration file holding the defaults, and exit.
     #[arg(long)]
     pub print_default_config: bool,
@@ -153,6 +156,9 @@ impl ServeArgs {
         }
         if let Some(pass) = &self.default_pass {
             config.auth.default_pass.clone_from(pass);
+        }
+        if let Some(path) = &self.load_definitions {
+            config.definitions.load.clone_from(path);
         }
     }
 

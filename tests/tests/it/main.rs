@@ -2,6 +2,7 @@
 //! in-process broker over TCP), one module per area. One binary links lapin and the broker
 //! once instead of once per file.
 
+mod access;
 mod connections;
 mod direct_reply_to;
 mod drain;

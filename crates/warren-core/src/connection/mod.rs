@@ -40,9 +40,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::auth::Access;
 use crate::broker::Broker;
 use crate::clock::Millis;
-use crate::error::AmqpError;
+use crate::error::{AmqpError, AmqpResult};
 use crate::vhost::VHost;
 use channel::Channel;
 use flow::Flow;
@@ -96,6 +97,11 @@ pub(crate) struct Ctx {
     pub peer: SocketAddr,
     pub vhost: Option<Arc<VHost>>,
     pub user: String,
+    /// The user's permissions in the vhost, as of `access_gen`.
+    pub access: Option<Arc<Access>>,
+    pub access_gen: u64,
+    /// The user's `max-channels`.
+    pub max_channels: Option<u64>,
     pub frame_max: u32,
     pub channel_max: u16,
     pub heartbeat: u16,
@@ -125,6 +131,28 @@ pub(crate) struct Ctx {
 impl Ctx {
     pub fn send_method(&mut self, channel: ChannelId, method: &AMQPClass) {
         encode::encode_method(&mut self.out, channel, method);
+    }
+
+    /// The user's permissions in the connection's vhost, fetched again when users or
+    /// permissions changed since (one atomic load otherwise). Revoked: every check refuses.
+    pub fn access(&mut self) -> AmqpResult<Arc<Access>> {
+        let gen = self.broker.users.generation();
+        if gen != self.access_gen {
+            let vhost = self.vhost.as_ref().map(|v| v.name.to_string());
+            self.access = vhost.and_then(|v| self.broker.users.access(&self.user, &v));
+            self.access_gen = gen;
+        }
+        self.access.clone().ok_or_else(|| {
+            let vhost = self
+                .vhost
+                .as_ref()
+                .map(|v| v.name.to_string())
+                .unwrap_or_default();
+            AmqpError::access_refused(format!(
+                "access to vhost '{vhost}' refused for user '{}'",
+                self.user
+            ))
+        })
     }
 
     /// The highest durable sync epoch (everything is durable without a syncer).
@@ -233,6 +261,9 @@ impl Connection {
                 peer,
                 vhost: None,
                 user: String::new(),
+                access: None,
+                access_gen: 0,
+                max_channels: None,
                 frame_max,
                 channel_max,
                 heartbeat: 0,
@@ -571,6 +602,9 @@ impl Connection {
             ConnEvent::Applied { channel, result } => {
                 self.resume(channel, channel::Resume::Applied(result));
             }
+            ConnEvent::ForceClose(text) => {
+                self.close_connection(AmqpError::new(ReplyCode::ConnectionForced, text));
+            }
             ConnEvent::Wake { channel } => self.resume(channel, channel::Resume::Woken),
         }
     }
@@ -637,6 +671,7 @@ impl Connection {
         }
         if let Some(vh) = &self.ctx.vhost {
             vh.delete_exclusive_queues(self.ctx.conn_id);
+            self.ctx.broker.unregister_connection(self.ctx.conn_id);
         }
         // Deliveries already queued to us go back to their queues.
         while let Ok(ev) = self.events_rx.try_recv() {

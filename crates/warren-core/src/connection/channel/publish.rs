@@ -20,6 +20,8 @@ pub(super) type Targets = Arc<[QueueRef]>;
 #[derive(Debug)]
 pub(super) struct RouteCache {
     version: u64,
+    /// The users generation the write permission was checked at.
+    auth_gen: u64,
     exchange: String,
     routing_key: String,
     queues: Targets,
@@ -96,7 +98,7 @@ impl Channel {
             check_expiration(exp.as_str())?;
         }
         if let Some(uid) = props.user_id() {
-            if uid.as_str() != ctx.user {
+            if uid.as_str() != ctx.user && !ctx.access()?.user.has_tag("impersonator") {
                 return Err(AmqpError::precondition_failed(format!(
                     "user_id property set to '{}' but authenticated user was '{}'",
                     uid, ctx.user
@@ -105,7 +107,7 @@ impl Channel {
         }
         let vh = Self::vhost(ctx)?;
         let (queues, exchange) =
-            self.route(&vh, p.exchange.as_str(), p.routing_key.as_str(), props)?;
+            self.route(ctx, &vh, p.exchange.as_str(), p.routing_key.as_str(), props)?;
         let message = Arc::new(Message::new(
             exchange,
             p.routing_key.as_str(),
@@ -126,38 +128,52 @@ impl Channel {
     }
 
     /// Routes a publish, through the channel's one-entry cache when the message has no headers
-    /// (then the route depends only on exchange, key and topology version).
+    /// (then the route depends only on exchange, key and topology version). The write
+    /// permission (and the topic permission of a topic exchange) is checked on a cache miss:
+    /// a hit means the same exchange and key at the same users generation.
     fn route(
         &mut self,
+        ctx: &mut Ctx,
         vh: &VHost,
         exchange: &str,
         routing_key: &str,
         props: &AMQPProperties,
     ) -> AmqpResult<(Targets, Arc<str>)> {
         if props.headers().is_some() {
+            Self::permit_publish(ctx, vh, exchange, routing_key)?;
             return vh
                 .route_message(exchange, routing_key, props.headers().as_ref())
                 .map(|(q, e)| (q.into(), e));
         }
         let version = vh.version();
+        let auth_gen = ctx.broker.users.generation();
         if let Some(c) = &self.route_cache {
             if c.version == version
+                && c.auth_gen == auth_gen
                 && same_str(&c.exchange, exchange)
                 && same_str(&c.routing_key, routing_key)
             {
                 return Ok((c.queues.clone(), c.exchange_name.clone()));
             }
         }
+        Self::permit_publish(ctx, vh, exchange, routing_key)?;
         let (queues, exchange_name) = vh.route_message(exchange, routing_key, None)?;
         let queues: Targets = queues.into();
         self.route_cache = Some(RouteCache {
             version,
+            auth_gen,
             exchange: exchange.to_string(),
             routing_key: routing_key.to_string(),
             queues: queues.clone(),
             exchange_name: exchange_name.clone(),
         });
         Ok((queues, exchange_name))
+    }
+
+    /// `basic.publish`: write on the exchange, and the topic permission of a topic exchange.
+    fn permit_publish(ctx: &mut Ctx, vh: &VHost, exchange: &str, key: &str) -> AmqpResult<()> {
+        super::permit_exchange(ctx, crate::auth::Perm::Write, exchange)?;
+        super::permit_topic(ctx, vh, crate::auth::Perm::Write, exchange, key)
     }
 
     /// Puts a routed message into its queues, returns it if mandatory and unroutable, and
