@@ -24,6 +24,49 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Definitions imported at every start.
     pub definitions: DefinitionsConfig,
+    /// The TLS listener (on when `tls.cert` is set).
+    pub tls: TlsConfig,
+}
+
+/// The TLS listener (RabbitMQ's `listeners.ssl` and `ssl_options`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Address to bind.
+    pub bind: String,
+    /// Port (RabbitMQ's 5671).
+    pub port: u16,
+    /// PEM certificate chain, leaf first; empty: no TLS listener.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle that client certificates are verified against.
+    pub ca: PathBuf,
+    /// Ask for and verify client certificates (`ssl_options.verify = verify_peer`).
+    pub verify_peer: bool,
+    /// Refuse clients without a certificate (`ssl_options.fail_if_no_peer_cert`).
+    pub fail_if_no_peer_cert: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            bind: "0.0.0.0".into(),
+            port: 5671,
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            ca: PathBuf::new(),
+            verify_peer: false,
+            fail_if_no_peer_cert: false,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the TLS listener is on.
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
 }
 
 /// A definitions file in RabbitMQ's format, imported at every start before clients are
@@ -94,6 +137,8 @@ pub struct AmqpConfig {
     pub max_message_size: u64,
     /// Seconds a client has to finish the handshake (RabbitMQ: 10).
     pub handshake_timeout: u64,
+    /// Whether the plain (non-TLS) listener `bind`:`port` is on.
+    pub plain: bool,
 }
 
 /// One more AMQP listener (`[[listeners]]`).
@@ -153,6 +198,7 @@ impl Default for AmqpConfig {
             heartbeat: 60,
             max_message_size: 134_217_728,
             handshake_timeout: 10,
+            plain: true,
         }
     }
 }
@@ -253,10 +299,13 @@ impl Config {
 impl Config {
     /// Every AMQP listener: `amqp.bind`:`amqp.port` first, then `listeners`.
     pub fn amqp_listeners(&self) -> Vec<ListenerConfig> {
-        let mut v = vec![ListenerConfig {
-            bind: self.amqp.bind.clone(),
-            port: self.amqp.port,
-        }];
+        let mut v = Vec::new();
+        if self.amqp.plain {
+            v.push(ListenerConfig {
+                bind: self.amqp.bind.clone(),
+                port: self.amqp.port,
+            });
+        }
         v.extend(self.listeners.iter().cloned());
         v
     }

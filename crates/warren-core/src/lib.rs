@@ -32,6 +32,7 @@ pub mod metadata;
 pub mod queue;
 pub mod server;
 pub mod store;
+pub mod tls;
 mod value;
 pub mod vhost;
 

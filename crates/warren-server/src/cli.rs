@@ -79,6 +79,18 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub default_pass: Option<String>,
+    /// TLS port (`tls.port`, 5671).
+    #[arg(long, env = "WARREN_TLS_PORT", value_name = "N")]
+    pub tls_port: Option<u16>,
+    /// PEM certificate chain; turns the TLS listener on (`tls.cert`).
+    #[arg(long, env = "WARREN_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (`tls.key`).
+    #[arg(long, env = "WARREN_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates (`tls.ca`).
+    #[arg(long, env = "WARREN_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
     /// Definitions file in RabbitMQ's format imported at start (`definitions.load`).
     #[arg(long, env = "WARREN_LOAD_DEFINITIONS", value_name = "PATH")]
     pub load_definitions: Option<PathBuf>,
@@ -156,6 +168,18 @@ impl ServeArgs {
         }
         if let Some(pass) = &self.default_pass {
             config.auth.default_pass.clone_from(pass);
+        }
+        if let Some(port) = self.tls_port {
+            config.tls.port = port;
+        }
+        if let Some(p) = &self.tls_cert {
+            config.tls.cert.clone_from(p);
+        }
+        if let Some(p) = &self.tls_key {
+            config.tls.key.clone_from(p);
+        }
+        if let Some(p) = &self.tls_ca {
+            config.tls.ca.clone_from(p);
         }
         if let Some(path) = &self.load_definitions {
             config.definitions.load.clone_from(path);

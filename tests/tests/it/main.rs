@@ -16,4 +16,5 @@ mod messaging;
 mod paging;
 mod queue_features;
 mod smoke;
+mod tls;
 mod tutorials;

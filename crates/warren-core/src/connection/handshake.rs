@@ -51,7 +51,11 @@ pub(super) fn send_start(ctx: &mut Ctx) {
             version_major: 0,
             version_minor: 9,
             server_properties: props,
-            mechanisms: LongString::from(b"PLAIN AMQPLAIN".to_vec()),
+            mechanisms: LongString::from(if ctx.external.is_some() {
+                b"PLAIN AMQPLAIN EXTERNAL".to_vec()
+            } else {
+                b"PLAIN AMQPLAIN".to_vec()
+            }),
             locales: LongString::from(b"en_US".to_vec()),
         })),
     );
@@ -124,7 +128,8 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
             conn.ctx.cap_auth_failure_close =
                 capability(&s.client_properties, "authentication_failure_close");
             let mechanism = s.mechanism.as_str();
-            if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+            let external = mechanism == "EXTERNAL" && conn.ctx.external.is_some();
+            if mechanism != "PLAIN" && mechanism != "AMQPLAIN" && !external {
                 return Err(AmqpError::command_invalid(format!(
                     "unknown authentication mechanism '{mechanism}'"
                 ))
@@ -133,7 +138,11 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
             let refused = |text: String| -> Result<(), AmqpError> {
                 Err(AmqpError::access_refused(text).on(ids))
             };
-            let Some((user, pass)) = credentials(mechanism, s.response.as_bytes()) else {
+            let creds = match &conn.ctx.external {
+                Some(cn) if external => Some((cn.clone(), None)),
+                _ => credentials(mechanism, s.response.as_bytes()).map(|(u, p)| (u, Some(p))),
+            };
+            let Some((user, pass)) = creds else {
                 conn.ctx.broker.count_failed_login();
                 warn!(peer = %conn.ctx.peer, mechanism, "login refused: malformed response");
                 return refused(format!(
@@ -142,7 +151,7 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
                 .or_else(|e| conn.auth_failed(e));
             };
             let peer = conn.ctx.peer;
-            match conn.ctx.broker.authenticate(&user, Some(&pass), peer) {
+            match conn.ctx.broker.authenticate(&user, pass.as_deref(), peer) {
                 Ok(()) => {}
                 Err(AuthFailure::BadCredentials | AuthFailure::NoPassword) => {
                     warn!(%peer, user = %user, mechanism, "login refused: invalid credentials");

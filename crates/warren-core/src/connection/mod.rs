@@ -102,6 +102,8 @@ pub(crate) struct Ctx {
     pub access_gen: u64,
     /// The user's `max-channels`.
     pub max_channels: Option<u64>,
+    /// The user name EXTERNAL logs in as (from the client certificate), if any.
+    pub external: Option<String>,
     pub frame_max: u32,
     pub channel_max: u16,
     pub heartbeat: u16,
@@ -223,11 +225,14 @@ pub async fn serve_tcp(
 }
 
 /// Serves one connection over any byte stream (TLS, a Unix socket, ...) until it closes.
+/// `external`: the user name the transport vouches for (a verified client certificate's CN),
+/// which makes the EXTERNAL mechanism available.
 pub async fn serve_stream<S>(
     broker: Arc<Broker>,
     stream: S,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    external: Option<String>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -235,7 +240,8 @@ pub async fn serve_stream<S>(
     let flow = Arc::new(Flow::default());
     let (wtx, wrx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer::run_stream(write_half, wrx, flow.clone()));
-    let conn = Connection::new(broker, peer, flow, wtx, Out::Task);
+    let mut conn = Connection::new(broker, peer, flow, wtx, Out::Task);
+    conn.ctx.external = external;
     conn.serve(&mut reader, shutdown, writer_task).await
 }
 
@@ -264,6 +270,7 @@ impl Connection {
                 access: None,
                 access_gen: 0,
                 max_channels: None,
+                external: None,
                 frame_max,
                 channel_max,
                 heartbeat: 0,
