@@ -583,3 +583,44 @@ async fn deleting_a_vhost_under_load_closes_its_connections_and_removes_its_file
     assert_eq!(warren_tests::message_count(&ch, "jobs").await, 50);
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_channel_limit_counts_every_connection_of_the_user() {
+    let b = TestBroker::start().await;
+    b.broker
+        .admin(Command::PutUser(warren_core::metadata::UserDef {
+            name: "lim".into(),
+            password_hash: warren_core::auth::password::hash("pw"),
+            hashing_algorithm: warren_core::auth::password::SHA256.into(),
+            tags: vec![],
+            max_connections: None,
+            max_channels: Some(2),
+        }))
+        .await
+        .expect("user");
+    b.broker
+        .admin(Command::SetPermissions(PermissionDef {
+            user: "lim".into(),
+            vhost: "/".into(),
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        }))
+        .await
+        .expect("permissions");
+    let (c1, ch1) = connect(&b, "lim", "pw", "/").await;
+    let (c2, _ch2) = connect(&b, "lim", "pw", "/").await;
+    let e = c2
+        .create_channel()
+        .await
+        .expect_err("third channel of the user");
+    assert_amqp(
+        &e,
+        530,
+        "NOT_ALLOWED - number of channels opened for user 'lim' has reached the maximum allowed user limit of (2)",
+    );
+    // A closed channel frees its place.
+    ch1.close(200, "bye".into()).await.expect("close");
+    c1.create_channel().await.expect("under the limit again");
+    b.stop().await;
+}

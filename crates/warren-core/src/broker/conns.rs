@@ -3,6 +3,7 @@
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tracing::info;
 
@@ -21,6 +22,8 @@ struct Entry {
     vhost: String,
     user: String,
     control: Arc<dyn ConnControl>,
+    /// Channels open on the connection (kept by the connection).
+    channels: Arc<AtomicUsize>,
 }
 
 /// Open connections by id.
@@ -39,13 +42,15 @@ impl std::fmt::Debug for Conns {
 
 impl Broker {
     /// Registers a connection opening `vhost` as `user`, unless that would exceed the vhost's
-    /// or the user's `max-connections` (RabbitMQ 3.10.8's `530 NOT_ALLOWED` texts).
+    /// or the user's `max-connections` (RabbitMQ 3.10.8's `530 NOT_ALLOWED` texts). The
+    /// connection keeps its number of open channels in `channels` (for `max-channels`).
     pub fn register_connection(
         &self,
         id: u64,
         vhost: &VHost,
         user: &User,
         control: Arc<dyn ConnControl>,
+        channels: Arc<AtomicUsize>,
     ) -> AmqpResult<()> {
         let mut inner = self.conns.inner.lock();
         if let Some(max) = vhost.limits().max_connections {
@@ -72,8 +77,28 @@ impl Broker {
                 vhost: vhost.name.to_string(),
                 user: user.def.name.clone(),
                 control,
+                channels,
             },
         );
+        Ok(())
+    }
+
+    /// Refuses a new channel when `user` has `max` open over all its connections
+    /// (RabbitMQ 3.10.8's text).
+    pub fn check_user_channels(&self, user: &str, max: u64) -> AmqpResult<()> {
+        let open: usize = self
+            .conns
+            .inner
+            .lock()
+            .values()
+            .filter(|e| e.user == user)
+            .map(|e| e.channels.load(Ordering::Relaxed))
+            .sum();
+        if open as u64 >= max {
+            return Err(AmqpError::not_allowed(format!(
+                "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
+            )));
+        }
         Ok(())
     }
 

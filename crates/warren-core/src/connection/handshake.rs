@@ -239,7 +239,13 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
             };
             let control: std::sync::Arc<dyn crate::broker::ConnControl> = conn.ctx.sink.clone();
             broker
-                .register_connection(conn.ctx.conn_id, &vh, &access.user, control)
+                .register_connection(
+                    conn.ctx.conn_id,
+                    &vh,
+                    &access.user,
+                    control,
+                    conn.ctx.channel_count.clone(),
+                )
                 .map_err(|e| e.on(ids))?;
             conn.ctx.max_channels = access.user.def.max_channels;
             conn.ctx.access = Some(access);

@@ -104,6 +104,8 @@ pub(crate) struct Ctx {
     pub max_channels: Option<u64>,
     /// The user name EXTERNAL logs in as (from the client certificate), if any.
     pub external: Option<String>,
+    /// Open channels, as the broker's connection registry sees them (user `max-channels`).
+    pub channel_count: Arc<std::sync::atomic::AtomicUsize>,
     pub frame_max: u32,
     pub channel_max: u16,
     pub heartbeat: u16,
@@ -271,6 +273,7 @@ impl Connection {
                 access_gen: 0,
                 max_channels: None,
                 external: None,
+                channel_count: Arc::default(),
                 frame_max,
                 channel_max,
                 heartbeat: 0,
@@ -669,6 +672,13 @@ impl Connection {
         self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
     }
 
+    /// Publishes the number of open channels to the broker's registry.
+    fn count_channels(&self) {
+        self.ctx
+            .channel_count
+            .store(self.channels.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Releases every channel (requeue unacked, cancel consumers) and exclusive queues.
     fn teardown(&mut self) {
         let now = self.ctx.broker.clock.now();
@@ -676,6 +686,7 @@ impl Connection {
         for (_, mut ch) in self.channels.drain() {
             ch.teardown(&mut self.ctx);
         }
+        self.count_channels();
         if let Some(vh) = &self.ctx.vhost {
             vh.delete_exclusive_queues(self.ctx.conn_id);
             self.ctx.broker.unregister_connection(self.ctx.conn_id);
