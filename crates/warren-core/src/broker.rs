@@ -2,13 +2,18 @@
 //! metadata path: [`Broker::submit`] is how every metadata change comes in, and
 //! [`Broker::apply`] the one function that carries changes out.
 
+mod conns;
+mod control;
+pub mod definitions;
+
 use parking_lot::RwLock;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use tracing::{debug, error};
 
+use crate::auth::{password, Users};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{AmqpError, AmqpResult};
@@ -19,12 +24,16 @@ use crate::queue::Services;
 use crate::store::pager::Pager;
 use crate::store::sync::Syncer;
 use crate::vhost::{Applied, Check, MetaPath, Origin, Pre, Storage, VHost};
+pub use conns::ConnControl;
+use conns::Conns;
 
 /// Why a login was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFailure {
     /// Unknown user or wrong password.
     BadCredentials,
+    /// A user without a password (EXTERNAL only).
+    NoPassword,
     /// A loopback-only user (like `guest`) connecting from elsewhere.
     LoopbackOnly(String),
 }
@@ -40,7 +49,16 @@ pub struct Broker {
     /// The clock every part of the broker takes its time from.
     pub clock: Clock,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
-    users: HashMap<String, String>,
+    /// Users and permissions.
+    pub users: Users,
+    /// Parameters and policies, kept for the features that apply them.
+    runtime: RwLock<BTreeMap<(String, String, String, String), crate::metadata::RuntimeDef>>,
+    /// Open connections (for limits and forced closes).
+    conns: Conns,
+    /// What new vhosts are built with.
+    services: Services,
+    /// Failed logins since start.
+    failed_logins: AtomicU64,
     next_conn_id: AtomicU64,
     /// The group-commit service, when durable state is kept on disk.
     pub syncer: Option<Arc<Syncer>>,
@@ -62,6 +80,12 @@ fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What a broker-wide command needs after its checks.
+enum BrokerCheck {
+    Nothing,
+    Log,
+}
+
 impl Broker {
     /// A broker that keeps nothing on disk (durable entities live as long as the process):
     /// for tests and embedding.
@@ -77,10 +101,20 @@ impl Broker {
             pager: None,
             clock: clock.clone(),
         };
-        let b = Self::assemble(config, clock, None, None, Arc::new(MemoryLog), true, timers);
-        match VHost::new("/", None, services) {
-            Ok(vh) => b.add_vhost(vh),
-            Err(e) => error!(error = %e, "cannot create the default vhost"),
+        let b = Self::assemble(
+            config,
+            clock,
+            None,
+            None,
+            Arc::new(MemoryLog),
+            true,
+            timers,
+            services,
+        );
+        for cmd in b.bootstrap_commands() {
+            if let Err(e) = b.apply(&cmd) {
+                error!(error = %e, "cannot create the default vhost and user");
+            }
         }
         b
     }
@@ -97,8 +131,19 @@ impl Broker {
         let syncer = Syncer::start()?;
         let pager = Pager::start()?;
         let data = config.storage.data_dir.clone();
-        let vhost_dir = data.join("vhosts").join(hex("/"));
-        let converted = legacy::convert(&vhost_dir, "/")?;
+        let default_vhost = config.auth.default_vhost.clone();
+        let vhost_dir = data.join("vhosts").join(hex(&default_vhost));
+        // A data dir from before the log held the default vhost implicitly: its converted
+        // snapshot creates it first.
+        let converted = legacy::convert(&vhost_dir, &default_vhost)?.map(|mut cmds| {
+            cmds.insert(
+                0,
+                Command::AddVhost {
+                    name: default_vhost.clone(),
+                },
+            );
+            cmds
+        });
         let was_converted = converted.is_some();
         let (log, replay) = FileLog::open(&data.join("metadata"), syncer.clone(), converted)?;
         if was_converted {
@@ -110,13 +155,6 @@ impl Broker {
             pager: Some(pager.clone()),
             clock: clock.clone(),
         };
-        let storage = Storage {
-            dir: vhost_dir,
-            syncer: syncer.clone(),
-            segment_size: config.storage.segment_size,
-            memory_limit: config.storage.queue_memory_messages,
-        };
-        let vh = VHost::new("/", Some(storage), services)?;
         let b = Self::assemble(
             config,
             clock,
@@ -125,16 +163,101 @@ impl Broker {
             log.clone(),
             false,
             timers,
+            services,
         );
-        b.add_vhost(vh);
+        // A log without vhost commands comes from a first start or from before vhosts were
+        // logged: its default vhost existed implicitly.
+        let knows_vhosts = replay
+            .iter()
+            .any(|c| matches!(c, Command::AddVhost { .. } | Command::DeleteVhost { .. }));
+        let knows_users = replay.iter().any(|c| {
+            matches!(
+                c,
+                Command::PutUser(_) | Command::DeleteUser { .. } | Command::SetPermissions(_)
+            )
+        });
+        if !knows_vhosts {
+            b.apply_broker(
+                &Command::AddVhost {
+                    name: default_vhost.clone(),
+                },
+                true,
+            )?;
+        }
         b.replay(replay);
+        b.remove_unknown_vhost_dirs();
         let weak = Arc::downgrade(&b);
         log.set_snapshot_source(Box::new(move || {
             weak.upgrade().map(|b| b.snapshot()).unwrap_or_default()
         }));
+        // First start: the default vhost and user, through the log like any change.
+        let mut first = Vec::new();
+        if !knows_vhosts {
+            first.push(Command::AddVhost {
+                name: default_vhost,
+            });
+        }
+        if !knows_users {
+            first.extend(
+                b.bootstrap_commands()
+                    .into_iter()
+                    .filter(|c| !matches!(c, Command::AddVhost { .. })),
+            );
+        }
+        for cmd in first {
+            b.log_blocking(cmd)?;
+        }
         Ok(b)
     }
 
+    /// Appends `cmd` to the log and applies it once durable, waiting (startup only).
+    fn log_blocking(self: &Arc<Self>, cmd: Command) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let me = Arc::downgrade(self);
+        let logged = cmd.clone();
+        self.log.append(
+            &cmd,
+            Box::new(move |r| {
+                let out = r.and_then(|()| match me.upgrade() {
+                    Some(b) => b
+                        .apply(&logged)
+                        .map(|_| ())
+                        .map_err(|e| std::io::Error::other(e.text)),
+                    None => Ok(()),
+                });
+                let _ = tx.send(out);
+            }),
+        );
+        rx.recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the metadata log stopped")))
+    }
+
+    /// The default vhost, the default user (administrator) and its full permissions there.
+    fn bootstrap_commands(&self) -> Vec<Command> {
+        let a = &self.config.auth;
+        vec![
+            Command::AddVhost {
+                name: a.default_vhost.clone(),
+            },
+            Command::PutUser(crate::metadata::UserDef {
+                name: a.default_user.clone(),
+                password_hash: password::hash(&a.default_pass),
+                hashing_algorithm: password::SHA256.into(),
+                tags: vec!["administrator".into()],
+                max_connections: None,
+                max_channels: None,
+            }),
+            Command::SetPermissions(crate::metadata::PermissionDef {
+                user: a.default_user.clone(),
+                vhost: a.default_vhost.clone(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            }),
+        ]
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         config: Config,
         clock: Clock,
@@ -143,17 +266,17 @@ impl Broker {
         log: Arc<dyn MetaLog>,
         immediate: bool,
         timers: Timers,
+        services: Services,
     ) -> Arc<Self> {
-        let mut users = HashMap::new();
-        users.insert(
-            config.auth.default_user.clone(),
-            config.auth.default_pass.clone(),
-        );
         Arc::new_cyclic(|me| Self {
             config,
             clock,
             vhosts: RwLock::new(HashMap::new()),
-            users,
+            users: Users::default(),
+            runtime: RwLock::new(BTreeMap::new()),
+            conns: Conns::default(),
+            services,
+            failed_logins: AtomicU64::new(0),
             next_conn_id: AtomicU64::new(1),
             syncer,
             pager,
@@ -164,6 +287,22 @@ impl Broker {
             disk_alarm: tokio::sync::watch::Sender::new(false),
             me: me.clone(),
         })
+    }
+
+    /// A vhost's directory (durable brokers).
+    fn vhost_dir(&self, name: &str) -> std::path::PathBuf {
+        self.config.storage.data_dir.join("vhosts").join(hex(name))
+    }
+
+    /// A new vhost object (with its store directory on a durable broker; blocking then).
+    fn make_vhost(&self, name: &str) -> std::io::Result<Arc<VHost>> {
+        let storage = self.syncer.as_ref().map(|syncer| Storage {
+            dir: self.vhost_dir(name),
+            syncer: syncer.clone(),
+            segment_size: self.config.storage.segment_size,
+            memory_limit: self.config.storage.queue_memory_messages,
+        });
+        VHost::new(name, storage, self.services.clone())
     }
 
     fn add_vhost(self: &Arc<Self>, vh: Arc<VHost>) {
@@ -178,7 +317,14 @@ impl Broker {
         let total = cmds.len();
         let mut refused = 0usize;
         for cmd in cmds {
-            let Some(vh) = self.vhost(cmd.vhost()) else {
+            let Some(name) = cmd.vhost() else {
+                if let Err(e) = self.apply_broker(&cmd, true) {
+                    debug!(error = %e, "replayed command refused, as it was then");
+                    refused += 1;
+                }
+                continue;
+            };
+            let Some(vh) = self.vhost(name) else {
                 refused += 1;
                 continue;
             };
@@ -194,10 +340,52 @@ impl Broker {
         debug!(commands = total, refused, "metadata replayed");
     }
 
-    /// The commands that rebuild every vhost's durable metadata.
+    /// Startup: directories of vhosts that no longer exist (deleted before a crash finished
+    /// removing their files) are removed.
+    fn remove_unknown_vhost_dirs(&self) {
+        let root = self.config.storage.data_dir.join("vhosts");
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            return;
+        };
+        let live: std::collections::HashSet<String> =
+            self.vhosts.read().keys().map(|n| hex(n)).collect();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !live.contains(&name) && e.path().is_dir() {
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    error!(dir = %e.path().display(), error = %err, "cannot remove a deleted vhost's files");
+                }
+            }
+        }
+    }
+
+    /// The commands that rebuild the broker's durable metadata: vhosts and their limits,
+    /// users and permissions, parameters, then every vhost's topology.
     pub fn snapshot(&self) -> Vec<Command> {
         let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
-        vhosts.iter().flat_map(|v| v.snapshot()).collect()
+        let mut out: Vec<Command> = Vec::new();
+        for v in &vhosts {
+            out.push(Command::AddVhost {
+                name: v.name.to_string(),
+            });
+            let limits = v.limits();
+            if limits != crate::metadata::VhostLimits::default() {
+                out.push(Command::SetVhostLimits {
+                    vhost: v.name.to_string(),
+                    limits,
+                });
+            }
+        }
+        out.extend(self.users.snapshot());
+        out.extend(
+            self.runtime
+                .read()
+                .values()
+                .cloned()
+                .map(Command::PutRuntime),
+        );
+        out.extend(vhosts.iter().flat_map(|v| v.snapshot()));
+        out
     }
 
     /// Flushes pending writes and stops background threads.
@@ -213,6 +401,27 @@ impl Broker {
     /// A vhost by name.
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.read().get(name).cloned()
+    }
+
+    /// Names of every vhost.
+    pub fn vhost_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.vhosts.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A stored parameter or policy.
+    pub fn runtime(
+        &self,
+        kind: &str,
+        vhost: &str,
+        component: &str,
+        name: &str,
+    ) -> Option<crate::metadata::RuntimeDef> {
+        self.runtime
+            .read()
+            .get(&(kind.into(), vhost.into(), component.into(), name.into()))
+            .cloned()
     }
 
     /// A fresh connection id.
@@ -232,37 +441,47 @@ impl Broker {
         done: Done,
     ) -> Option<AmqpResult<Applied>> {
         let now = self.clock.now();
-        let Some(vh) = self.vhost(cmd.vhost()) else {
-            return Some(Err(AmqpError::not_found(format!(
-                "no vhost '{}'",
-                cmd.vhost()
-            ))));
-        };
         let user = origin.user.clone();
-        match vh.check(&mut cmd, origin, pre, now) {
-            Err(e) => Some(Err(e)),
-            Ok(Check::Done(a)) => Some(Ok(a)),
-            Ok(Check::Apply) => Some(vh.apply_as(&cmd, now, false, user.as_deref())),
-            Ok(Check::Log) if self.immediate => Some(self.apply_as(&cmd, user.as_deref())),
-            Ok(Check::Log) => {
-                let me = Arc::downgrade(self);
-                let logged = cmd.clone();
-                self.log.append(
-                    &cmd,
-                    Box::new(move |r| {
-                        let outcome = match (r, me.upgrade()) {
-                            (Ok(()), Some(b)) => b.apply_as(&logged, user.as_deref()),
-                            (Ok(()), None) => Err(AmqpError::internal("the broker is stopping")),
-                            (Err(e), _) => Err(AmqpError::internal(format!(
-                                "cannot write the metadata log: {e}"
-                            ))),
-                        };
-                        done(outcome);
-                    }),
-                );
-                None
+        match cmd.vhost() {
+            None => match self.check_broker(&cmd) {
+                Err(e) => return Some(Err(e)),
+                Ok(BrokerCheck::Nothing) => return Some(Ok(Applied::Done)),
+                Ok(BrokerCheck::Log) if self.immediate => return Some(self.apply(&cmd)),
+                Ok(BrokerCheck::Log) => {}
+            },
+            Some(name) => {
+                let Some(vh) = self.vhost(name) else {
+                    return Some(Err(AmqpError::not_found(format!("no vhost '{name}'"))));
+                };
+                match vh.check(&mut cmd, origin, pre, now) {
+                    Err(e) => return Some(Err(e)),
+                    Ok(Check::Done(a)) => return Some(Ok(a)),
+                    Ok(Check::Apply) => {
+                        return Some(vh.apply_as(&cmd, now, false, user.as_deref()))
+                    }
+                    Ok(Check::Log) if self.immediate => {
+                        return Some(self.apply_as(&cmd, user.as_deref()))
+                    }
+                    Ok(Check::Log) => {}
+                }
             }
         }
+        let me = Arc::downgrade(self);
+        let logged = cmd.clone();
+        self.log.append(
+            &cmd,
+            Box::new(move |r| {
+                let outcome = match (r, me.upgrade()) {
+                    (Ok(()), Some(b)) => b.apply_as(&logged, user.as_deref()),
+                    (Ok(()), None) => Err(AmqpError::internal("the broker is stopping")),
+                    (Err(e), _) => Err(AmqpError::internal(format!(
+                        "cannot write the metadata log: {e}"
+                    ))),
+                };
+                done(outcome);
+            }),
+        );
+        None
     }
 
     /// [`Broker::submit`], waiting for the outcome.
@@ -283,6 +502,17 @@ impl Broker {
             .unwrap_or_else(|_| Err(AmqpError::internal("the metadata log stopped")))
     }
 
+    /// [`Broker::execute`] for a change the broker's operator asks for (the definitions
+    /// import, later the HTTP API and `warren ctl`): internal origin, no preconditions.
+    pub async fn admin(self: &Arc<Self>, cmd: Command) -> AmqpResult<Applied> {
+        let origin = Origin {
+            conn_id: None,
+            internal: false,
+            user: None,
+        };
+        self.execute(cmd, origin, Pre::default()).await
+    }
+
     /// Carries out a command (checked, and durable if it had to be): the one function every
     /// metadata change goes through, whichever way it came in.
     pub fn apply(&self, cmd: &Command) -> AmqpResult<Applied> {
@@ -291,29 +521,57 @@ impl Broker {
 
     /// [`Broker::apply`] on behalf of `user` (named in the events it gives rise to).
     pub fn apply_as(&self, cmd: &Command, user: Option<&str>) -> AmqpResult<Applied> {
-        let Some(vh) = self.vhost(cmd.vhost()) else {
-            return Err(AmqpError::not_found(format!("no vhost '{}'", cmd.vhost())));
+        let Some(name) = cmd.vhost() else {
+            self.apply_broker(cmd, false)
+                .map_err(|e| AmqpError::internal(e.to_string()))?;
+            return Ok(Applied::Done);
+        };
+        let Some(vh) = self.vhost(name) else {
+            return Err(AmqpError::not_found(format!("no vhost '{name}'")));
         };
         vh.apply_as(cmd, self.clock.now(), false, user)
     }
 
-    /// Checks a login (RabbitMQ's internal backend plus `loopback_users`).
+    /// Checks a login (RabbitMQ's internal backend plus `loopback_users`); `pass` `None` is
+    /// EXTERNAL (the user exists and the transport vouched for it).
     pub fn authenticate(
         &self,
         user: &str,
-        pass: &str,
+        pass: Option<&str>,
         peer: SocketAddr,
     ) -> Result<(), AuthFailure> {
-        match self.users.get(user) {
-            Some(p) if p == pass => {}
-            _ => return Err(AuthFailure::BadCredentials),
+        let Some(u) = self.users.user(user) else {
+            return Err(self.login_failed(AuthFailure::BadCredentials));
+        };
+        if let Some(pass) = pass {
+            if u.def.password_hash.is_empty() {
+                return Err(self.login_failed(AuthFailure::NoPassword));
+            }
+            if !password::verify(&u.def.hashing_algorithm, &u.def.password_hash, pass) {
+                return Err(self.login_failed(AuthFailure::BadCredentials));
+            }
         }
         let loopback = peer.ip().is_loopback()
             || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
         if !loopback && self.config.auth.loopback_users.iter().any(|u| u == user) {
-            return Err(AuthFailure::LoopbackOnly(user.to_string()));
+            return Err(self.login_failed(AuthFailure::LoopbackOnly(user.to_string())));
         }
         Ok(())
+    }
+
+    fn login_failed(&self, why: AuthFailure) -> AuthFailure {
+        self.count_failed_login();
+        why
+    }
+
+    /// Counts a failed login (also those refused before the backend was asked).
+    pub fn count_failed_login(&self) {
+        self.failed_logins.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed logins since the broker started.
+    pub fn failed_logins(&self) -> u64 {
+        self.failed_logins.load(Ordering::Relaxed)
     }
 }
 

@@ -24,6 +24,44 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Disk alarm.
     pub disk: DiskConfig,
+    /// Definitions imported at every start.
+    pub definitions: DefinitionsConfig,
+    /// The TLS listener (on when `tls.cert` is set).
+    pub tls: TlsConfig,
+}
+
+/// The TLS listener (RabbitMQ's `listeners.ssl` and `ssl_options`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Address to bind.
+    pub bind: String,
+    /// Port (RabbitMQ's 5671).
+    pub port: u16,
+    /// PEM certificate chain, leaf first; empty: no TLS listener.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle that client certificates are verified against.
+    pub ca: PathBuf,
+    /// Ask for and verify client certificates (`ssl_options.verify = verify_peer`).
+    pub verify_peer: bool,
+    /// Refuse clients without a certificate (`ssl_options.fail_if_no_peer_cert`).
+    pub fail_if_no_peer_cert: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            bind: "0.0.0.0".into(),
+            port: 5671,
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            ca: PathBuf::new(),
+            verify_peer: false,
+            fail_if_no_peer_cert: false,
+        }
+    }
 }
 
 /// The disk alarm (RabbitMQ's `disk_free_limit`): while the data dir's filesystem has less
@@ -90,6 +128,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size '{text}' is too large"))
+}
+
+impl TlsConfig {
+    /// Whether the TLS listener is on.
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
+}
+
+/// A definitions file in RabbitMQ's format, imported at every start before clients are
+/// accepted (RabbitMQ's `load_definitions`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefinitionsConfig {
+    /// Path of the file; empty: none.
+    pub load: PathBuf,
 }
 
 /// The memory alarm (RabbitMQ's `vm_memory_high_watermark`): above it, publishing connections
@@ -159,6 +213,8 @@ pub struct AmqpConfig {
     pub product: String,
     /// `version` in the server properties: the RabbitMQ version Warren behaves like.
     pub product_version: String,
+    /// Whether the plain (non-TLS) listener `bind`:`port` is on.
+    pub plain: bool,
 }
 
 /// One more AMQP listener (`[[listeners]]`).
@@ -181,6 +237,8 @@ pub struct AuthConfig {
     pub default_pass: String,
     /// Users who may only log in from a loopback address (RabbitMQ's `loopback_users`).
     pub loopback_users: Vec<String>,
+    /// The vhost created on first start (RabbitMQ's `default_vhost`, `/`).
+    pub default_vhost: String,
 }
 
 /// Storage.
@@ -219,6 +277,7 @@ impl Default for AmqpConfig {
             consumer_timeout: 1_800_000,
             product: "RabbitMQ".into(),
             product_version: "3.10.8".into(),
+            plain: true,
         }
     }
 }
@@ -229,6 +288,7 @@ impl Default for AuthConfig {
             default_user: "guest".into(),
             default_pass: "guest".into(),
             loopback_users: vec!["guest".into()],
+            default_vhost: "/".into(),
         }
     }
 }
@@ -319,10 +379,13 @@ impl Config {
 impl Config {
     /// Every AMQP listener: `amqp.bind`:`amqp.port` first, then `listeners`.
     pub fn amqp_listeners(&self) -> Vec<ListenerConfig> {
-        let mut v = vec![ListenerConfig {
-            bind: self.amqp.bind.clone(),
-            port: self.amqp.port,
-        }];
+        let mut v = Vec::new();
+        if self.amqp.plain {
+            v.push(ListenerConfig {
+                bind: self.amqp.bind.clone(),
+                port: self.amqp.port,
+            });
+        }
         v.extend(self.listeners.iter().cloned());
         v
     }

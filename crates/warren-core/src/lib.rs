@@ -6,6 +6,7 @@
 //! - [`exchange`]: exchange types and binding tables (topic trie, headers matching).
 //! - [`store`]: message storage (trait, memory and segment-file stores), group commit, pager.
 //! - [`metadata`]: metadata commands and the log that makes them durable.
+//! - [`auth`]: users, password hashes, permissions and their checks.
 //! - [`queue`]: queues behind one handle, and the interfaces (`Sink`, `QueueOwner`) the upper
 //!   layers implement.
 //! - [`vhost`]: exchanges, queues and bindings of one virtual host, routing, and applying
@@ -18,6 +19,7 @@
 //! See `docs/ARCHITECTURE.md` for the task layout, the publish -> route -> enqueue -> deliver ->
 //! ack walk-through and the lock order.
 
+pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod config;
@@ -32,6 +34,7 @@ pub mod metadata;
 pub mod queue;
 pub mod server;
 pub mod store;
+pub mod tls;
 mod value;
 pub mod vhost;
 

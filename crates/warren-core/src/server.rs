@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::connection;
@@ -53,7 +53,30 @@ pub async fn run_all(
     let broker = tokio::task::spawn_blocking(move || Broker::open(config))
         .await
         .map_err(std::io::Error::other)??;
-    run_broker_on(broker, listeners, shutdown).await
+    import_configured_definitions(&broker).await?;
+    let tls = bind_tls(&broker.config)
+        .await
+        .map_err(std::io::Error::other)?;
+    run_broker_with(broker, listeners, tls, shutdown).await
+}
+
+/// Imports `definitions.load`, if set, before any client is served; a malformed file or a
+/// refused entry is a startup error naming the place.
+pub async fn import_configured_definitions(broker: &Arc<Broker>) -> std::io::Result<()> {
+    let path = broker.config.definitions.load.clone();
+    if path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let p = path.clone();
+    let defs = tokio::task::spawn_blocking(move || crate::broker::definitions::load(&p))
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?;
+    broker
+        .import_definitions(defs)
+        .await
+        .map_err(|e| std::io::Error::other(format!("definitions file {}: {e}", path.display())))?;
+    Ok(())
 }
 
 /// Like [`run`], with a broker built by the caller (tests inspect it).
@@ -75,13 +98,78 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    connection::serve_stream(broker, stream, peer, shutdown).await
+    connection::serve_stream(broker, stream, peer, shutdown, None).await
+}
+
+/// A TLS listener: its socket and the acceptor built from `[tls]`.
+pub struct TlsListener {
+    /// The bound socket.
+    pub listener: TcpListener,
+    /// The server configuration.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+/// Binds the TLS listener when `tls.cert` is set; the error names the file or address.
+pub async fn bind_tls(config: &Config) -> Result<Option<TlsListener>, String> {
+    if !config.tls.enabled() {
+        return Ok(None);
+    }
+    let acceptor = crate::tls::acceptor(&config.tls)?;
+    let t = &config.tls;
+    let listener = TcpListener::bind((t.bind.as_str(), t.port))
+        .await
+        .map_err(|e| format!("cannot listen on {}:{} (TLS): {e}", t.bind, t.port))?;
+    Ok(Some(TlsListener { listener, acceptor }))
+}
+
+/// One TLS client: the handshake (bounded by `amqp.handshake_timeout`; a plain AMQP client,
+/// garbage or a stall just ends here), then the connection over the TLS stream.
+async fn serve_tls(
+    broker: Arc<Broker>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let limit = std::time::Duration::from_secs(broker.config.amqp.handshake_timeout.max(1));
+    let tls = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = tokio::time::timeout(limit, acceptor.accept(stream)) => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        }
+    };
+    let cn = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(crate::tls::common_name);
+    connection::serve_stream(broker, tls, peer, shutdown, cn).await
 }
 
 /// Runs `broker` on `listeners` until `shutdown`, then closes every connection.
 pub async fn run_broker_on(
     broker: Arc<Broker>,
     listeners: Vec<TcpListener>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    run_broker_with(broker, listeners, None, shutdown).await
+}
+
+/// Like [`run_broker_on`], with a TLS listener too.
+pub async fn run_broker_with(
+    broker: Arc<Broker>,
+    listeners: Vec<TcpListener>,
+    tls: Option<TlsListener>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     broker.timers.start();
@@ -108,6 +196,28 @@ pub async fn run_broker_on(
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.
                             warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    if let Some(TlsListener { listener, acceptor }) = tls {
+        let broker = broker.clone();
+        let shutdown = shutdown.clone();
+        let tracker = tracker.clone();
+        accept_loops.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = listener.accept() => match r {
+                        Ok((stream, peer)) => {
+                            let conn = serve_tls(broker.clone(), acceptor.clone(), stream, peer, shutdown.clone());
+                            tracker.spawn(conn);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "accept failed (TLS)");
                             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         }
                     }

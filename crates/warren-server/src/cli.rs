@@ -89,6 +89,21 @@ pub struct ServeArgs {
     /// a number with kB, MB, GB, KiB, MiB, GiB; 0 turns the disk alarm off.
     #[arg(long, env = "WARREN_DISK_FREE_LIMIT", value_name = "SIZE", value_parser = warren_core::config::parse_size)]
     pub disk_free_limit: Option<u64>,
+    /// TLS port (`tls.port`, 5671).
+    #[arg(long, env = "WARREN_TLS_PORT", value_name = "N")]
+    pub tls_port: Option<u16>,
+    /// PEM certificate chain; turns the TLS listener on (`tls.cert`).
+    #[arg(long, env = "WARREN_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (`tls.key`).
+    #[arg(long, env = "WARREN_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates (`tls.ca`).
+    #[arg(long, env = "WARREN_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+    /// Definitions file in RabbitMQ's format imported at start (`definitions.load`).
+    #[arg(long, env = "WARREN_LOAD_DEFINITIONS", value_name = "PATH")]
+    pub load_definitions: Option<PathBuf>,
     /// Print a documented configuration file holding the defaults, and exit.
     #[arg(long)]
     pub print_default_config: bool,
@@ -174,6 +189,21 @@ impl ServeArgs {
         if let Some(limit) = self.disk_free_limit {
             config.disk.free_limit_bytes = limit;
             config.disk.free_limit_relative = 0.0;
+        }
+        if let Some(port) = self.tls_port {
+            config.tls.port = port;
+        }
+        if let Some(p) = &self.tls_cert {
+            config.tls.cert.clone_from(p);
+        }
+        if let Some(p) = &self.tls_key {
+            config.tls.key.clone_from(p);
+        }
+        if let Some(p) = &self.tls_ca {
+            config.tls.ca.clone_from(p);
+        }
+        if let Some(path) = &self.load_definitions {
+            config.definitions.load.clone_from(path);
         }
     }
 

@@ -362,23 +362,23 @@ async fn lapin_with_wrong_password_fails() {
 async fn guest_is_loopback_only() {
     let broker = Broker::new(Config::default());
     let remote = "10.0.0.1:1234".parse().expect("addr");
-    match broker.authenticate("guest", "guest", remote) {
+    match broker.authenticate("guest", Some("guest"), remote) {
         Err(AuthFailure::LoopbackOnly(u)) => assert_eq!(u, "guest"),
         other => panic!("expected LoopbackOnly, got {other:?}"),
     }
     let remote6 = "[2001:db8::1]:1234".parse().expect("addr");
     assert!(matches!(
-        broker.authenticate("guest", "guest", remote6),
+        broker.authenticate("guest", Some("guest"), remote6),
         Err(AuthFailure::LoopbackOnly(_))
     ));
     assert!(matches!(
-        broker.authenticate("guest", "bad", remote),
+        broker.authenticate("guest", Some("bad"), remote),
         Err(AuthFailure::BadCredentials)
     ));
     for local in ["127.0.0.1:5", "[::1]:5", "[::ffff:127.0.0.1]:5"] {
         assert!(
             broker
-                .authenticate("guest", "guest", local.parse().expect("addr"))
+                .authenticate("guest", Some("guest"), local.parse().expect("addr"))
                 .is_ok(),
             "{local}"
         );

@@ -62,6 +62,17 @@ async fn pika_interop_suite() {
     }
 
     let broker = TestBroker::start().await;
+    // `test_access.py` runs against the definitions RabbitMQ 3.10.8 exported.
+    let defs = warren_core::broker::definitions::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/rabbitmq-3.10.8-definitions.json"),
+    )
+    .expect("fixture parses");
+    broker
+        .broker
+        .import_definitions(defs)
+        .await
+        .expect("fixture imports");
     let url = broker.uri();
     let dir = interop_dir();
     let run = tokio::task::spawn_blocking(move || {

@@ -2,6 +2,7 @@
 //! in-process broker over TCP), one module per area. One binary links lapin and the broker
 //! once instead of once per file.
 
+mod access;
 mod compat;
 mod connections;
 mod consistent_hash;
@@ -22,4 +23,5 @@ mod paging;
 mod queue_features;
 mod smoke;
 mod streams;
+mod tls;
 mod tutorials;

@@ -260,7 +260,14 @@ impl Connection {
                     ))
                     .on(ids));
                 }
+                if let Some(max) = self.ctx.max_channels {
+                    self.ctx
+                        .broker
+                        .check_user_channels(&self.ctx.user, max)
+                        .map_err(|e| e.on(ids))?;
+                }
                 self.channels.insert(id, Channel::new(id));
+                self.count_channels();
                 self.ctx.send_method(
                     id,
                     &AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})),
@@ -284,6 +291,7 @@ impl Connection {
                 if let Some(mut c) = self.channels.remove(&id) {
                     c.teardown(&mut self.ctx);
                 }
+                self.count_channels();
                 self.ctx.send_method(
                     id,
                     &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
@@ -292,6 +300,7 @@ impl Connection {
             }
             (AMQPClass::Channel(ch::AMQPMethod::CloseOk(_)), Some(c)) if c.is_closing() => {
                 self.channels.remove(&id);
+                self.count_channels();
                 Ok(())
             }
             (_, Some(_)) => self.with_channel(id, |c, ctx| c.handle_method(ctx, method)),

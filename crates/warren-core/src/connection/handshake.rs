@@ -1,7 +1,7 @@
 //! The connection handshake: `start`/`start-ok` (authentication), `tune`/`tune-ok`, `open`.
 //! Mirrors `rabbit_reader`'s behaviour in RabbitMQ 3.10.8 (see `rabbitmq-reference.md` §1.3).
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Connection, Ctx, State};
 use crate::broker::AuthFailure;
@@ -60,7 +60,11 @@ pub(super) fn send_start(ctx: &mut Ctx) {
             version_major: 0,
             version_minor: 9,
             server_properties: props,
-            mechanisms: LongString::from(b"PLAIN AMQPLAIN".to_vec()),
+            mechanisms: LongString::from(if ctx.external.is_some() {
+                b"PLAIN AMQPLAIN EXTERNAL".to_vec()
+            } else {
+                b"PLAIN AMQPLAIN".to_vec()
+            }),
             locales: LongString::from(b"en_US".to_vec()),
         })),
     );
@@ -133,7 +137,8 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
             conn.ctx.cap_auth_failure_close =
                 capability(&s.client_properties, "authentication_failure_close");
             let mechanism = s.mechanism.as_str();
-            if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+            let external = mechanism == "EXTERNAL" && conn.ctx.external.is_some();
+            if mechanism != "PLAIN" && mechanism != "AMQPLAIN" && !external {
                 return Err(AmqpError::command_invalid(format!(
                     "unknown authentication mechanism '{mechanism}'"
                 ))
@@ -142,23 +147,30 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
             let refused = |text: String| -> Result<(), AmqpError> {
                 Err(AmqpError::access_refused(text).on(ids))
             };
-            let Some((user, pass)) = credentials(mechanism, s.response.as_bytes()) else {
+            let creds = match &conn.ctx.external {
+                Some(cn) if external => Some((cn.clone(), None)),
+                _ => credentials(mechanism, s.response.as_bytes()).map(|(u, p)| (u, Some(p))),
+            };
+            let Some((user, pass)) = creds else {
+                conn.ctx.broker.count_failed_login();
+                warn!(peer = %conn.ctx.peer, mechanism, "login refused: malformed response");
                 return refused(format!(
                     "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
                 ))
                 .or_else(|e| conn.auth_failed(e));
             };
-            match conn.ctx.broker.authenticate(&user, &pass, conn.ctx.peer) {
+            let peer = conn.ctx.peer;
+            match conn.ctx.broker.authenticate(&user, pass.as_deref(), peer) {
                 Ok(()) => {}
-                Err(AuthFailure::BadCredentials) => {
-                    info!(user = %user, "login refused: invalid credentials");
+                Err(AuthFailure::BadCredentials | AuthFailure::NoPassword) => {
+                    warn!(%peer, user = %user, mechanism, "login refused: invalid credentials");
                     return refused(format!(
                         "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
                     ))
                     .or_else(|e| conn.auth_failed(e));
                 }
                 Err(AuthFailure::LoopbackOnly(u)) => {
-                    info!(user = %u, "login refused: user may only connect via localhost");
+                    warn!(%peer, user = %u, "login refused: user may only connect via localhost");
                     return refused(format!("user '{u}' can only connect via localhost"))
                         .or_else(|e| conn.auth_failed(e));
                 }
@@ -221,6 +233,32 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
             let Some(vh) = conn.ctx.broker.vhost(name) else {
                 return Err(AmqpError::not_allowed(format!("vhost {name} not found")).on(ids));
             };
+            let broker = conn.ctx.broker.clone();
+            let gen = broker.users.generation();
+            let refused = || {
+                AmqpError::not_allowed(format!(
+                    "access to vhost '{name}' refused for user '{}'",
+                    conn.ctx.user
+                ))
+                .on(ids)
+            };
+            let Some(access) = broker.users.access(&conn.ctx.user, name) else {
+                warn!(peer = %conn.ctx.peer, user = %conn.ctx.user, vhost = name, "vhost access refused");
+                return Err(refused());
+            };
+            let control: std::sync::Arc<dyn crate::broker::ConnControl> = conn.ctx.sink.clone();
+            broker
+                .register_connection(
+                    conn.ctx.conn_id,
+                    &vh,
+                    &access.user,
+                    control,
+                    conn.ctx.channel_count.clone(),
+                )
+                .map_err(|e| e.on(ids))?;
+            conn.ctx.max_channels = access.user.def.max_channels;
+            conn.ctx.access = Some(access);
+            conn.ctx.access_gen = gen;
             conn.ctx.vhost = Some(vh);
             conn.ctx.send_method(
                 0,

@@ -40,9 +40,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::auth::Access;
 use crate::broker::Broker;
 use crate::clock::Millis;
-use crate::error::AmqpError;
+use crate::error::{AmqpError, AmqpResult};
 use crate::vhost::VHost;
 use channel::Channel;
 use flow::Flow;
@@ -104,6 +105,15 @@ pub(crate) struct Ctx {
     pub peer: SocketAddr,
     pub vhost: Option<Arc<VHost>>,
     pub user: String,
+    /// The user's permissions in the vhost, as of `access_gen`.
+    pub access: Option<Arc<Access>>,
+    pub access_gen: u64,
+    /// The user's `max-channels`.
+    pub max_channels: Option<u64>,
+    /// The user name EXTERNAL logs in as (from the client certificate), if any.
+    pub external: Option<String>,
+    /// Open channels, as the broker's connection registry sees them (user `max-channels`).
+    pub channel_count: Arc<std::sync::atomic::AtomicUsize>,
     pub frame_max: u32,
     pub channel_max: u16,
     pub heartbeat: u16,
@@ -133,6 +143,28 @@ pub(crate) struct Ctx {
 impl Ctx {
     pub fn send_method(&mut self, channel: ChannelId, method: &AMQPClass) {
         encode::encode_method(&mut self.out, channel, method);
+    }
+
+    /// The user's permissions in the connection's vhost, fetched again when users or
+    /// permissions changed since (one atomic load otherwise). Revoked: every check refuses.
+    pub fn access(&mut self) -> AmqpResult<Arc<Access>> {
+        let gen = self.broker.users.generation();
+        if gen != self.access_gen {
+            let vhost = self.vhost.as_ref().map(|v| v.name.to_string());
+            self.access = vhost.and_then(|v| self.broker.users.access(&self.user, &v));
+            self.access_gen = gen;
+        }
+        self.access.clone().ok_or_else(|| {
+            let vhost = self
+                .vhost
+                .as_ref()
+                .map(|v| v.name.to_string())
+                .unwrap_or_default();
+            AmqpError::access_refused(format!(
+                "access to vhost '{vhost}' refused for user '{}'",
+                self.user
+            ))
+        })
     }
 
     /// The highest durable sync epoch (everything is durable without a syncer).
@@ -205,11 +237,14 @@ pub async fn serve_tcp(
 }
 
 /// Serves one connection over any byte stream (TLS, a Unix socket, ...) until it closes.
+/// `external`: the user name the transport vouches for (a verified client certificate's CN),
+/// which makes the EXTERNAL mechanism available.
 pub async fn serve_stream<S>(
     broker: Arc<Broker>,
     stream: S,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    external: Option<String>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -217,7 +252,8 @@ pub async fn serve_stream<S>(
     let flow = Arc::new(Flow::default());
     let (wtx, wrx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer::run_stream(write_half, wrx, flow.clone()));
-    let conn = Connection::new(broker, peer, flow, wtx, Out::Task);
+    let mut conn = Connection::new(broker, peer, flow, wtx, Out::Task);
+    conn.ctx.external = external;
     conn.serve(&mut reader, shutdown, writer_task).await
 }
 
@@ -244,6 +280,11 @@ impl Connection {
                 peer,
                 vhost: None,
                 user: String::new(),
+                access: None,
+                access_gen: 0,
+                max_channels: None,
+                external: None,
+                channel_count: Arc::default(),
                 frame_max,
                 channel_max,
                 heartbeat: 0,
@@ -602,6 +643,9 @@ impl Connection {
             ConnEvent::Applied { channel, result } => {
                 self.resume(channel, channel::Resume::Applied(result));
             }
+            ConnEvent::ForceClose(text) => {
+                self.close_connection(AmqpError::new(ReplyCode::ConnectionForced, text));
+            }
             ConnEvent::Wake { channel } => self.resume(channel, channel::Resume::Woken),
         }
     }
@@ -659,6 +703,13 @@ impl Connection {
         self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
     }
 
+    /// Publishes the number of open channels to the broker's registry.
+    fn count_channels(&self) {
+        self.ctx
+            .channel_count
+            .store(self.channels.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Releases every channel (requeue unacked, cancel consumers) and exclusive queues.
     fn teardown(&mut self) {
         let now = self.ctx.broker.clock.now();
@@ -666,8 +717,10 @@ impl Connection {
         for (_, mut ch) in self.channels.drain() {
             ch.teardown(&mut self.ctx);
         }
+        self.count_channels();
         if let Some(vh) = &self.ctx.vhost {
             vh.delete_exclusive_queues(self.ctx.conn_id);
+            self.ctx.broker.unregister_connection(self.ctx.conn_id);
         }
         // Deliveries already queued to us go back to their queues.
         while let Ok(ev) = self.events_rx.try_recv() {

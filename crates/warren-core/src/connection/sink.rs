@@ -39,6 +39,8 @@ pub(crate) enum ConnEvent {
         /// The channel.
         channel: u16,
     },
+    /// The broker closes the connection (its vhost or user was deleted): 320 with this text.
+    ForceClose(String),
 }
 
 /// A connection as the queues and the syncer see it.
@@ -46,6 +48,12 @@ pub(crate) enum ConnEvent {
 pub(crate) struct ConnSink {
     events: mpsc::UnboundedSender<ConnEvent>,
     flow: Arc<Flow>,
+}
+
+impl crate::broker::ConnControl for ConnSink {
+    fn force_close(&self, explanation: String) {
+        self.send(ConnEvent::ForceClose(explanation));
+    }
 }
 
 impl ConnSink {

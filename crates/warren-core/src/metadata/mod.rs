@@ -81,6 +81,80 @@ pub struct BindingDef {
     pub arguments: FieldTable,
 }
 
+/// A user (RabbitMQ's internal backend).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserDef {
+    /// Name.
+    pub name: String,
+    /// `base64(salt ++ hash(salt ++ password))`; empty: the user can only log in with EXTERNAL.
+    pub password_hash: String,
+    /// `rabbit_password_hashing_sha256` (default), `_sha512` or `_md5`.
+    pub hashing_algorithm: String,
+    /// Tags (`administrator`, `monitoring`, `policymaker`, `management`, `impersonator`).
+    pub tags: Vec<String>,
+    /// `max-connections` (None: no limit).
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+    /// `max-channels` per connection (None: no limit).
+    #[serde(default)]
+    pub max_channels: Option<u64>,
+}
+
+/// A user's permissions in a vhost: three regular expressions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermissionDef {
+    /// User.
+    pub user: String,
+    /// Vhost.
+    pub vhost: String,
+    /// Configure regex.
+    pub configure: String,
+    /// Write regex.
+    pub write: String,
+    /// Read regex.
+    pub read: String,
+}
+
+/// A user's topic permissions for one topic exchange in a vhost (regexes on routing keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPermissionDef {
+    /// User.
+    pub user: String,
+    /// Vhost.
+    pub vhost: String,
+    /// Topic exchange.
+    pub exchange: String,
+    /// Write regex (publish).
+    pub write: String,
+    /// Read regex (bind).
+    pub read: String,
+}
+
+/// A vhost's limits (RabbitMQ's `vhost-limits` runtime parameter).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostLimits {
+    /// `max-connections` (None: no limit).
+    pub max_connections: Option<u64>,
+    /// `max-queues` (None: no limit).
+    pub max_queues: Option<u64>,
+}
+
+/// A runtime parameter, global parameter or policy, kept as RabbitMQ's JSON (applied by the
+/// features that read them; `vhost-limits` is [`Command::SetVhostLimits`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeDef {
+    /// `parameter`, `global_parameter` or `policy`.
+    pub kind: String,
+    /// Vhost (empty for global parameters).
+    pub vhost: String,
+    /// Component (parameters; empty otherwise).
+    pub component: String,
+    /// Name.
+    pub name: String,
+    /// The whole definition as RabbitMQ exports it.
+    pub value: serde_json::Value,
+}
+
 /// One change of metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -110,16 +184,57 @@ pub enum Command {
     Bind(BindingDef),
     /// Remove a binding.
     Unbind(BindingDef),
+    /// Create a vhost (a no-op if it exists).
+    AddVhost {
+        /// Name.
+        name: String,
+    },
+    /// Delete a vhost with everything in it (its connections are closed).
+    DeleteVhost {
+        /// Name.
+        name: String,
+    },
+    /// Create or replace a user.
+    PutUser(UserDef),
+    /// Delete a user, its permissions (its connections are closed).
+    DeleteUser {
+        /// Name.
+        name: String,
+    },
+    /// Set a user's permissions in a vhost.
+    SetPermissions(PermissionDef),
+    /// Remove a user's permissions in a vhost.
+    ClearPermissions {
+        /// User.
+        user: String,
+        /// Vhost.
+        vhost: String,
+    },
+    /// Set a user's topic permissions for one exchange.
+    SetTopicPermissions(TopicPermissionDef),
+    /// Set (or, with both `None`, clear) a vhost's limits.
+    SetVhostLimits {
+        /// Vhost.
+        vhost: String,
+        /// The limits.
+        limits: VhostLimits,
+    },
+    /// Store a parameter or policy.
+    PutRuntime(RuntimeDef),
 }
 
 impl Command {
-    /// The vhost the command is about.
-    pub fn vhost(&self) -> &str {
+    /// The vhost whose topology the command changes; `None` for broker-wide commands (vhosts,
+    /// users, permissions, limits, parameters), which the broker applies itself.
+    pub fn vhost(&self) -> Option<&str> {
         match self {
-            Command::DeclareExchange(x) => &x.vhost,
-            Command::DeclareQueue(q) => &q.vhost,
-            Command::Bind(b) | Command::Unbind(b) => &b.vhost,
-            Command::DeleteExchange { vhost, .. } | Command::DeleteQueue { vhost, .. } => vhost,
+            Command::DeclareExchange(x) => Some(&x.vhost),
+            Command::DeclareQueue(q) => Some(&q.vhost),
+            Command::Bind(b) | Command::Unbind(b) => Some(&b.vhost),
+            Command::DeleteExchange { vhost, .. } | Command::DeleteQueue { vhost, .. } => {
+                Some(vhost)
+            }
+            _ => None,
         }
     }
 

@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::{Destination, Exchange, ExchangeKind};
-use crate::metadata::Command;
+use crate::metadata::{Command, VhostLimits};
 use crate::queue::{QueueRef, Services};
 use warren_codec::proto::FieldTable;
 
@@ -139,6 +139,8 @@ pub struct VHost {
     followups: Mutex<Vec<Command>>,
     /// Events an apply gave rise to, published once the topology lock is released.
     events: Mutex<Vec<crate::events::Event>>,
+    /// `max-connections`, `max-queues` (set by the broker's `SetVhostLimits`).
+    limits: Mutex<VhostLimits>,
 }
 
 pub(crate) fn reserved(name: &str) -> bool {
@@ -175,6 +177,7 @@ impl VHost {
             unclaimed: Mutex::new(unclaimed),
             followups: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
+            limits: Mutex::new(VhostLimits::default()),
         }))
     }
 
@@ -201,6 +204,16 @@ impl VHost {
         self.version.load(Ordering::Acquire)
     }
 
+    /// The vhost's limits.
+    pub fn limits(&self) -> VhostLimits {
+        *self.limits.lock()
+    }
+
+    /// Sets the vhost's limits (the broker applies `SetVhostLimits`).
+    pub fn set_limits(&self, limits: VhostLimits) {
+        *self.limits.lock() = limits;
+    }
+
     /// Looks up a queue.
     pub fn queue(&self, name: &str) -> Option<QueueRef> {
         self.topo.read().queues.get(name).cloned()
@@ -213,6 +226,15 @@ impl VHost {
             .ok_or_else(|| AmqpError::no_queue(name, &self.name))?;
         q.check_access(conn_id)?;
         Ok(q)
+    }
+
+    /// Whether exchange `name` exists and is a topic exchange (topic permissions apply).
+    pub fn is_topic_exchange(&self, name: &str) -> bool {
+        self.topo
+            .read()
+            .exchanges
+            .get(name)
+            .is_some_and(|x| x.kind == crate::exchange::ExchangeKind::Topic)
     }
 
     /// Whether an exchange exists.

@@ -101,6 +101,8 @@ impl VHost {
             }
             Command::Bind(b) => self.check_binding(&topo, b, origin, true),
             Command::Unbind(b) => self.check_binding(&topo, b, origin, false),
+            // Broker-wide commands are the broker's (`Command::vhost` is `None` for them).
+            _ => Ok(Check::Done(Applied::Done)),
         }
     }
 
@@ -214,6 +216,14 @@ impl VHost {
         let args = QueueArgs::parse(&d.arguments, &d.name, &self.name)?;
         if args.kind == QueueKind::Stream {
             check_stream_properties(d, &self.name)?;
+        }
+        if let Some(max) = self.limits().max_queues {
+            if topo.queues.len() as u64 >= max {
+                return Err(AmqpError::precondition_failed(format!(
+                    "cannot declare queue '{}': queue limit in vhost '{}' ({max}) is reached",
+                    d.name, self.name
+                )));
+            }
         }
         Ok(if d.durable && d.exclusive_owner.is_none() {
             Check::Log
@@ -437,6 +447,7 @@ impl VHost {
                 }
                 Ok(Applied::Done)
             }
+            _ => Ok(Applied::Done),
         }
     }
 
@@ -547,6 +558,21 @@ impl VHost {
         };
         for q in owned {
             self.delete_queue_instance(&q);
+        }
+    }
+
+    /// The vhost is deleted: every queue goes with its messages (their stores are destroyed)
+    /// and consumers (cancelled), every exchange with its bindings.
+    pub fn destroy(&self, _now: Millis) {
+        let queues: Vec<QueueRef> = {
+            let mut topo = self.topo_mut();
+            topo.exchanges.clear();
+            topo.sources.clear();
+            topo.exclusive.clear();
+            topo.queues.drain().map(|(_, q)| q).collect()
+        };
+        for q in queues {
+            q.mark_deleted();
         }
     }
 

@@ -197,6 +197,7 @@ impl Channel {
             q
         } else {
             let qname = self.queue_name(c.queue.as_str())?;
+            super::permit_queue(ctx, crate::auth::Perm::Read, &qname)?;
             vh.usable_queue(ctx.conn_id, &qname)?
         };
         let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
@@ -298,6 +299,7 @@ impl Channel {
     pub(super) fn get(&mut self, ctx: &mut Ctx, g: basic::Get) -> AmqpResult<()> {
         let vh = Self::vhost(ctx)?;
         let qname = self.queue_name(g.queue.as_str())?;
+        super::permit_queue(ctx, crate::auth::Perm::Read, &qname)?;
         let q = vh.usable_queue(ctx.conn_id, &qname)?;
         let waiter = Waiter {
             sink: ctx.sink.clone(),

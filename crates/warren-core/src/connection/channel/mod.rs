@@ -24,6 +24,7 @@ use std::sync::Arc;
 use tracing::debug;
 
 use super::Ctx;
+use crate::auth::Perm;
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::QueuedMessage;
 use crate::queue::{Credit, QueueRef};
@@ -110,6 +111,42 @@ fn random_tag(prefix: &str) -> String {
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect();
     format!("{prefix}{s}")
+}
+
+/// A string argument (`alternate-exchange`, `x-dead-letter-exchange`).
+fn string_arg(args: &warren_codec::proto::FieldTable, key: &str) -> Option<String> {
+    match args.inner().get(key)? {
+        warren_codec::proto::AMQPValue::LongString(s) => {
+            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        warren_codec::proto::AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// `perm` on queue `name` for the connection's user.
+fn permit_queue(ctx: &mut Ctx, perm: Perm, name: &str) -> AmqpResult<()> {
+    ctx.access()?.queue(perm, name)
+}
+
+/// `perm` on exchange `name` for the connection's user.
+fn permit_exchange(ctx: &mut Ctx, perm: Perm, name: &str) -> AmqpResult<()> {
+    ctx.access()?.exchange(perm, name)
+}
+
+/// The topic permission for `key` on `exchange` when it is a topic exchange.
+fn permit_topic(
+    ctx: &mut Ctx,
+    vh: &VHost,
+    perm: Perm,
+    exchange: &str,
+    key: &str,
+) -> AmqpResult<()> {
+    let access = ctx.access()?;
+    if access.has_topic_permissions() && vh.is_topic_exchange(exchange) {
+        access.topic(perm, exchange, key)?;
+    }
+    Ok(())
 }
 
 impl Channel {

@@ -29,6 +29,8 @@ pub(super) struct Routed<Q> {
 #[derive(Debug)]
 pub(super) struct RouteCache {
     version: u64,
+    /// The users generation the write permission was checked at.
+    auth_gen: u64,
     exchange: String,
     routing_key: String,
     queues: Targets,
@@ -105,7 +107,7 @@ impl Channel {
             check_expiration(exp.as_str())?;
         }
         if let Some(uid) = props.user_id() {
-            if uid.as_str() != ctx.user {
+            if uid.as_str() != ctx.user && !ctx.access()?.user.has_tag("impersonator") {
                 return Err(AmqpError::precondition_failed(format!(
                     "user_id property set to '{}' but authenticated user was '{}'",
                     uid, ctx.user
@@ -113,12 +115,14 @@ impl Channel {
             }
         }
         let vh = Self::vhost(ctx)?;
+        let now = ctx.now;
         let routed = self.route(
+            ctx,
             &vh,
             p.exchange.as_str(),
             p.routing_key.as_str(),
             props,
-            ctx.now,
+            now,
         )?;
         if props
             .headers()
@@ -189,9 +193,12 @@ impl Channel {
 
     /// Routes a publish, through the channel's one-entry cache when the message has no headers
     /// and no exchange on the way reads its properties (then the route depends only on
-    /// exchange, key and topology version).
+    /// exchange, key and topology version). The write permission (and the topic permission of
+    /// a topic exchange) is checked on a cache miss: a hit means the same exchange and key at
+    /// the same users generation.
     fn route(
         &mut self,
+        ctx: &mut Ctx,
         vh: &VHost,
         exchange: &str,
         routing_key: &str,
@@ -199,6 +206,7 @@ impl Channel {
         now: crate::clock::Millis,
     ) -> AmqpResult<Routed<Targets>> {
         if props.headers().is_some() {
+            Self::permit_publish(ctx, vh, exchange, routing_key)?;
             let r = vh.route_message(exchange, routing_key, props, now)?;
             return Ok(Routed {
                 queues: r.queues.into(),
@@ -207,8 +215,10 @@ impl Channel {
             });
         }
         let version = vh.version();
+        let auth_gen = ctx.broker.users.generation();
         if let Some(c) = &self.route_cache {
             if c.version == version
+                && c.auth_gen == auth_gen
                 && same_str(&c.exchange, exchange)
                 && same_str(&c.routing_key, routing_key)
             {
@@ -219,11 +229,13 @@ impl Channel {
                 });
             }
         }
+        Self::permit_publish(ctx, vh, exchange, routing_key)?;
         let r = vh.route_message(exchange, routing_key, props, now)?;
         let queues: Targets = r.queues.into();
         if r.cacheable {
             self.route_cache = Some(RouteCache {
                 version,
+                auth_gen,
                 exchange: exchange.to_string(),
                 routing_key: routing_key.to_string(),
                 queues: queues.clone(),
@@ -235,6 +247,12 @@ impl Channel {
             exchange: r.exchange,
             delayed: r.delayed,
         })
+    }
+
+    /// `basic.publish`: write on the exchange, and the topic permission of a topic exchange.
+    fn permit_publish(ctx: &mut Ctx, vh: &VHost, exchange: &str, key: &str) -> AmqpResult<()> {
+        super::permit_exchange(ctx, crate::auth::Perm::Write, exchange)?;
+        super::permit_topic(ctx, vh, crate::auth::Perm::Write, exchange, key)
     }
 
     /// Puts a routed message into its queues, returns it if mandatory and unroutable, and

@@ -3,7 +3,10 @@
 //! it is applied, and only then is it answered.
 
 use super::pause::{Reply, Then, Wait};
-use super::{ok, short, Channel, DIRECT_REPLY_TO};
+use super::{
+    ok, permit_exchange, permit_queue, permit_topic, short, string_arg, Channel, DIRECT_REPLY_TO,
+};
+use crate::auth::Perm;
 use crate::broker::Done;
 use crate::connection::{ConnEvent, Ctx};
 use crate::error::{AmqpError, AmqpResult};
@@ -116,6 +119,11 @@ impl Channel {
                 Ok(())
             }
             X::Declare(d) => {
+                permit_exchange(ctx, Perm::Configure, d.exchange.as_str())?;
+                if let Some(ae) = string_arg(&d.arguments, "alternate-exchange") {
+                    permit_exchange(ctx, Perm::Write, &ae)?;
+                    permit_exchange(ctx, Perm::Read, d.exchange.as_str())?;
+                }
                 // A durable delayed exchange keeps persistent held messages in a store.
                 let store_dir = if d.durable
                     && d.kind.as_str() == ExchangeKind::Delayed.as_str()
@@ -139,6 +147,7 @@ impl Channel {
                 self.submit(ctx, cmd, Pre::default(), reply)
             }
             X::Delete(d) => {
+                permit_exchange(ctx, Perm::Configure, d.exchange.as_str())?;
                 let cmd = Command::DeleteExchange {
                     vhost,
                     name: d.exchange.to_string(),
@@ -150,6 +159,15 @@ impl Channel {
                 self.submit(ctx, cmd, pre, Reply::ExchangeDelete { nowait: d.nowait })
             }
             X::Bind(b) => {
+                permit_exchange(ctx, Perm::Write, b.destination.as_str())?;
+                permit_exchange(ctx, Perm::Read, b.source.as_str())?;
+                permit_topic(
+                    ctx,
+                    &vh,
+                    Perm::Read,
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                )?;
                 let def = exchange_binding(vhost, &b.source, &b.destination, &b.routing_key);
                 let cmd = Command::Bind(BindingDef {
                     arguments: b.arguments,
@@ -159,6 +177,15 @@ impl Channel {
                 self.submit(ctx, cmd, Pre::default(), reply)
             }
             X::Unbind(b) => {
+                permit_exchange(ctx, Perm::Write, b.destination.as_str())?;
+                permit_exchange(ctx, Perm::Read, b.source.as_str())?;
+                permit_topic(
+                    ctx,
+                    &vh,
+                    Perm::Read,
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                )?;
                 let def = exchange_binding(vhost, &b.source, &b.destination, &b.routing_key);
                 let cmd = Command::Unbind(BindingDef {
                     arguments: b.arguments,
@@ -217,6 +244,11 @@ impl Channel {
                 } else {
                     d.queue.to_string()
                 };
+                permit_queue(ctx, Perm::Configure, &name)?;
+                if let Some(dlx) = string_arg(&d.arguments, "x-dead-letter-exchange") {
+                    permit_queue(ctx, Perm::Read, &name)?;
+                    permit_exchange(ctx, Perm::Write, &dlx)?;
+                }
                 let exclusive_owner = d.exclusive.then_some(ctx.conn_id);
                 let store_dir = if d.durable && !d.exclusive && vh.persistent() {
                     new_store_dir(&name)
@@ -243,6 +275,9 @@ impl Channel {
                 } else {
                     b.routing_key.to_string()
                 };
+                permit_queue(ctx, Perm::Write, &qname)?;
+                permit_exchange(ctx, Perm::Read, b.exchange.as_str())?;
+                permit_topic(ctx, &vh, Perm::Read, b.exchange.as_str(), &key)?;
                 let cmd = Command::Bind(BindingDef {
                     vhost,
                     source: b.exchange.to_string(),
@@ -260,6 +295,15 @@ impl Channel {
             }
             queue::AMQPMethod::Unbind(b) => {
                 let qname = self.queue_name(b.queue.as_str())?;
+                permit_queue(ctx, Perm::Write, &qname)?;
+                permit_exchange(ctx, Perm::Read, b.exchange.as_str())?;
+                permit_topic(
+                    ctx,
+                    &vh,
+                    Perm::Read,
+                    b.exchange.as_str(),
+                    b.routing_key.as_str(),
+                )?;
                 let cmd = Command::Unbind(BindingDef {
                     vhost,
                     source: b.exchange.to_string(),
@@ -272,6 +316,7 @@ impl Channel {
             }
             queue::AMQPMethod::Purge(p) => {
                 let qname = self.queue_name(p.queue.as_str())?;
+                permit_queue(ctx, Perm::Read, &qname)?;
                 let q = vh.usable_queue(ctx.conn_id, &qname)?;
                 q.check_purge()?;
                 let waiter = Waiter {
@@ -302,6 +347,7 @@ impl Channel {
             }
             queue::AMQPMethod::Delete(d) => {
                 let qname = self.queue_name(d.queue.as_str())?;
+                permit_queue(ctx, Perm::Configure, &qname)?;
                 let cmd = Command::DeleteQueue {
                     vhost,
                     name: qname,

@@ -1,0 +1,145 @@
+//! Broker-wide metadata commands: vhosts, users, permissions, limits, parameters. Checked by
+//! [`Broker::check_broker`] and carried out by [`Broker::apply_broker`], the broker-level half
+//! of the one metadata path (the vhost-level half is `vhost/topology.rs`).
+
+use tracing::{error, info};
+
+use super::{Broker, BrokerCheck};
+use crate::error::{AmqpError, AmqpResult};
+use crate::metadata::Command;
+
+impl Broker {
+    fn require_vhost(&self, name: &str) -> AmqpResult<std::sync::Arc<crate::vhost::VHost>> {
+        self.vhost(name)
+            .ok_or_else(|| AmqpError::not_found(format!("no vhost '{name}'")))
+    }
+
+    /// Checks a broker-wide command against the current state.
+    pub(super) fn check_broker(&self, cmd: &Command) -> AmqpResult<BrokerCheck> {
+        let changes = match cmd {
+            Command::AddVhost { name } => {
+                if name.is_empty() || name.len() > 255 {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "invalid vhost name '{name}'"
+                    )));
+                }
+                self.vhost(name).is_none()
+            }
+            Command::DeleteVhost { name } => {
+                self.require_vhost(name)?;
+                true
+            }
+            Command::SetPermissions(p) => {
+                self.require_vhost(&p.vhost)?;
+                self.users.check(cmd)?
+            }
+            Command::SetTopicPermissions(p) => {
+                self.require_vhost(&p.vhost)?;
+                self.users.check(cmd)?
+            }
+            Command::PutUser(_) | Command::DeleteUser { .. } | Command::ClearPermissions { .. } => {
+                self.users.check(cmd)?
+            }
+            Command::SetVhostLimits { vhost, limits } => {
+                self.require_vhost(vhost)?.limits() != *limits
+            }
+            Command::PutRuntime(r) => {
+                let key = (
+                    r.kind.clone(),
+                    r.vhost.clone(),
+                    r.component.clone(),
+                    r.name.clone(),
+                );
+                self.runtime.read().get(&key) != Some(r)
+            }
+            // Topology commands are the vhost's.
+            _ => true,
+        };
+        Ok(if changes {
+            BrokerCheck::Log
+        } else {
+            BrokerCheck::Nothing
+        })
+    }
+
+    /// Carries out a broker-wide command. `replay`: at startup, from the log (nothing to
+    /// close, files are tidied once replay is done).
+    pub(super) fn apply_broker(&self, cmd: &Command, replay: bool) -> std::io::Result<()> {
+        match cmd {
+            Command::AddVhost { name } => {
+                if self.vhost(name).is_some() {
+                    return Ok(());
+                }
+                let Some(me) = self.me.upgrade() else {
+                    return Ok(());
+                };
+                let vh = self.make_vhost(name)?;
+                if !replay {
+                    vh.finish_recovery();
+                }
+                me.add_vhost(vh);
+                info!(vhost = %name, "vhost added");
+            }
+            Command::DeleteVhost { name } => {
+                let Some(vh) = self.vhosts.write().remove(name) else {
+                    return Ok(());
+                };
+                self.users.remove_vhost(name);
+                self.runtime.write().retain(|(_, v, _, _), _| v != name);
+                if !replay {
+                    self.force_close_where(
+                        |v, _| v == name.as_str(),
+                        &format!("vhost '{name}' is deleted"),
+                    );
+                    vh.destroy(self.clock.now());
+                    if self.syncer.is_some() {
+                        // The queues' stores were told to go with their next flush; the rest
+                        // of the directory goes now (this runs on the log's thread).
+                        let dir = self.vhost_dir(name);
+                        if let Err(e) = std::fs::remove_dir_all(&dir) {
+                            if e.kind() != std::io::ErrorKind::NotFound {
+                                error!(dir = %dir.display(), error = %e, "cannot remove a deleted vhost's files");
+                            }
+                        }
+                    }
+                }
+                info!(vhost = %name, "vhost deleted");
+            }
+            Command::DeleteUser { name } => {
+                self.users
+                    .apply(cmd)
+                    .map_err(|e| std::io::Error::other(e.text))?;
+                if !replay {
+                    self.force_close_where(
+                        |_, u| u == name.as_str(),
+                        &format!("user '{name}' is deleted"),
+                    );
+                }
+            }
+            Command::PutUser(_)
+            | Command::SetPermissions(_)
+            | Command::ClearPermissions { .. }
+            | Command::SetTopicPermissions(_) => {
+                self.users
+                    .apply(cmd)
+                    .map_err(|e| std::io::Error::other(e.text))?;
+            }
+            Command::SetVhostLimits { vhost, limits } => {
+                if let Some(vh) = self.vhost(vhost) {
+                    vh.set_limits(*limits);
+                }
+            }
+            Command::PutRuntime(r) => {
+                let key = (
+                    r.kind.clone(),
+                    r.vhost.clone(),
+                    r.component.clone(),
+                    r.name.clone(),
+                );
+                self.runtime.write().insert(key, r.clone());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

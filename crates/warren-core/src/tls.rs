@@ -1,0 +1,92 @@
+//! The TLS listener's server configuration (rustls, the `ring` provider): the PEM certificate
+//! chain and key, and for client certificates a CA bundle with RabbitMQ's `verify_peer` and
+//! `fail_if_no_peer_cert`. TLS 1.2 and 1.3. Also the user name EXTERNAL takes from a client
+//! certificate (its subject's CN, as RabbitMQ's default `ssl_cert_login_from = common_name`).
+
+use std::path::Path;
+use std::sync::Arc;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read TLS {what} {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid TLS {what} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in TLS {what} {}", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The leaf certificate must be valid now: an expired one is a startup error.
+fn check_validity(cert: &CertificateDer<'_>, path: &Path) -> Result<(), String> {
+    let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| format!("invalid TLS certificate {}: {e}", path.display()))?;
+    if !x.validity().is_valid() {
+        return Err(format!(
+            "TLS certificate {} is not valid now (valid from {} to {})",
+            path.display(),
+            x.validity().not_before,
+            x.validity().not_after
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the acceptor from `[tls]`; the error is one line naming the file at fault.
+pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
+    let chain = certs(&cfg.cert, "certificate")?;
+    check_validity(&chain[0], &cfg.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key)
+        .map_err(|e| format!("cannot read TLS key {}: {e}", cfg.key.display()))?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = if cfg.verify_peer {
+        if cfg.ca.as_os_str().is_empty() {
+            return Err(
+                "tls.verify_peer needs tls.ca (the CA bundle of client certificates)".into(),
+            );
+        }
+        let mut roots = RootCertStore::empty();
+        for c in certs(&cfg.ca, "CA bundle")? {
+            roots
+                .add(c)
+                .map_err(|e| format!("invalid TLS CA bundle {}: {e}", cfg.ca.display()))?;
+        }
+        let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+        let v = if cfg.fail_if_no_peer_cert {
+            v
+        } else {
+            v.allow_unauthenticated()
+        };
+        builder.with_client_cert_verifier(v.build().map_err(|e| format!("TLS: {e}"))?)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(chain, key).map_err(|e| {
+        format!(
+            "TLS certificate {} and key {}: {e}",
+            cfg.cert.display(),
+            cfg.key.display()
+        )
+    })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The CN of a (verified) client certificate's subject.
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = x.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
