@@ -2,55 +2,14 @@
 //! `x-delayed-message` exchange and confirmed survive SIGKILL of the `warren` binary, and are
 //! routed after the restart, in due order, when due.
 
+mod common;
+use common::{connect, free_port, start};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, ExchangeKind};
 use rand::seq::SliceRandom;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn start(data_dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--log-level",
-            "warn",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("warren starts")
-}
-
-async fn connect(port: u16) -> Connection {
-    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match Connection::connect(&uri, ConnectionProperties::default()).await {
-            Ok(c) => return c,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("broker did not come up: {e}"),
-        }
-    }
-}
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_delayed_messages_survive_kill_9_and_come_out_in_due_order() {

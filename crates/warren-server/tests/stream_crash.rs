@@ -4,61 +4,20 @@
 //! consecutive offsets (the `x-stream-offset` header of delivery i is i), and the offsets
 //! must go on after the last restart.
 
+mod common;
+use common::{connect, free_port, start};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 use rand::Rng;
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ROUNDS: usize = 8;
 const STREAM: &str = "crash-stream";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn start(data_dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--log-level",
-            "warn",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("warren starts")
-}
-
-async fn connect(port: u16) -> Connection {
-    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match Connection::connect(&uri, ConnectionProperties::default()).await {
-            Ok(c) => return c,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("broker did not come up: {e}"),
-        }
-    }
-}
 
 fn body(seq: u64) -> Vec<u8> {
     let mut b = format!("seq={seq};").into_bytes();

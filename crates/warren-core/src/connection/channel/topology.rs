@@ -13,7 +13,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::ExchangeKind;
 use crate::metadata::{BindingDef, Command, ExchangeDef, QueueDef};
 use crate::queue::Waiter;
-use crate::vhost::{new_store_dir, server_named, Applied, Origin, Pre};
+use crate::vhost::{new_store_dir, server_named, Applied, Origin, Pre, VHost};
 use warren_codec::proto::{exchange, queue, AMQPClass, ShortString};
 
 impl Channel {
@@ -159,15 +159,7 @@ impl Channel {
                 self.submit(ctx, cmd, pre, Reply::ExchangeDelete { nowait: d.nowait })
             }
             X::Bind(b) => {
-                permit_exchange(ctx, Perm::Write, b.destination.as_str())?;
-                permit_exchange(ctx, Perm::Read, b.source.as_str())?;
-                permit_topic(
-                    ctx,
-                    &vh,
-                    Perm::Read,
-                    b.source.as_str(),
-                    b.routing_key.as_str(),
-                )?;
+                permit_exchange_binding(ctx, &vh, &b.source, &b.destination, &b.routing_key)?;
                 let def = exchange_binding(vhost, &b.source, &b.destination, &b.routing_key);
                 let cmd = Command::Bind(BindingDef {
                     arguments: b.arguments,
@@ -177,15 +169,7 @@ impl Channel {
                 self.submit(ctx, cmd, Pre::default(), reply)
             }
             X::Unbind(b) => {
-                permit_exchange(ctx, Perm::Write, b.destination.as_str())?;
-                permit_exchange(ctx, Perm::Read, b.source.as_str())?;
-                permit_topic(
-                    ctx,
-                    &vh,
-                    Perm::Read,
-                    b.source.as_str(),
-                    b.routing_key.as_str(),
-                )?;
+                permit_exchange_binding(ctx, &vh, &b.source, &b.destination, &b.routing_key)?;
                 let def = exchange_binding(vhost, &b.source, &b.destination, &b.routing_key);
                 let cmd = Command::Unbind(BindingDef {
                     arguments: b.arguments,
@@ -379,4 +363,18 @@ fn exchange_binding(
         routing_key: routing_key.to_string(),
         arguments: Default::default(),
     }
+}
+
+/// `exchange.bind`/`unbind`: write on the destination, read on the source (and the topic
+/// permission of a topic source), as RabbitMQ checks them.
+fn permit_exchange_binding(
+    ctx: &mut Ctx,
+    vh: &VHost,
+    source: &ShortString,
+    destination: &ShortString,
+    routing_key: &ShortString,
+) -> AmqpResult<()> {
+    permit_exchange(ctx, Perm::Write, destination.as_str())?;
+    permit_exchange(ctx, Perm::Read, source.as_str())?;
+    permit_topic(ctx, vh, Perm::Read, source.as_str(), routing_key.as_str())
 }
