@@ -160,6 +160,14 @@ impl Ctx {
                 .as_ref()
                 .map(|v| v.name.to_string())
                 .unwrap_or_default();
+            if self.broker.vhost(&vhost).is_none() {
+                // The vhost was deleted: its permissions went with it a moment before this
+                // connection's forced close arrives; answer as that close does.
+                return AmqpError::new(
+                    ReplyCode::ConnectionForced,
+                    format!("vhost '{vhost}' is deleted"),
+                );
+            }
             AmqpError::access_refused(format!(
                 "access to vhost '{vhost}' refused for user '{}'",
                 self.user
