@@ -14,6 +14,8 @@ use warren_core::broker::definitions;
 use warren_core::metadata::{Command, PermissionDef};
 use warren_tests::{eventually, TestBroker};
 
+use crate::errors::{amqp, assert_amqp};
+
 const WAIT: Duration = Duration::from_secs(10);
 
 fn fixture() -> PathBuf {
@@ -57,17 +59,6 @@ async fn connect(b: &TestBroker, user: &str, pass: &str, vhost: &str) -> (Connec
         .unwrap_or_else(|e| panic!("{user} logs in to {vhost}: {e}"));
     let ch = c.create_channel().await.expect("channel");
     (c, ch)
-}
-
-fn amqp(e: &lapin::Error) -> (u16, String) {
-    match e.kind() {
-        lapin::ErrorKind::ProtocolError(a) => (a.get_id(), a.get_message().to_string()),
-        other => panic!("expected an AMQP protocol error, got {other:?}"),
-    }
-}
-
-fn assert_amqp(e: &lapin::Error, code: u16, text: &str) {
-    assert_eq!(amqp(e), (code, text.to_string()));
 }
 
 async fn next_error(events: &mut (impl Stream<Item = Event> + Unpin)) -> lapin::Error {

@@ -94,20 +94,20 @@ impl VHost {
         now: Millis,
     ) -> AmqpResult<Routed> {
         // Sender-selected distribution: the CC and BCC headers' keys route too.
-        let mut keys = vec![m.routing_key];
+        // Only a message with headers can name extra keys, so the usual publish allocates
+        // nothing here.
+        let mut extra = Vec::new();
         if let Some(h) = m.headers {
-            sender_selected_keys(h, &mut keys)?;
+            sender_selected_keys(h, &mut extra)?;
         }
+        let keys = std::iter::once(m.routing_key).chain(extra.iter().copied());
         let topo = self.topo.read();
         let x = topo
             .exchanges
             .get(exchange)
             .ok_or_else(|| AmqpError::no_exchange(exchange, &self.name))?;
         if exchange.is_empty() {
-            let mut q: Vec<QueueRef> = keys
-                .iter()
-                .filter_map(|k| topo.queues.get(*k).cloned())
-                .collect();
+            let mut q: Vec<QueueRef> = keys.filter_map(|k| topo.queues.get(k).cloned()).collect();
             dedup_queues(&mut q);
             return Ok(Routed {
                 queues: q,
@@ -148,7 +148,7 @@ impl VHost {
                 continue;
             }
             dests.clear();
-            for key in &keys {
+            for key in keys.clone() {
                 let by_key = Routable {
                     routing_key: key,
                     headers: m.headers,
