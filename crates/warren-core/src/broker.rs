@@ -424,6 +424,17 @@ impl Broker {
             .cloned()
     }
 
+    /// Every stored parameter or policy of `kind` (all vhosts when `vhost` is `None`), in
+    /// (vhost, component, name) order.
+    pub fn runtimes(&self, kind: &str, vhost: Option<&str>) -> Vec<crate::metadata::RuntimeDef> {
+        self.runtime
+            .read()
+            .values()
+            .filter(|r| r.kind == kind && vhost.is_none_or(|v| r.vhost == v))
+            .cloned()
+            .collect()
+    }
+
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)

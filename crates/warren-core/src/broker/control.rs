@@ -52,6 +52,21 @@ impl Broker {
                 );
                 self.runtime.read().get(&key) != Some(r)
             }
+            Command::ClearRuntime {
+                kind,
+                vhost,
+                component,
+                name,
+            } => {
+                let key = (kind.clone(), vhost.clone(), component.clone(), name.clone());
+                if !self.runtime.read().contains_key(&key) {
+                    return Err(AmqpError::not_found(format!(
+                        "no {} '{name}' in vhost '{vhost}'",
+                        kind.replace('_', " ")
+                    )));
+                }
+                true
+            }
             // Topology commands are the vhost's.
             _ => true,
         };
@@ -137,6 +152,15 @@ impl Broker {
                     r.name.clone(),
                 );
                 self.runtime.write().insert(key, r.clone());
+            }
+            Command::ClearRuntime {
+                kind,
+                vhost,
+                component,
+                name,
+            } => {
+                let key = (kind.clone(), vhost.clone(), component.clone(), name.clone());
+                self.runtime.write().remove(&key);
             }
             _ => {}
         }

@@ -143,7 +143,7 @@ pub struct VhostLimits {
 /// features that read them; `vhost-limits` is [`Command::SetVhostLimits`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeDef {
-    /// `parameter`, `global_parameter` or `policy`.
+    /// `parameter`, `global_parameter`, `policy` or `operator_policy`.
     pub kind: String,
     /// Vhost (empty for global parameters).
     pub vhost: String,
@@ -221,6 +221,17 @@ pub enum Command {
     },
     /// Store a parameter or policy.
     PutRuntime(RuntimeDef),
+    /// Remove a stored parameter or policy (the key fields of a [`RuntimeDef`]).
+    ClearRuntime {
+        /// `parameter`, `global_parameter`, `policy` or `operator_policy`.
+        kind: String,
+        /// Vhost (empty for global parameters).
+        vhost: String,
+        /// Component (parameters; empty otherwise).
+        component: String,
+        /// Name.
+        name: String,
+    },
 }
 
 impl Command {
