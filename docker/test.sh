@@ -183,7 +183,7 @@ eng run -d --name "$NAME" "${NET_ARGS[@]}" "${ULIMITS[@]}" \
     -e WARREN_CONFIG=/etc/warren/warren.toml \
     -e WARREN_LOAD_DEFINITIONS=/etc/warren/definitions.json \
     -e WARREN_MANAGEMENT_PORT="$C_MGMT" \
-    -e WARREN_METRICS_PORT="$C_METRICS" \
+    -e WARREN_PROMETHEUS_PORT="$C_METRICS" \
     -e WARREN_LOG_FORMAT=json \
     -e RABBITMQ_DEFAULT_USER="$USER_NAME" \
     -e RABBITMQ_DEFAULT_PASS="$USER_PASS" \
@@ -244,12 +244,12 @@ if has_feature WARREN_MANAGEMENT_PORT; then
 else
     skip "management API: this warren has no WARREN_MANAGEMENT_PORT yet (issue 14)"
 fi
-if has_feature WARREN_METRICS_PORT; then
+if has_feature WARREN_PROMETHEUS_PORT; then
     curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^# TYPE' \
         || die "metrics: no Prometheus text on $METRICS_PORT/metrics"
     ok "Prometheus metrics answer on $METRICS_PORT"
 else
-    skip "metrics: this warren has no WARREN_METRICS_PORT yet (issue 14)"
+    skip "metrics: this warren has no WARREN_PROMETHEUS_PORT yet (issue 14)"
 fi
 skip "TLS on 5671: not checked by this script yet (issue 13 brings TLS)"
 

@@ -39,6 +39,10 @@ pub async fn message_count(ch: &lapin::Channel, queue: &str) -> u32 {
 pub struct TestBroker {
     /// Address it listens on.
     pub addr: SocketAddr,
+    /// Address of its management HTTP API (`http://{http}/api/...`).
+    pub http: SocketAddr,
+    /// Address of its Prometheus endpoint (`http://{metrics}/metrics`).
+    pub metrics: SocketAddr,
     /// The broker state (for white-box checks).
     pub broker: Arc<Broker>,
     /// The broker's clock, when it runs on a manual one ([`TestBroker::advance`]).
@@ -121,6 +125,20 @@ impl TestBroker {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let http = http_listener.local_addr().expect("addr");
+        tokio::spawn(warren_http::serve(
+            broker.clone(),
+            http_listener,
+            shutdown.clone(),
+        ));
+        let metrics_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let metrics = metrics_listener.local_addr().expect("addr");
+        tokio::spawn(warren_metrics::serve(
+            broker.clone(),
+            metrics_listener,
+            shutdown.clone(),
+        ));
         let task = tokio::spawn(warren_core::server::run_broker(
             broker.clone(),
             listener,
@@ -128,6 +146,8 @@ impl TestBroker {
         ));
         Self {
             addr,
+            http,
+            metrics,
             broker,
             clock: None,
             shutdown,

@@ -28,6 +28,55 @@ pub struct Config {
     pub definitions: DefinitionsConfig,
     /// The TLS listener (on when `tls.cert` is set).
     pub tls: TlsConfig,
+    /// The management HTTP API and web UI.
+    pub management: ManagementConfig,
+    /// The Prometheus metrics endpoint.
+    pub prometheus: PrometheusConfig,
+}
+
+/// The management HTTP API and web UI (RabbitMQ's `management.tcp.*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagementConfig {
+    /// Address to bind.
+    pub bind: String,
+    /// Port (RabbitMQ's 15672); 0 turns the listener off.
+    pub port: u16,
+    /// How often message rates are sampled, in milliseconds (RabbitMQ's
+    /// `collect_statistics_interval`).
+    pub collect_statistics_interval: u64,
+    /// Largest request body accepted, in bytes (RabbitMQ's `management.http_max_body_size`).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ManagementConfig {
+    fn default() -> Self {
+        Self {
+            bind: "0.0.0.0".into(),
+            port: 15672,
+            collect_statistics_interval: 5000,
+            max_body_bytes: 20 * 1024 * 1024,
+        }
+    }
+}
+
+/// The Prometheus endpoint (RabbitMQ's `prometheus.tcp.*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    /// Address to bind.
+    pub bind: String,
+    /// Port (RabbitMQ's 15692); 0 turns the listener off.
+    pub port: u16,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            bind: "0.0.0.0".into(),
+            port: 15692,
+        }
+    }
 }
 
 /// The TLS listener (RabbitMQ's `listeners.ssl` and `ssl_options`).
@@ -372,6 +421,14 @@ impl Config {
         self.storage.validate()?;
         self.memory.validate()?;
         self.disk.validate()?;
+        check_bind(&self.management.bind).map_err(|r| invalid("management.bind", r))?;
+        if self.management.collect_statistics_interval == 0 {
+            return Err(invalid(
+                "management.collect_statistics_interval",
+                "must be at least 1",
+            ));
+        }
+        check_bind(&self.prometheus.bind).map_err(|r| invalid("prometheus.bind", r))?;
         self.log.validate()
     }
 }

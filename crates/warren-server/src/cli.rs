@@ -104,6 +104,18 @@ pub struct ServeArgs {
     /// Definitions file in RabbitMQ's format imported at start (`definitions.load`).
     #[arg(long, env = "WARREN_LOAD_DEFINITIONS", value_name = "PATH")]
     pub load_definitions: Option<PathBuf>,
+    /// Address of the management HTTP API (`management.bind`).
+    #[arg(long, env = "WARREN_MANAGEMENT_BIND", value_name = "ADDR")]
+    pub management_bind: Option<String>,
+    /// Port of the management HTTP API and web UI; 0 turns it off (`management.port`).
+    #[arg(long, env = "WARREN_MANAGEMENT_PORT", value_name = "N")]
+    pub management_port: Option<u16>,
+    /// Address of the Prometheus endpoint (`prometheus.bind`).
+    #[arg(long, env = "WARREN_PROMETHEUS_BIND", value_name = "ADDR")]
+    pub prometheus_bind: Option<String>,
+    /// Port of the Prometheus endpoint; 0 turns it off (`prometheus.port`).
+    #[arg(long, env = "WARREN_PROMETHEUS_PORT", value_name = "N")]
+    pub prometheus_port: Option<u16>,
     /// Print a documented configuration file holding the defaults, and exit.
     #[arg(long)]
     pub print_default_config: bool,
@@ -205,6 +217,18 @@ impl ServeArgs {
         if let Some(path) = &self.load_definitions {
             config.definitions.load.clone_from(path);
         }
+        if let Some(bind) = &self.management_bind {
+            config.management.bind.clone_from(bind);
+        }
+        if let Some(port) = self.management_port {
+            config.management.port = port;
+        }
+        if let Some(bind) = &self.prometheus_bind {
+            config.prometheus.bind.clone_from(bind);
+        }
+        if let Some(port) = self.prometheus_port {
+            config.prometheus.port = port;
+        }
     }
 
     /// The flag and variable that set `key`, when one did.
@@ -234,6 +258,14 @@ impl ServeArgs {
             "auth.default_pass" => (
                 self.default_pass.is_some(),
                 "--default-pass or WARREN_DEFAULT_PASS",
+            ),
+            "management.bind" => (
+                self.management_bind.is_some(),
+                "--management-bind or WARREN_MANAGEMENT_BIND",
+            ),
+            "prometheus.bind" => (
+                self.prometheus_bind.is_some(),
+                "--prometheus-bind or WARREN_PROMETHEUS_BIND",
             ),
             "disk.free_limit_relative" => (
                 self.disk_free_limit.is_some(),

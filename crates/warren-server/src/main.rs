@@ -148,11 +148,65 @@ async fn run(config: Config) -> Result<(), String> {
             "listening"
         );
     }
-    warren_core::server::run_all(config, listeners, shutdown)
+    let management = bind_http(
+        "management",
+        &config.management.bind,
+        config.management.port,
+    )
+    .await?;
+    let prometheus = bind_http(
+        "prometheus",
+        &config.prometheus.bind,
+        config.prometheus.port,
+    )
+    .await?;
+    let broker = tokio::task::spawn_blocking(move || warren_core::Broker::open(config))
+        .await
+        .map_err(|e| format!("broker failed: {e}"))?
+        .map_err(|e| format!("broker failed: {e}"))?;
+    warren_core::server::import_configured_definitions(&broker)
+        .await
+        .map_err(|e| format!("broker failed: {e}"))?;
+    let tls = warren_core::server::bind_tls(&broker.config).await?;
+    if let Some(l) = management {
+        let (b, s) = (broker.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = warren_http::serve(b, l, s).await {
+                error!(error = %e, "management listener failed");
+            }
+        });
+    }
+    if let Some(l) = prometheus {
+        let (b, s) = (broker.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = warren_metrics::serve(b, l, s).await {
+                error!(error = %e, "prometheus listener failed");
+            }
+        });
+    }
+    warren_core::server::run_broker_with(broker, listeners, tls, shutdown)
         .await
         .map_err(|e| format!("broker failed: {e}"))?;
     drop(data_dir);
     Ok(())
+}
+
+/// Binds an HTTP listener (`port` 0: off) and logs its address; the error names it.
+async fn bind_http(
+    what: &str,
+    bind: &str,
+    port: u16,
+) -> Result<Option<tokio::net::TcpListener>, String> {
+    if port == 0 {
+        return Ok(None);
+    }
+    let l = tokio::net::TcpListener::bind((bind, port))
+        .await
+        .map_err(|e| format!("cannot listen on {bind}:{port} ({what}): {e}"))?;
+    if let Ok(addr) = l.local_addr() {
+        info!(%addr, "{what} listening");
+    }
+    Ok(Some(l))
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.

@@ -29,6 +29,9 @@ fn warren(data_dir: &Path, port: u16) -> Command {
             cmd.env_remove(key);
         }
     }
+    // Tests run side by side: no fixed HTTP ports.
+    cmd.env("WARREN_MANAGEMENT_PORT", "0");
+    cmd.env("WARREN_PROMETHEUS_PORT", "0");
     cmd.args([
         "--bind",
         "127.0.0.1",

@@ -19,6 +19,9 @@ fn warren() -> Command {
             cmd.env_remove(key);
         }
     }
+    // Tests run side by side: no fixed HTTP ports.
+    cmd.env("WARREN_MANAGEMENT_PORT", "0");
+    cmd.env("WARREN_PROMETHEUS_PORT", "0");
     cmd.stdin(Stdio::null());
     cmd
 }
@@ -257,7 +260,7 @@ fn healthcheck_fails_without_a_broker() {
 fn open_files_soft_limit_is_raised_to_the_hard_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let script = format!(
-        "ulimit -Sn 256 && ulimit -Hn 4096 && exec '{}' --bind 127.0.0.1 --port 0 --data-dir '{}'",
+        "ulimit -Sn 256 && ulimit -Hn 4096 && exec '{}' --bind 127.0.0.1 --port 0 --management-port 0 --prometheus-port 0 --data-dir '{}'",
         env!("CARGO_BIN_EXE_warren"),
         dir.path().display()
     );

@@ -12,6 +12,7 @@
 
 mod equivalence;
 mod events;
+mod inspect;
 mod route;
 mod storage;
 mod topology;
@@ -29,6 +30,7 @@ use warren_codec::proto::FieldTable;
 
 pub(crate) use equivalence::arg_display;
 pub use events::channel_pid;
+pub use inspect::{BindingInfo, ExchangeInfo};
 pub use route::Routed;
 pub use storage::{new_store_dir, Storage};
 

@@ -18,6 +18,9 @@ pub fn free_port() -> u16 {
 /// Starts `warren` on 127.0.0.1:`port` with `data_dir`, quiet.
 pub fn start(data_dir: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_warren"))
+        // Tests run side by side: no fixed HTTP ports.
+        .env("WARREN_MANAGEMENT_PORT", "0")
+        .env("WARREN_PROMETHEUS_PORT", "0")
         .args([
             "--bind",
             "127.0.0.1",
