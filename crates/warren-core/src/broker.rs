@@ -5,6 +5,8 @@
 mod conns;
 mod control;
 pub mod definitions;
+mod inspect;
+pub use inspect::{ChannelInfo, ConnInfo, IoStats};
 
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
@@ -73,6 +75,10 @@ pub struct Broker {
     /// The disk alarm (free space of the data dir below `disk.free_limit_bytes`): while
     /// true, publishing connections are blocked.
     pub disk_alarm: tokio::sync::watch::Sender<bool>,
+    /// Connections, channels and queues opened and closed since start.
+    pub churn: crate::stats::Churn,
+    /// Message counters of deleted vhosts' channels (so that totals never go backwards).
+    retired: parking_lot::Mutex<crate::stats::MessageTotals>,
     me: Weak<Broker>,
 }
 
@@ -274,6 +280,8 @@ impl Broker {
             vhosts: RwLock::new(HashMap::new()),
             users: Users::default(),
             runtime: RwLock::new(BTreeMap::new()),
+            churn: Default::default(),
+            retired: Default::default(),
             conns: Conns::default(),
             services,
             failed_logins: AtomicU64::new(0),
@@ -464,12 +472,13 @@ impl Broker {
                 let Some(vh) = self.vhost(name) else {
                     return Some(Err(AmqpError::not_found(format!("no vhost '{name}'"))));
                 };
+                if matches!(cmd, Command::DeclareQueue(_)) {
+                    self.churn.queues_declared.inc();
+                }
                 match vh.check(&mut cmd, origin, pre, now) {
                     Err(e) => return Some(Err(e)),
                     Ok(Check::Done(a)) => return Some(Ok(a)),
-                    Ok(Check::Apply) => {
-                        return Some(vh.apply_as(&cmd, now, false, user.as_deref()))
-                    }
+                    Ok(Check::Apply) => return Some(self.apply_as(&cmd, user.as_deref())),
                     Ok(Check::Log) if self.immediate => {
                         return Some(self.apply_as(&cmd, user.as_deref()))
                     }
@@ -540,7 +549,15 @@ impl Broker {
         let Some(vh) = self.vhost(name) else {
             return Err(AmqpError::not_found(format!("no vhost '{name}'")));
         };
-        vh.apply_as(cmd, self.clock.now(), false, user)
+        let r = vh.apply_as(cmd, self.clock.now(), false, user);
+        match (&r, cmd) {
+            (Ok(Applied::Queue(_)), _) => self.churn.queues_created.inc(),
+            (Ok(Applied::Deleted(_)), Command::DeleteQueue { .. }) => {
+                self.churn.queues_deleted.inc()
+            }
+            _ => {}
+        }
+        r
     }
 
     /// Checks a login (RabbitMQ's internal backend plus `loopback_users`); `pass` `None` is

@@ -33,6 +33,7 @@ pub mod message;
 pub mod metadata;
 pub mod queue;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod tls;
 mod value;

@@ -98,7 +98,15 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    connection::serve_stream(broker, stream, peer, shutdown, None).await
+    connection::serve_stream(
+        broker,
+        stream,
+        peer,
+        shutdown,
+        None,
+        connection::Transport::default(),
+    )
+    .await
 }
 
 /// A TLS listener: its socket and the acceptor built from `[tls]`.
@@ -132,6 +140,10 @@ async fn serve_tls(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let transport = connection::Transport {
+        local: stream.local_addr().ok(),
+        tls: true,
+    };
     let limit = std::time::Duration::from_secs(broker.config.amqp.handshake_timeout.max(1));
     let tls = tokio::select! {
         _ = shutdown.cancelled() => return,
@@ -153,7 +165,7 @@ async fn serve_tls(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(crate::tls::common_name);
-    connection::serve_stream(broker, tls, peer, shutdown, cn).await
+    connection::serve_stream(broker, tls, peer, shutdown, cn, transport).await
 }
 
 /// Runs `broker` on `listeners` until `shutdown`, then closes every connection.

@@ -22,6 +22,7 @@ mod model;
 mod paging;
 mod queue_features;
 mod smoke;
+mod stats;
 mod streams;
 mod tls;
 mod tutorials;

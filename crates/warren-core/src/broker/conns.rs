@@ -18,18 +18,20 @@ pub trait ConnControl: Send + Sync {
     fn force_close(&self, explanation: String);
 }
 
-struct Entry {
+pub(super) struct Entry {
     vhost: String,
     user: String,
-    control: Arc<dyn ConnControl>,
+    pub(super) control: Arc<dyn ConnControl>,
     /// Channels open on the connection (kept by the connection).
     channels: Arc<AtomicUsize>,
+    /// What the management API shows of it.
+    pub(super) info: Option<Arc<super::ConnInfo>>,
 }
 
 /// Open connections by id.
 #[derive(Default)]
 pub(super) struct Conns {
-    inner: Mutex<HashMap<u64, Entry>>,
+    pub(super) inner: Mutex<HashMap<u64, Entry>>,
 }
 
 impl std::fmt::Debug for Conns {
@@ -51,6 +53,7 @@ impl Broker {
         user: &User,
         control: Arc<dyn ConnControl>,
         channels: Arc<AtomicUsize>,
+        info: Option<Arc<super::ConnInfo>>,
     ) -> AmqpResult<()> {
         let mut inner = self.conns.inner.lock();
         if let Some(max) = vhost.limits().max_connections {
@@ -78,8 +81,10 @@ impl Broker {
                 user: user.def.name.clone(),
                 control,
                 channels,
+                info,
             },
         );
+        self.churn.connections_opened.inc();
         Ok(())
     }
 
@@ -104,7 +109,9 @@ impl Broker {
 
     /// Forgets a closed connection.
     pub fn unregister_connection(&self, id: u64) {
-        self.conns.inner.lock().remove(&id);
+        if self.conns.inner.lock().remove(&id).is_some() {
+            self.churn.connections_closed.inc();
+        }
     }
 
     /// Open connections to `vhost`.

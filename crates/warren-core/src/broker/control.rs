@@ -99,6 +99,7 @@ impl Broker {
                 let Some(vh) = self.vhosts.write().remove(name) else {
                     return Ok(());
                 };
+                self.retired.lock().add(&vh.retired_totals());
                 self.users.remove_vhost(name);
                 self.runtime.write().retain(|(_, v, _, _), _| v != name);
                 if !replay {

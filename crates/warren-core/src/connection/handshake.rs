@@ -176,6 +176,8 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
                 }
             }
             conn.ctx.user = user;
+            conn.ctx.mechanism = mechanism.to_string();
+            conn.ctx.client_properties = s.client_properties.clone();
             let cfg = &conn.ctx.broker.config.amqp;
             let tune = connection::Tune {
                 channel_max: cfg.channel_max,
@@ -247,6 +249,19 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
                 return Err(refused());
             };
             let control: std::sync::Arc<dyn crate::broker::ConnControl> = conn.ctx.sink.clone();
+            let info = std::sync::Arc::new(crate::broker::ConnInfo::new(
+                conn.ctx.conn_id,
+                conn.ctx.peer,
+                conn.ctx.local,
+                conn.ctx.user.clone(),
+                name.to_string(),
+                std::mem::take(&mut conn.ctx.client_properties),
+                conn.ctx.mechanism.clone(),
+                conn.ctx.tls,
+                broker.clock.wall(),
+                (conn.ctx.frame_max, conn.ctx.channel_max, conn.ctx.heartbeat),
+                conn.ctx.io.clone(),
+            ));
             broker
                 .register_connection(
                     conn.ctx.conn_id,
@@ -254,12 +269,14 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
                     &access.user,
                     control,
                     conn.ctx.channel_count.clone(),
+                    Some(info.clone()),
                 )
                 .map_err(|e| e.on(ids))?;
             conn.ctx.max_channels = access.user.def.max_channels;
             conn.ctx.access = Some(access);
             conn.ctx.access_gen = gen;
             conn.ctx.vhost = Some(vh);
+            conn.ctx.info = Some(info);
             conn.ctx.send_method(
                 0,
                 &AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),

@@ -136,6 +136,18 @@ pub(crate) struct Ctx {
     pub published: bool,
     /// Output backpressure.
     pub flow: Arc<Flow>,
+    /// The broker's address of the connection, when the transport knows it.
+    pub local: Option<SocketAddr>,
+    /// Over TLS.
+    pub tls: bool,
+    /// `client_properties` of `start-ok`.
+    pub client_properties: warren_codec::proto::FieldTable,
+    /// The SASL mechanism the client logged in with.
+    pub mechanism: String,
+    /// Bytes and frames moved.
+    pub io: Arc<crate::broker::IoStats>,
+    /// What the management API shows of this connection (from `connection.open`).
+    pub info: Option<Arc<crate::broker::ConnInfo>>,
     /// The broker clock's time for the batch of input or events being handled.
     pub now: Millis,
 }
@@ -227,6 +239,15 @@ pub(crate) struct Connection {
     close_deadline: Option<Instant>,
 }
 
+/// What a byte stream other than plain TCP tells the management API about itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Transport {
+    /// The broker's address of the connection.
+    pub local: Option<SocketAddr>,
+    /// Over TLS.
+    pub tls: bool,
+}
+
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve_tcp(
     broker: Arc<Broker>,
@@ -240,7 +261,9 @@ pub async fn serve_tcp(
     let sock = Arc::new(write_half);
     let (wtx, wrx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer::run_tcp(sock.clone(), wrx, flow.clone()));
-    let conn = Connection::new(broker, peer, flow, wtx, Out::Tcp(sock));
+    let local = sock.local_addr().ok();
+    let mut conn = Connection::new(broker, peer, flow, wtx, Out::Tcp(sock));
+    conn.ctx.local = local;
     conn.serve(&mut reader, shutdown, writer_task).await
 }
 
@@ -253,6 +276,7 @@ pub async fn serve_stream<S>(
     peer: SocketAddr,
     shutdown: CancellationToken,
     external: Option<String>,
+    transport: Transport,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -262,6 +286,8 @@ pub async fn serve_stream<S>(
     let writer_task = tokio::spawn(writer::run_stream(write_half, wrx, flow.clone()));
     let mut conn = Connection::new(broker, peer, flow, wtx, Out::Task);
     conn.ctx.external = external;
+    conn.ctx.local = transport.local;
+    conn.ctx.tls = transport.tls;
     conn.serve(&mut reader, shutdown, writer_task).await
 }
 
@@ -307,6 +333,12 @@ impl Connection {
                 published: false,
                 flow,
                 now: clock_now,
+                local: None,
+                tls: false,
+                client_properties: Default::default(),
+                mechanism: String::new(),
+                io: Arc::default(),
+                info: None,
             },
             state: State::AwaitHeader,
             channels: rustc_hash::FxHashMap::default(),
@@ -431,8 +463,10 @@ impl Connection {
                             }
                             return;
                         }
-                        Ok(_) => {
+                        Ok(n) => {
                             self.last_recv = Instant::now();
+                            self.ctx.io.recv_oct.add(n as u64);
+                            self.ctx.io.recv_cnt.inc();
                             self.handle_input(&mut input);
                         }
                     }
@@ -507,6 +541,11 @@ impl Connection {
             return;
         }
         let mut chunks = std::mem::take(&mut self.ctx.chunks);
+        self.ctx
+            .io
+            .send_oct
+            .add(chunks.iter().map(|c| c.len() as u64).sum());
+        self.ctx.io.send_cnt.inc();
         // Nothing queued at the writer: write now, from this task, and hand over only what
         // the kernel does not take.
         if let Out::Tcp(sock) = &self.out {
@@ -712,10 +751,31 @@ impl Connection {
     }
 
     /// Publishes the number of open channels to the broker's registry.
+    /// Publishes the set of open channels: their count (user `max-channels`) and, for the
+    /// management API, each channel's [`ChannelInfo`]; a channel that went keeps its counts
+    /// in the vhost's totals.
     fn count_channels(&self) {
         self.ctx
             .channel_count
             .store(self.channels.len(), std::sync::atomic::Ordering::Relaxed);
+        let Some(info) = &self.ctx.info else { return };
+        let listed = info.channels();
+        for c in &listed {
+            if !self.channels.contains_key(&c.number) {
+                if let Some(gone) = info.remove_channel(c.number) {
+                    self.ctx.broker.churn.channels_closed.inc();
+                    if let Some(vh) = &self.ctx.vhost {
+                        vh.retire(&gone.stats.totals());
+                    }
+                }
+            }
+        }
+        for (id, ch) in &self.channels {
+            if !listed.iter().any(|c| c.number == *id) {
+                info.add_channel(ch.info.clone());
+                self.ctx.broker.churn.channels_opened.inc();
+            }
+        }
     }
 
     /// Releases every channel (requeue unacked, cancel consumers) and exclusive queues.

@@ -195,6 +195,8 @@ pub struct Exchange {
     pub store_dir: Option<String>,
     /// The deduplication cache, when the exchange deduplicates.
     dedup: Option<dedup::Dedup>,
+    /// Its message counters (`publish_in`, `publish_out`).
+    pub stats: std::sync::Arc<crate::stats::MessageStats>,
 }
 
 impl Exchange {
@@ -225,6 +227,7 @@ impl Exchange {
             delayed: None,
             store_dir: None,
             dedup: kind.dedup(&arguments),
+            stats: Default::default(),
             arguments,
         }
     }

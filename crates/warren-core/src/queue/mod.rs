@@ -143,6 +143,39 @@ impl Consumer {
     }
 }
 
+/// A consumer as the management API shows it.
+#[derive(Debug, Clone)]
+pub struct ConsumerInfo {
+    /// Consumer tag.
+    pub tag: Arc<str>,
+    /// Owning connection.
+    pub conn_id: u64,
+    /// Owning channel.
+    pub channel: u16,
+    /// Deliveries must be acknowledged.
+    pub ack_required: bool,
+    /// `basic.consume exclusive=true`.
+    pub exclusive: bool,
+    /// Its prefetch window (0 = unlimited).
+    pub prefetch_count: u32,
+    /// `basic.consume` arguments.
+    pub arguments: FieldTable,
+}
+
+impl From<&Consumer> for ConsumerInfo {
+    fn from(c: &Consumer) -> Self {
+        Self {
+            tag: c.tag.clone(),
+            conn_id: c.conn_id,
+            channel: c.channel,
+            ack_required: !c.no_ack,
+            exclusive: c.exclusive,
+            prefetch_count: c.credit.limit(),
+            arguments: c.arguments.clone(),
+        }
+    }
+}
+
 /// A message handed to a consumer's connection.
 #[derive(Debug)]
 pub struct Delivery {
@@ -186,6 +219,8 @@ pub struct QueueInfo {
     pub args: QueueArgs,
     /// Its store directory (durable queues), which also names this incarnation.
     pub store_dir: Option<String>,
+    /// Its message counters (`publish`, `deliver`, `get`, `ack`, `redeliver`, ...).
+    pub stats: Arc<crate::stats::MessageStats>,
 }
 
 /// What `cancel` and channel teardown tell the caller.
@@ -292,6 +327,12 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     fn paging_read_errors(&self) -> u64 {
         0
     }
+    /// Body bytes of its ready messages (in memory and paged; 0 where not tracked).
+    fn ready_bytes(&self) -> u64 {
+        0
+    }
+    /// Its consumers, as the management API lists them.
+    fn consumers(&self) -> Vec<ConsumerInfo>;
     /// A stream's size, offsets and consumers (none for other types); what management and
     /// metrics will show.
     fn stream_stats(&self) -> Option<stream::StreamStats> {

@@ -23,6 +23,8 @@ pub struct ExchangeInfo {
     pub internal: bool,
     /// Declare arguments.
     pub arguments: FieldTable,
+    /// Its counters (`publish_in`, `publish_out`).
+    pub stats: Arc<crate::stats::MessageStats>,
 }
 
 /// A binding as the management API shows it.
@@ -40,7 +42,31 @@ pub struct BindingInfo {
     pub arguments: FieldTable,
 }
 
+impl ExchangeInfo {
+    fn of(x: &crate::exchange::Exchange) -> Self {
+        Self {
+            name: x.name.clone(),
+            kind: x.kind.as_str(),
+            durable: x.durable,
+            auto_delete: x.auto_delete,
+            internal: x.internal,
+            arguments: x.arguments.clone(),
+            stats: x.stats.clone(),
+        }
+    }
+}
+
 impl VHost {
+    /// What the vhost's closed channels counted.
+    pub fn retired_totals(&self) -> crate::stats::MessageTotals {
+        *self.retired.lock()
+    }
+
+    /// Keeps the counts of a channel that closed.
+    pub fn retire(&self, t: &crate::stats::MessageTotals) {
+        self.retired.lock().add(t);
+    }
+
     /// Every queue (handles; reading their counts takes each queue's own lock later).
     pub fn queues(&self) -> Vec<QueueRef> {
         self.topo.read().queues.values().cloned().collect()
@@ -52,27 +78,13 @@ impl VHost {
             .read()
             .exchanges
             .values()
-            .map(|x| ExchangeInfo {
-                name: x.name.clone(),
-                kind: x.kind.as_str(),
-                durable: x.durable,
-                auto_delete: x.auto_delete,
-                internal: x.internal,
-                arguments: x.arguments.clone(),
-            })
+            .map(ExchangeInfo::of)
             .collect()
     }
 
     /// One exchange.
     pub fn exchange_info(&self, name: &str) -> Option<ExchangeInfo> {
-        self.topo.read().exchanges.get(name).map(|x| ExchangeInfo {
-            name: x.name.clone(),
-            kind: x.kind.as_str(),
-            durable: x.durable,
-            auto_delete: x.auto_delete,
-            internal: x.internal,
-            arguments: x.arguments.clone(),
-        })
+        self.topo.read().exchanges.get(name).map(ExchangeInfo::of)
     }
 
     /// Every binding between exchanges and queues (not the default exchange's implicit ones).

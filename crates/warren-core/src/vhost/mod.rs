@@ -143,6 +143,8 @@ pub struct VHost {
     events: Mutex<Vec<crate::events::Event>>,
     /// `max-connections`, `max-queues` (set by the broker's `SetVhostLimits`).
     limits: Mutex<VhostLimits>,
+    /// What its closed channels counted.
+    retired: Mutex<crate::stats::MessageTotals>,
 }
 
 pub(crate) fn reserved(name: &str) -> bool {
@@ -180,6 +182,7 @@ impl VHost {
             followups: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
             limits: Mutex::new(VhostLimits::default()),
+            retired: Mutex::new(Default::default()),
         }))
     }
 

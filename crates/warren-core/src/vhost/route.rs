@@ -25,6 +25,8 @@ pub struct Routed {
     pub cacheable: bool,
     /// The exchange holds the message instead of routing it: its holder and the delay (ms).
     pub delayed: Option<(Arc<DelayedMessages>, u64)>,
+    /// The counters of the exchange published to.
+    pub stats: Arc<crate::stats::MessageStats>,
 }
 
 impl VHost {
@@ -112,6 +114,7 @@ impl VHost {
             return Ok(Routed {
                 queues: q,
                 exchange: x.name.clone(),
+                stats: x.stats.clone(),
                 cacheable: true,
                 delayed: None,
             });
@@ -127,6 +130,7 @@ impl VHost {
                 return Ok(Routed {
                     queues: Vec::new(),
                     exchange: x.name.clone(),
+                    stats: x.stats.clone(),
                     cacheable: false,
                     delayed: Some((held.clone(), delay)),
                 });
@@ -184,6 +188,7 @@ impl VHost {
         Ok(Routed {
             queues,
             exchange: x.name.clone(),
+            stats: x.stats.clone(),
             cacheable,
             delayed: None,
         })

@@ -502,6 +502,7 @@ impl VHost {
             },
             args,
             store_dir: on_disk.then(|| d.store_dir.clone()),
+            stats: Default::default(),
         };
         let q = queue::create(info, backing, &self.services, now);
         let owner: std::sync::Weak<dyn QueueOwner> = self.me.clone();

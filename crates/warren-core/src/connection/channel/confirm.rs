@@ -34,6 +34,9 @@ impl Channel {
             ));
         }
         if self.confirm.is_none() {
+            self.info
+                .confirm
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             self.confirm = Some(ConfirmState {
                 next_seq: 1,
                 ..ConfirmState::default()
@@ -103,6 +106,9 @@ impl Channel {
             return;
         }
         let mut pending = std::mem::take(&mut c.pending);
+        let acks = pending.iter().filter(|(_, ack)| *ack).count();
+        self.info.stats.confirm.add(acks as u64);
+        crate::broker::ChannelInfo::set(&self.info.messages_unconfirmed, c.waiting.len() as u64);
         pending.sort_unstable_by_key(|(seq, _)| *seq);
         let oldest_waiting = c.waiting.front().map_or(u64::MAX, |(s, _)| *s);
         let split = pending.partition_point(|(seq, _)| *seq < oldest_waiting);

@@ -1,6 +1,7 @@
 //! Consumers and what they receive: `basic.qos`, `basic.consume`/`cancel`, deliveries,
 //! `basic.get`, and settling (`ack`, `nack`, `reject`, `recover`) with the prefetch windows.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::pause::{Then, Wait};
@@ -81,9 +82,15 @@ impl Channel {
             basic::AMQPMethod::Qos(q) => {
                 if q.global {
                     self.channel_credit.set_limit(q.prefetch_count);
+                    self.info
+                        .global_prefetch_count
+                        .store(u32::from(q.prefetch_count), Ordering::Relaxed);
                     self.kick_consumer_queues(now);
                 } else {
                     self.prefetch = q.prefetch_count;
+                    self.info
+                        .prefetch_count
+                        .store(u32::from(q.prefetch_count), Ordering::Relaxed);
                 }
                 ok(
                     ctx,
@@ -259,11 +266,13 @@ impl Channel {
                 timeout,
             },
         );
+        self.update_unacked();
         Ok(())
     }
 
     fn cancel_consumer(&mut self, ctx: &mut Ctx, tag: &Arc<str>) {
         if let Some(c) = self.consumers.remove(tag) {
+            self.update_unacked();
             let after = c.queue.cancel(ctx.conn_id, self.id, tag, ctx.now);
             let Ok(vh) = Self::vhost(ctx) else { return };
             if vh.wants_events() {
@@ -284,6 +293,7 @@ impl Channel {
         if self.closing || self.consumers.remove(tag).is_none() {
             return;
         }
+        self.update_unacked();
         if ctx.cap_consumer_cancel_notify {
             ctx.send_method(
                 self.id,
@@ -308,11 +318,13 @@ impl Channel {
         let (m, left) = match q.get(g.no_ack, ctx.now, &waiter) {
             Got::Message(m, left) => (m, left),
             Got::Empty => {
+                self.info.stats.get_empty.inc();
+                q.info().stats.get_empty.inc();
                 return ok(
                     ctx,
                     self.id,
                     AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
-                )
+                );
             }
             Got::Wait => {
                 self.pause(Wait::Woken, Then::Get(g));
@@ -322,6 +334,17 @@ impl Channel {
         };
         let tag = self.next_tag;
         self.next_tag += 1;
+        let (mine, queue_stats) = (&self.info.stats, &q.info().stats);
+        for st in [mine, queue_stats] {
+            if g.no_ack {
+                st.get_no_ack.inc();
+            } else {
+                st.get.inc();
+            }
+            if m.redelivered {
+                st.redeliver.inc();
+            }
+        }
         let get_ok = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
             delivery_tag: tag,
             redelivered: m.redelivered,
@@ -350,6 +373,7 @@ impl Channel {
                     timeout,
                 },
             );
+            self.update_unacked();
         }
         Ok(())
     }
@@ -376,6 +400,16 @@ impl Channel {
         let tag = self.next_tag;
         self.next_tag += 1;
         let m = &d.message;
+        for st in [&self.info.stats, &d.queue.info().stats] {
+            if d.no_ack {
+                st.deliver_no_ack.inc();
+            } else {
+                st.deliver.inc();
+            }
+            if m.redelivered {
+                st.redeliver.inc();
+            }
+        }
         encode::encode_delivery_zero_copy(
             &mut ctx.out,
             &mut ctx.chunks,
@@ -410,6 +444,7 @@ impl Channel {
                     timeout,
                 },
             );
+            self.update_unacked();
         }
     }
 
@@ -445,6 +480,7 @@ impl Channel {
             return;
         }
         let entries: Vec<Unacked> = taken.into_iter().map(|(_, u)| u).collect();
+        self.update_unacked();
         self.dispose(entries, how, now);
         if self.channel_credit_limited() {
             self.kick_consumer_queues(now);
@@ -456,6 +492,12 @@ impl Channel {
             return;
         }
         self.release_credit(&entries);
+        if how == Disposition::Ack {
+            self.info.stats.ack.add(entries.len() as u64);
+            for u in &entries {
+                u.queue.info().stats.ack.inc();
+            }
+        }
         match how {
             Disposition::Requeue => requeue_grouped(entries, now),
             Disposition::Ack => settle_grouped(entries, Settle::Ack, now),

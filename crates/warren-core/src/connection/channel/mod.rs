@@ -87,6 +87,8 @@ pub(crate) struct Channel {
     /// The earliest consumer-timeout deadline of an unacked message (0 = none); may be stale
     /// (see `timeout.rs`).
     next_deadline: crate::clock::Millis,
+    /// What the management API shows of the channel (its counters; this channel writes them).
+    pub(crate) info: Arc<crate::broker::ChannelInfo>,
 }
 
 fn ok(ctx: &mut Ctx, ch: u16, m: AMQPClass) -> AmqpResult<()> {
@@ -167,7 +169,21 @@ impl Channel {
             route_cache: None,
             paused: None,
             next_deadline: 0,
+            info: Arc::new(crate::broker::ChannelInfo::new(id)),
         }
+    }
+
+    /// Publishes the channel's unacked and consumer counts (after deliveries, settlements,
+    /// consumes and cancels).
+    fn update_unacked(&self) {
+        crate::broker::ChannelInfo::set(
+            &self.info.messages_unacknowledged,
+            self.unacked.len() as u64,
+        );
+        self.info.consumer_count.store(
+            self.consumers.len() as u32,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     pub fn is_closing(&self) -> bool {

@@ -11,6 +11,7 @@ use crate::error::{AmqpError, AmqpResult};
 use crate::exchange::delayed::{due_properties, DelayedMessages, Held};
 use crate::message::Message;
 use crate::queue::{Enqueued, QueueRef};
+use crate::stats::MessageStats;
 use crate::vhost::VHost;
 use warren_codec::proto::{basic, AMQPClass, AMQPProperties};
 use warren_codec::{encode, ContentHeader, ReplyCode};
@@ -24,6 +25,8 @@ pub(super) struct Routed<Q> {
     exchange: Arc<str>,
     /// Held by a delayed exchange instead: its holder and the delay.
     delayed: Option<(Arc<DelayedMessages>, u64)>,
+    /// The counters of the exchange published to.
+    stats: Arc<MessageStats>,
 }
 
 #[derive(Debug)]
@@ -35,6 +38,7 @@ pub(super) struct RouteCache {
     routing_key: String,
     queues: Targets,
     exchange_name: Arc<str>,
+    stats: Arc<MessageStats>,
 }
 
 /// `a == b`, without calling `memcmp` for two empty strings (the default exchange's name):
@@ -136,6 +140,10 @@ impl Channel {
             header.raw_properties = Bytes::from(warren_codec::encode_properties(&stripped));
             header.properties = Box::new(stripped);
         }
+        routed.stats.publish_in.inc();
+        if !routed.queues.is_empty() {
+            routed.stats.publish_out.inc();
+        }
         let props: &AMQPProperties = &header.properties;
         let message = Arc::new(Message::new(
             routed.exchange,
@@ -212,6 +220,7 @@ impl Channel {
                 queues: r.queues.into(),
                 exchange: r.exchange,
                 delayed: r.delayed,
+                stats: r.stats,
             });
         }
         let version = vh.version();
@@ -226,6 +235,7 @@ impl Channel {
                     queues: c.queues.clone(),
                     exchange: c.exchange_name.clone(),
                     delayed: None,
+                    stats: c.stats.clone(),
                 });
             }
         }
@@ -240,12 +250,14 @@ impl Channel {
                 routing_key: routing_key.to_string(),
                 queues: queues.clone(),
                 exchange_name: r.exchange.clone(),
+                stats: r.stats.clone(),
             });
         }
         Ok(Routed {
             queues,
             exchange: r.exchange,
             delayed: r.delayed,
+            stats: r.stats,
         })
     }
 
@@ -274,12 +286,21 @@ impl Channel {
                 Enqueued::Yes(e) => {
                     routed = true;
                     epoch = epoch.max(e);
+                    q.info().stats.publish.inc();
                 }
                 Enqueued::Rejected => rejected = true,
                 Enqueued::Gone => {}
             }
         }
         let routed = routed || rejected;
+        self.info.stats.publish.inc();
+        if !routed && held_epoch == 0 {
+            if mandatory {
+                self.info.stats.return_unroutable.inc();
+            } else {
+                self.info.stats.drop_unroutable.inc();
+            }
+        }
         if !routed && mandatory {
             let ret = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                 reply_code: ReplyCode::NoRoute.code(),

@@ -41,6 +41,9 @@ impl Channel {
                     ));
                 }
                 if self.tx.is_none() {
+                    self.info
+                        .transactional
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     self.tx = Some(TxState::default());
                 }
                 ok(

@@ -212,6 +212,14 @@ impl Queue for ClassicQueue {
         u32::try_from(self.state.lock().consumers.len()).unwrap_or(u32::MAX)
     }
 
+    fn ready_bytes(&self) -> u64 {
+        Self::total_bytes(&self.state.lock())
+    }
+
+    fn consumers(&self) -> Vec<crate::queue::ConsumerInfo> {
+        self.state.lock().consumers.iter().map(Into::into).collect()
+    }
+
     fn unacked_count(&self) -> u64 {
         self.state.lock().unacked
     }

@@ -31,6 +31,7 @@ fn queue(args: &[(&str, AMQPValue)]) -> QueueRef {
         },
         args: QueueArgs::parse(&t, "q", "/").expect("valid arguments"),
         store_dir: None,
+        stats: Default::default(),
     };
     let services = Services {
         timers: Timers::new(Clock::System),

@@ -332,6 +332,15 @@ impl Queue for StreamQueue {
         self.state.lock().readers.len() as u32
     }
 
+    fn consumers(&self) -> Vec<crate::queue::ConsumerInfo> {
+        self.state
+            .lock()
+            .readers
+            .iter()
+            .map(|r| (&r.c).into())
+            .collect()
+    }
+
     fn unacked_count(&self) -> u64 {
         let st = self.state.lock();
         st.readers
