@@ -41,6 +41,7 @@ fn queue() -> QueueRef {
         },
         args: QueueArgs::default(),
         store_dir: None,
+        stats: Default::default(),
     };
     let services = Services {
         timers: Timers::new(Clock::System),
