@@ -97,3 +97,13 @@ def test_vhost_access_and_limits_match_rabbitmq(login):
         "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
         in str(e.value)
     )
+
+
+def test_update_secret_is_accepted_as_rabbitmq_does(login):
+    """RabbitMQ's internal backend cannot expire: `connection.update-secret` is answered with
+    update-secret-ok and the connection carries on (rabbit_access_control:update_state/2)."""
+    app = login("app", "app-secret", "prod")
+    app.update_secret("app-secret", "rotation")
+    ch = app.channel()
+    publish_confirmed(ch, "app.events", "app.x")
+    assert app.is_open

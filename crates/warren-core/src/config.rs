@@ -97,6 +97,16 @@ pub struct TlsConfig {
     pub verify_peer: bool,
     /// Refuse clients without a certificate (`ssl_options.fail_if_no_peer_cert`).
     pub fail_if_no_peer_cert: bool,
+    /// Where EXTERNAL takes the user name from in a verified client certificate
+    /// (`ssl_cert_login_from`): `common_name` (the subject's CN), `distinguished_name` (the
+    /// whole subject, RFC 4514) or `subject_alternative_name`.
+    pub cert_login_from: String,
+    /// With `subject_alternative_name`: which kind of SAN (`ssl_cert_login_san_type`: `dns`,
+    /// `ip`, `email`, `uri`).
+    pub cert_login_san_type: String,
+    /// With `subject_alternative_name`: which of the SANs of that kind, from 0
+    /// (`ssl_cert_login_san_index`).
+    pub cert_login_san_index: usize,
 }
 
 impl Default for TlsConfig {
@@ -109,6 +119,9 @@ impl Default for TlsConfig {
             ca: PathBuf::new(),
             verify_peer: false,
             fail_if_no_peer_cert: false,
+            cert_login_from: "common_name".into(),
+            cert_login_san_type: "dns".into(),
+            cert_login_san_index: 0,
         }
     }
 }
@@ -183,6 +196,28 @@ impl TlsConfig {
     /// Whether the TLS listener is on.
     pub fn enabled(&self) -> bool {
         !self.cert.as_os_str().is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if ![
+            "common_name",
+            "distinguished_name",
+            "subject_alternative_name",
+        ]
+        .contains(&self.cert_login_from.as_str())
+        {
+            return Err(invalid(
+                "tls.cert_login_from",
+                "must be common_name, distinguished_name or subject_alternative_name",
+            ));
+        }
+        if !["dns", "ip", "email", "uri"].contains(&self.cert_login_san_type.as_str()) {
+            return Err(invalid(
+                "tls.cert_login_san_type",
+                "must be dns, ip, email or uri",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -421,6 +456,7 @@ impl Config {
         self.storage.validate()?;
         self.memory.validate()?;
         self.disk.validate()?;
+        self.tls.validate()?;
         check_bind(&self.management.bind).map_err(|r| invalid("management.bind", r))?;
         if self.management.collect_statistics_interval == 0 {
             return Err(invalid(

@@ -114,7 +114,27 @@ pub struct TlsListener {
     /// The bound socket.
     pub listener: TcpListener,
     /// The server configuration.
-    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub acceptor: TlsAcceptorCell,
+}
+
+/// The TLS listener's acceptor, replaceable while it runs: a reload (SIGHUP) reads the
+/// certificate and key again; new connections get the new ones, open ones keep theirs.
+#[derive(Clone)]
+pub struct TlsAcceptorCell(Arc<parking_lot::RwLock<tokio_rustls::TlsAcceptor>>);
+
+impl TlsAcceptorCell {
+    /// The acceptor new connections use.
+    pub fn current(&self) -> tokio_rustls::TlsAcceptor {
+        self.0.read().clone()
+    }
+
+    /// Builds the acceptor from `cfg` again (reads files: call it off the event loop); on an
+    /// error the old one stays in use.
+    pub fn reload(&self, cfg: &crate::config::TlsConfig) -> Result<(), String> {
+        let fresh = crate::tls::acceptor(cfg)?;
+        *self.0.write() = fresh;
+        Ok(())
+    }
 }
 
 /// Binds the TLS listener when `tls.cert` is set; the error names the file or address.
@@ -127,7 +147,10 @@ pub async fn bind_tls(config: &Config) -> Result<Option<TlsListener>, String> {
     let listener = TcpListener::bind((t.bind.as_str(), t.port))
         .await
         .map_err(|e| format!("cannot listen on {}:{} (TLS): {e}", t.bind, t.port))?;
-    Ok(Some(TlsListener { listener, acceptor }))
+    Ok(Some(TlsListener {
+        listener,
+        acceptor: TlsAcceptorCell(Arc::new(parking_lot::RwLock::new(acceptor))),
+    }))
 }
 
 /// One TLS client: the handshake (bounded by `amqp.handshake_timeout`; a plain AMQP client,
@@ -164,7 +187,7 @@ async fn serve_tls(
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(crate::tls::common_name);
+        .and_then(|c| crate::tls::login_name(c, &broker.config.tls));
     connection::serve_stream(broker, tls, peer, shutdown, cn, transport).await
 }
 
@@ -225,7 +248,7 @@ pub async fn run_broker_with(
                     _ = shutdown.cancelled() => break,
                     r = listener.accept() => match r {
                         Ok((stream, peer)) => {
-                            let conn = serve_tls(broker.clone(), acceptor.clone(), stream, peer, shutdown.clone());
+                            let conn = serve_tls(broker.clone(), acceptor.current(), stream, peer, shutdown.clone());
                             tracker.spawn(conn);
                         }
                         Err(e) => {

@@ -90,3 +90,45 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let cn = x.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_owned)
 }
+
+/// The user name EXTERNAL logs in as, taken from a verified client certificate as
+/// `tls.cert_login_from` says (RabbitMQ's `ssl_cert_login_from` and its SAN options).
+pub fn login_name(cert: &CertificateDer<'_>, cfg: &TlsConfig) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    match cfg.cert_login_from.as_str() {
+        "distinguished_name" => {
+            let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+            Some(x.subject().to_string())
+        }
+        "subject_alternative_name" => {
+            let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+            let san = x.subject_alternative_name().ok()??;
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match (cfg.cert_login_san_type.as_str(), n) {
+                    ("dns", GeneralName::DNSName(v)) => Some((*v).to_string()),
+                    ("email", GeneralName::RFC822Name(v)) => Some((*v).to_string()),
+                    ("uri", GeneralName::URI(v)) => Some((*v).to_string()),
+                    ("ip", GeneralName::IPAddress(b)) => ip_text(b),
+                    _ => None,
+                })
+                .nth(cfg.cert_login_san_index)
+        }
+        _ => common_name(cert),
+    }
+}
+
+fn ip_text(b: &[u8]) -> Option<String> {
+    match b.len() {
+        4 => {
+            let a: [u8; 4] = b.try_into().ok()?;
+            Some(std::net::Ipv4Addr::from(a).to_string())
+        }
+        16 => {
+            let a: [u8; 16] = b.try_into().ok()?;
+            Some(std::net::Ipv6Addr::from(a).to_string())
+        }
+        _ => None,
+    }
+}

@@ -168,6 +168,10 @@ async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("broker failed: {e}"))?;
     let tls = warren_core::server::bind_tls(&broker.config).await?;
+    if let Some(t) = &tls {
+        reload_tls_on_sighup(t.acceptor.clone(), broker.config.tls.clone())
+            .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+    }
     if let Some(l) = management {
         let (b, s) = (broker.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -207,6 +211,26 @@ async fn bind_http(
         info!(%addr, "{what} listening");
     }
     Ok(Some(l))
+}
+
+/// On SIGHUP, reads the TLS certificate and key again: new connections get them, open ones
+/// keep theirs; a file that cannot be used is logged and the old certificate stays.
+fn reload_tls_on_sighup(
+    cell: warren_core::server::TlsAcceptorCell,
+    cfg: warren_core::config::TlsConfig,
+) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let (cell, cfg) = (cell.clone(), cfg.clone());
+            match tokio::task::spawn_blocking(move || cell.reload(&cfg)).await {
+                Ok(Ok(())) => info!("SIGHUP: TLS certificate and key reloaded"),
+                Ok(Err(e)) => error!("SIGHUP: TLS reload failed, keeping the old certificate: {e}"),
+                Err(e) => error!("SIGHUP: TLS reload failed: {e}"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.

@@ -110,11 +110,17 @@ struct TlsBroker {
     shutdown: CancellationToken,
     ca: String,
     client: (String, String),
+    /// CN `nobody`, DNS SANs `first.example` and `guest`.
+    san_client: (String, String),
     other_client: (String, String),
     _dir: tempfile::TempDir,
 }
 
 async fn start(fail_if_no_peer_cert: bool) -> TlsBroker {
+    start_with(fail_if_no_peer_cert, |_| {}).await
+}
+
+async fn start_with(fail_if_no_peer_cert: bool, tweak: impl FnOnce(&mut Config)) -> TlsBroker {
     warren_tests::init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("warren test CA");
@@ -132,6 +138,7 @@ async fn start(fail_if_no_peer_cert: bool) -> TlsBroker {
     config.tls.fail_if_no_peer_cert = fail_if_no_peer_cert;
     config.tls.bind = "127.0.0.1".into();
     config.tls.port = 0;
+    tweak(&mut config);
     let tls = warren_core::server::bind_tls(&config)
         .await
         .expect("tls")
@@ -154,6 +161,7 @@ async fn start(fail_if_no_peer_cert: bool) -> TlsBroker {
         shutdown,
         ca: ca.issuer.pem(),
         client: ca.issue("guest", &[]),
+        san_client: ca.issue("nobody", &["first.example", "guest"]),
         other_client: other.issue("guest", &[]),
         _dir: dir,
     }
@@ -234,6 +242,33 @@ async fn lapin_over_tls_with_plain_and_external_login() {
         .await
         .expect("plain");
     round_trip(&c3).await;
+    b.shutdown.cancel();
+}
+
+/// `tls.cert_login_from = "subject_alternative_name"` (RabbitMQ's `ssl_cert_login_from`):
+/// EXTERNAL logs in as the SAN of the configured kind and index, not the CN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_login_from_the_subject_alternative_name() {
+    let b = start_with(false, |c| {
+        c.tls.cert_login_from = "subject_alternative_name".into();
+        c.tls.cert_login_san_type = "dns".into();
+        c.tls.cert_login_san_index = 1;
+    })
+    .await;
+    // The client certificate of `start_with` has CN guest and no SAN: refused here.
+    let r = relay(b.tls, client_config(&b.ca, Some(&b.client))).await;
+    assert!(
+        lapin(&format!("amqp://ignored@{r}/%2f?auth_mechanism=external"))
+            .await
+            .is_err(),
+        "a certificate without SANs gives no user name"
+    );
+    // CN "nobody", SANs first.example (index 0) and guest (index 1): logs in as guest.
+    let r = relay(b.tls, client_config(&b.ca, Some(&b.san_client))).await;
+    let c = lapin(&format!("amqp://ignored@{r}/%2f?auth_mechanism=external"))
+        .await
+        .expect("EXTERNAL as the second DNS SAN");
+    round_trip(&c).await;
     b.shutdown.cancel();
 }
 

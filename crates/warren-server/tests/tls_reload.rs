@@ -1,0 +1,149 @@
+//! SIGHUP reloads the TLS certificate and key: new connections are served with the new
+//! certificate, a connection opened before keeps working, and a reload from unusable files
+//! keeps the old certificate.
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn issue(ca: &CertifiedIssuer<'static, KeyPair>, cn: &str) -> (String, String) {
+    let key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    p.distinguished_name.push(DnType::CommonName, cn);
+    let cert = p.signed_by(&key, ca).expect("signed");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("pem")
+        .as_ref()
+        .to_vec()
+}
+
+async fn tls_connect(
+    port: u16,
+    ca_pem: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("ca"))
+        .expect("root");
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+}
+
+async fn served_cert(port: u16, ca: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match tls_connect(port, ca).await {
+            Ok(s) => {
+                return s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref().to_vec())
+                    .expect("a server certificate")
+            }
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("TLS connect: {e}"),
+        }
+    }
+}
+
+fn hup(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -HUP");
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).expect("write pem");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_for_new_connections_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "reload CA");
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
+    let ca_pem = ca.pem();
+    let (first, first_key) = issue(&ca, "first");
+    let (second, second_key) = issue(&ca, "second");
+    write(dir.path(), "cert.pem", &first);
+    write(dir.path(), "key.pem", &first_key);
+    let (port, tls_port) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .env("WARREN_MANAGEMENT_PORT", "0")
+        .env("WARREN_PROMETHEUS_PORT", "0")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--tls-port", &tls_port.to_string(), "--log-level", "warn"])
+        .arg("--tls-cert")
+        .arg(dir.path().join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.path().join("key.pem"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn warren");
+    assert_eq!(served_cert(tls_port, &ca_pem).await, der(&first));
+    let mut before = tls_connect(tls_port, &ca_pem).await.expect("connect");
+
+    write(dir.path(), "cert.pem", &second);
+    write(dir.path(), "key.pem", &second_key);
+    hup(child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served_cert(tls_port, &ca_pem).await != der(&second) {
+        assert!(Instant::now() < deadline, "the new certificate is served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The connection made before the reload still talks AMQP.
+    before
+        .write_all(b"AMQP\x00\x00\x09\x01")
+        .await
+        .expect("header");
+    let mut buf = [0u8; 7];
+    before.read_exact(&mut buf).await.expect("connection.start");
+    assert_eq!(buf[0], 1, "a method frame");
+
+    // Unusable files: logged, and the certificate in use stays.
+    write(dir.path(), "cert.pem", "not a certificate");
+    hup(child.id());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(served_cert(tls_port, &ca_pem).await, der(&second));
+    assert!(child.try_wait().expect("wait").is_none(), "still running");
+    let _ = child.kill();
+    let _ = child.wait();
+}
