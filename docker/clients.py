@@ -4,6 +4,7 @@ one line on stderr saying what differed."""
 
 import argparse
 import json
+import ssl
 import sys
 import time
 
@@ -20,6 +21,9 @@ def connect(args, attempts=1):
         retry_delay=0.2,
         blocked_connection_timeout=30,
     )
+    if args.tls_ca:
+        ctx = ssl.create_default_context(cafile=args.tls_ca)
+        params.ssl_options = pika.SSLOptions(ctx, server_hostname="localhost")
     return pika.BlockingConnection(params)
 
 
@@ -132,6 +136,7 @@ def main():
     p.add_argument("--consume", action="store_true")
     p.add_argument("--out")
     p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--tls-ca", help="connect over TLS, verifying the broker against this CA")
     args = p.parse_args()
     {
         "info": cmd_info,

@@ -34,16 +34,17 @@ PORT="${WARREN_TEST_PORT:-25672}"
 NETWORK="${WARREN_TEST_NETWORK:-host}"
 MGMT_PORT=$((PORT + 1))
 METRICS_PORT=$((PORT + 2))
+TLS_PORT=$((PORT + 3))
 # The ports inside the container, and how the host reaches them.
 case "$NETWORK" in
 host)
-    C_PORT="$PORT" C_MGMT="$MGMT_PORT" C_METRICS="$METRICS_PORT"
+    C_PORT="$PORT" C_MGMT="$MGMT_PORT" C_METRICS="$METRICS_PORT" C_TLS="$TLS_PORT"
     NET_ARGS=(--network host)
     ;;
 publish)
-    C_PORT=5672 C_MGMT=15672 C_METRICS=15692
+    C_PORT=5672 C_MGMT=15672 C_METRICS=15692 C_TLS=5671
     NET_ARGS=(-p "127.0.0.1:$PORT:5672" -p "127.0.0.1:$MGMT_PORT:15672"
-        -p "127.0.0.1:$METRICS_PORT:15692")
+        -p "127.0.0.1:$METRICS_PORT:15692" -p "127.0.0.1:$TLS_PORT:5671")
     ;;
 *) echo "WARREN_TEST_NETWORK must be host or publish" >&2; exit 2 ;;
 esac
@@ -174,7 +175,23 @@ cat >"$WORK/etc/definitions.json" <<'EOF'
   "exchanges": [], "bindings": [], "users": [], "permissions": []
 }
 EOF
-chmod 0644 "$WORK/etc/"*
+# A CA and a server certificate for localhost (TLS on 5671 inside the container).
+TLS_ARGS=()
+if command -v openssl >/dev/null; then
+    mkdir -p "$WORK/etc/tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=warren test CA" \
+        -keyout "$WORK/ca.key" -out "$WORK/etc/tls/ca.pem" >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$WORK/etc/tls/key.pem" -out "$WORK/server.csr" >/dev/null 2>&1
+    printf 'subjectAltName=DNS:localhost\n' >"$WORK/san.ext"
+    openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/etc/tls/ca.pem" -CAkey "$WORK/ca.key" \
+        -CAcreateserial -days 2 -extfile "$WORK/san.ext" -out "$WORK/etc/tls/cert.pem" >/dev/null 2>&1
+    chmod 0755 "$WORK/etc/tls"
+    chmod 0644 "$WORK/etc/tls/"*
+    TLS_ARGS=(-e WARREN_TLS_PORT="$C_TLS" -e WARREN_TLS_CERT=/etc/warren/tls/cert.pem
+        -e WARREN_TLS_KEY=/etc/warren/tls/key.pem)
+fi
+chmod 0644 "$WORK/etc/"*.toml "$WORK/etc/"*.json
 eng volume create "$VOLUME" >/dev/null
 eng run -d --name "$NAME" "${NET_ARGS[@]}" "${ULIMITS[@]}" \
     --stop-timeout "$STOP_TIMEOUT" \
@@ -185,6 +202,7 @@ eng run -d --name "$NAME" "${NET_ARGS[@]}" "${ULIMITS[@]}" \
     -e WARREN_MANAGEMENT_PORT="$C_MGMT" \
     -e WARREN_PROMETHEUS_PORT="$C_METRICS" \
     -e WARREN_LOG_FORMAT=json \
+    "${TLS_ARGS[@]}" \
     -e RABBITMQ_DEFAULT_USER="$USER_NAME" \
     -e RABBITMQ_DEFAULT_PASS="$USER_PASS" \
     -e RABBITMQ_DEFAULT_VHOST=/ \
@@ -251,7 +269,14 @@ if has_feature WARREN_PROMETHEUS_PORT; then
 else
     skip "metrics: this warren has no WARREN_PROMETHEUS_PORT yet (issue 14)"
 fi
-skip "TLS on 5671: not checked by this script yet (issue 13 brings TLS)"
+if [ ${#TLS_ARGS[@]} -gt 0 ]; then
+    tls_info=$(client info --port "$TLS_PORT" --tls-ca "$WORK/etc/tls/ca.pem") \
+        || die "pika cannot connect over TLS on $TLS_PORT"
+    [[ $tls_info == *'"warren_version": "'[0-9]* ]] || die "TLS: not Warren: $tls_info"
+    ok "pika connects over TLS on $TLS_PORT ($C_TLS in the container; certificate mounted)"
+else
+    skip "TLS: no openssl here to make a test certificate"
+fi
 
 # ---------------------------------------------------------------------------------------------
 step "durable queue and persistent messages survive stop + start"
