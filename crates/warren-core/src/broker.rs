@@ -428,7 +428,7 @@ impl Broker {
     ) -> Option<crate::metadata::RuntimeDef> {
         self.runtime
             .read()
-            .get(&(kind.into(), vhost.into(), component.into(), name.into()))
+            .get(&control::runtime_key(kind, vhost, component, name))
             .cloned()
     }
 

@@ -44,12 +44,7 @@ impl Broker {
                 self.require_vhost(vhost)?.limits() != *limits
             }
             Command::PutRuntime(r) => {
-                let key = (
-                    r.kind.clone(),
-                    r.vhost.clone(),
-                    r.component.clone(),
-                    r.name.clone(),
-                );
+                let key = runtime_key(&r.kind, &r.vhost, &r.component, &r.name);
                 self.runtime.read().get(&key) != Some(r)
             }
             Command::ClearRuntime {
@@ -58,7 +53,7 @@ impl Broker {
                 component,
                 name,
             } => {
-                let key = (kind.clone(), vhost.clone(), component.clone(), name.clone());
+                let key = runtime_key(kind, vhost, component, name);
                 if !self.runtime.read().contains_key(&key) {
                     return Err(AmqpError::not_found(format!(
                         "no {} '{name}' in vhost '{vhost}'",
@@ -146,12 +141,7 @@ impl Broker {
                 }
             }
             Command::PutRuntime(r) => {
-                let key = (
-                    r.kind.clone(),
-                    r.vhost.clone(),
-                    r.component.clone(),
-                    r.name.clone(),
-                );
+                let key = runtime_key(&r.kind, &r.vhost, &r.component, &r.name);
                 self.runtime.write().insert(key, r.clone());
             }
             Command::ClearRuntime {
@@ -160,11 +150,21 @@ impl Broker {
                 component,
                 name,
             } => {
-                let key = (kind.clone(), vhost.clone(), component.clone(), name.clone());
+                let key = runtime_key(kind, vhost, component, name);
                 self.runtime.write().remove(&key);
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+/// The key a stored parameter or policy is kept under: (kind, vhost, component, name).
+pub(super) fn runtime_key(
+    kind: &str,
+    vhost: &str,
+    component: &str,
+    name: &str,
+) -> (String, String, String, String) {
+    (kind.into(), vhost.into(), component.into(), name.into())
 }
