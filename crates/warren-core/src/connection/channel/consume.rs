@@ -18,6 +18,24 @@ use crate::vhost::{Applied, Origin, Pre};
 use warren_codec::encode;
 use warren_codec::proto::{basic, AMQPClass, FieldTable};
 
+/// A message going out (a delivery or a get): `acked` or `no_ack` of `st`, and `redeliver`.
+fn count_out(
+    st: &crate::stats::MessageStats,
+    acked: &crate::stats::Counter,
+    no_ack_counter: &crate::stats::Counter,
+    no_ack: bool,
+    redelivered: bool,
+) {
+    if no_ack {
+        no_ack_counter.inc();
+    } else {
+        acked.inc();
+    }
+    if redelivered {
+        st.redeliver.inc();
+    }
+}
+
 /// What a client did with delivered messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Disposition {
@@ -266,13 +284,13 @@ impl Channel {
                 timeout,
             },
         );
-        self.update_unacked();
+        self.publish_gauges();
         Ok(())
     }
 
     fn cancel_consumer(&mut self, ctx: &mut Ctx, tag: &Arc<str>) {
         if let Some(c) = self.consumers.remove(tag) {
-            self.update_unacked();
+            self.publish_gauges();
             let after = c.queue.cancel(ctx.conn_id, self.id, tag, ctx.now);
             let Ok(vh) = Self::vhost(ctx) else { return };
             if vh.wants_events() {
@@ -293,7 +311,7 @@ impl Channel {
         if self.closing || self.consumers.remove(tag).is_none() {
             return;
         }
-        self.update_unacked();
+        self.publish_gauges();
         if ctx.cap_consumer_cancel_notify {
             ctx.send_method(
                 self.id,
@@ -334,16 +352,8 @@ impl Channel {
         };
         let tag = self.next_tag;
         self.next_tag += 1;
-        let (mine, queue_stats) = (&self.info.stats, &q.info().stats);
-        for st in [mine, queue_stats] {
-            if g.no_ack {
-                st.get_no_ack.inc();
-            } else {
-                st.get.inc();
-            }
-            if m.redelivered {
-                st.redeliver.inc();
-            }
+        for st in [&self.info.stats, &q.info().stats] {
+            count_out(st, &st.get, &st.get_no_ack, g.no_ack, m.redelivered);
         }
         let get_ok = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
             delivery_tag: tag,
@@ -373,7 +383,7 @@ impl Channel {
                     timeout,
                 },
             );
-            self.update_unacked();
+            self.publish_gauges();
         }
         Ok(())
     }
@@ -401,14 +411,7 @@ impl Channel {
         self.next_tag += 1;
         let m = &d.message;
         for st in [&self.info.stats, &d.queue.info().stats] {
-            if d.no_ack {
-                st.deliver_no_ack.inc();
-            } else {
-                st.deliver.inc();
-            }
-            if m.redelivered {
-                st.redeliver.inc();
-            }
+            count_out(st, &st.deliver, &st.deliver_no_ack, d.no_ack, m.redelivered);
         }
         encode::encode_delivery_zero_copy(
             &mut ctx.out,
@@ -444,7 +447,7 @@ impl Channel {
                     timeout,
                 },
             );
-            self.update_unacked();
+            self.publish_gauges();
         }
     }
 
@@ -480,7 +483,7 @@ impl Channel {
             return;
         }
         let entries: Vec<Unacked> = taken.into_iter().map(|(_, u)| u).collect();
-        self.update_unacked();
+        self.publish_gauges();
         self.dispose(entries, how, now);
         if self.channel_credit_limited() {
             self.kick_consumer_queues(now);

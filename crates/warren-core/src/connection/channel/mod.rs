@@ -175,7 +175,7 @@ impl Channel {
 
     /// Publishes the channel's unacked and consumer counts (after deliveries, settlements,
     /// consumes and cancels).
-    fn update_unacked(&self) {
+    fn publish_gauges(&self) {
         crate::broker::ChannelInfo::set(
             &self.info.messages_unacknowledged,
             self.unacked.len() as u64,
