@@ -261,7 +261,7 @@ struct ProducerCtx {
 }
 
 async fn producer_reader(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut rd: crate::tls::ReadHalf,
     mut rbuf: BytesMut,
     frame_max: u32,
     shared: Arc<Shared>,
@@ -405,6 +405,7 @@ async fn producer(
                 write_chunks(&mut wr, &mut chunks).await?;
             } else {
                 wr.write_all(&wbuf).await?;
+                wr.flush().await?;
                 wbuf.clear();
             }
             shared.sent[id].store(seq, Relaxed);
@@ -437,6 +438,7 @@ async fn producer(
             })),
         );
         let _ = wr.write_all(&wbuf).await;
+        let _ = wr.flush().await;
     }
     let reader_result = tokio::time::timeout(Duration::from_secs(5), reader).await;
     result?;
@@ -583,7 +585,16 @@ async fn consumer(
         }
         let n = if skip > 0 {
             tokio::select! {
-                r = discard(&conn.stream, skip, &mut scratch) => r?,
+                r = async {
+                    match &mut conn.stream {
+                        crate::tls::Stream::Tcp(s) => discard(s, skip, &mut scratch).await,
+                        crate::tls::Stream::Tls(s) => {
+                            // No MSG_TRUNC under TLS: decrypt into a scratch buffer.
+                            let mut tmp = vec![0u8; skip.min(256 * 1024)];
+                            s.read(&mut tmp).await
+                        }
+                    }
+                } => r?,
                 _ = stop.changed() => break,
             }
         } else {
@@ -712,10 +723,7 @@ fn put_body_chunks(
 }
 
 /// Writes every chunk with vectored writes.
-async fn write_chunks(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    chunks: &mut Vec<Bytes>,
-) -> io::Result<()> {
+async fn write_chunks(wr: &mut crate::tls::WriteHalf, chunks: &mut Vec<Bytes>) -> io::Result<()> {
     let mut first = 0;
     while first < chunks.len() {
         let slices: Vec<io::IoSlice<'_>> = chunks[first..]
@@ -739,6 +747,7 @@ async fn write_chunks(
         }
     }
     chunks.clear();
+    wr.flush().await?;
     Ok(())
 }
 

@@ -7,6 +7,8 @@ use std::io;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::tls::Stream;
 use warren_codec::encode::encode_method;
 use warren_codec::proto::{
     basic, channel, confirm, connection, exchange, queue, AMQPClass, AMQPValue, FieldTable,
@@ -29,6 +31,8 @@ pub struct AmqpUri {
     pub port: u16,
     /// Virtual host (percent-decoded).
     pub vhost: String,
+    /// `amqps://`: TLS (see [`crate::tls`]).
+    pub tls: bool,
 }
 
 fn percent_decode(s: &str) -> String {
@@ -54,7 +58,10 @@ impl AmqpUri {
     /// Parses an AMQP URI; missing parts default to guest/guest, localhost, 5672 and `/`.
     pub fn parse(s: &str) -> io::Result<AmqpUri> {
         let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("bad AMQP URI: {s}"));
-        let rest = s.strip_prefix("amqp://").ok_or_else(bad)?;
+        let (tls, rest) = match s.strip_prefix("amqps://") {
+            Some(r) => (true, r),
+            None => (false, s.strip_prefix("amqp://").ok_or_else(bad)?),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
@@ -75,7 +82,7 @@ impl AmqpUri {
                 &hostport[..i],
                 hostport[i + 1..].parse().map_err(|_| bad())?,
             ),
-            None => (hostport, 5672),
+            None => (hostport, if tls { 5671 } else { 5672 }),
         };
         let host = if host.is_empty() { "localhost" } else { host };
         let vhost = match path {
@@ -88,13 +95,15 @@ impl AmqpUri {
             host: host.to_string(),
             port,
             vhost,
+            tls,
         })
     }
 
     /// The URI without the password, for reports.
     pub fn redacted(&self) -> String {
         format!(
-            "amqp://{}@{}:{}/{}",
+            "{}://{}@{}:{}/{}",
+            if self.tls { "amqps" } else { "amqp" },
             self.user,
             self.host,
             self.port,
@@ -110,8 +119,8 @@ pub fn proto_err(msg: impl Into<String>) -> io::Error {
 
 /// One open connection with channel 1 opened.
 pub struct Conn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket (plain or TLS).
+    pub stream: Stream,
     /// Bytes read and not yet decoded.
     pub rbuf: BytesMut,
     /// Bytes encoded and not yet written.
@@ -127,6 +136,11 @@ impl Conn {
     pub async fn connect(uri: &AmqpUri, name: &str) -> io::Result<Conn> {
         let stream = TcpStream::connect((uri.host.as_str(), uri.port)).await?;
         stream.set_nodelay(true)?;
+        let stream = if uri.tls {
+            Stream::Tls(Box::new(crate::tls::connect(stream, &uri.host).await?))
+        } else {
+            Stream::Tcp(stream)
+        };
         let mut c = Conn {
             stream,
             rbuf: BytesMut::with_capacity(256 * 1024),
@@ -235,6 +249,7 @@ impl Conn {
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await?;
             self.wbuf.clear();
         }
         Ok(())

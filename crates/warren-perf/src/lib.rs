@@ -14,6 +14,7 @@ pub mod conn;
 pub mod hold;
 pub mod rtt;
 pub mod stats;
+pub mod tls;
 pub mod topology;
 
 use std::io::{self, Write};
@@ -153,6 +154,18 @@ pub struct Options {
     /// `x-stream-offset=first` to replay a stream.
     #[arg(long = "consumer-arg")]
     pub consumer_args: Vec<String>,
+    /// Use TLS (an `amqp://` URI is taken as `amqps://`; its default port becomes 5671).
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM file of CA certificates that sign the broker's certificate.
+    #[arg(long)]
+    pub tls_ca: Option<String>,
+    /// Do not verify the broker's certificate (self-signed test certificates).
+    #[arg(long)]
+    pub tls_insecure: bool,
+    /// Server name sent (SNI) and checked against the certificate; default: the URI's host.
+    #[arg(long)]
+    pub tls_sni: Option<String>,
 }
 
 /// KEY=VALUE arguments as a field table (integers as longs, `true`/`false` as booleans,
@@ -327,6 +340,28 @@ pub fn self_cpu_seconds() -> f64 {
 
 /// Runs what `opts` asks for, writing per-second lines (unless `--json`) to `out`.
 pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Summary> {
+    let tls_opts;
+    let opts = if opts.tls || opts.uri.starts_with("amqps://") {
+        tls::configure(
+            opts.tls_ca.as_deref(),
+            opts.tls_insecure,
+            opts.tls_sni.clone(),
+        )?;
+        let mut o = opts.clone();
+        if let Some(rest) = o.uri.strip_prefix("amqp://") {
+            o.uri = format!("amqps://{rest}");
+        }
+        tls_opts = o;
+        &tls_opts
+    } else {
+        opts
+    };
+    if opts.mode == Mode::Rtt && opts.uri.starts_with("amqps://") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "rtt over TLS is not supported",
+        ));
+    }
     match opts.mode {
         Mode::Run | Mode::Drain => bench::run(opts, out).await,
         Mode::Rtt => rtt::run(opts, out).await,

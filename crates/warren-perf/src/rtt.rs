@@ -37,7 +37,12 @@ impl Blocking {
             frame_max,
             server,
         } = conn;
-        let stream = stream.into_std()?;
+        let stream = match stream {
+            crate::tls::Stream::Tcp(s) => s.into_std()?,
+            crate::tls::Stream::Tls(_) => {
+                return Err(crate::conn::proto_err("rtt over TLS is not supported"))
+            }
+        };
         stream.set_nonblocking(false)?;
         Ok(Blocking {
             stream,
@@ -53,7 +58,7 @@ impl Blocking {
         self.stream.set_nonblocking(true)?;
         self.stream.set_read_timeout(None)?;
         Ok(Conn {
-            stream: tokio::net::TcpStream::from_std(self.stream)?,
+            stream: crate::tls::Stream::Tcp(tokio::net::TcpStream::from_std(self.stream)?),
             rbuf: self.rbuf,
             wbuf: self.wbuf,
             frame_max: self.frame_max,
