@@ -316,3 +316,80 @@ async fn topology_mode_declares_binds_and_deletes() {
     token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
+
+/// A TLS front (self-signed rcgen certificate for `localhost`) relaying to the plain broker.
+async fn tls_front(plain: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(plain).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_over_tls_loses_nothing() {
+    let (uri, token, task) = broker().await;
+    let plain: std::net::SocketAddr = uri
+        .trim_start_matches("amqp://guest:guest@")
+        .trim_end_matches("/%2f")
+        .parse()
+        .expect("addr");
+    let front = tls_front(plain).await;
+    let tls_uri = format!("amqps://guest:guest@localhost:{}/%2f", front.port());
+    let opts = warren_perf::Options::from_args([
+        "warren-perf",
+        "--uri",
+        &tls_uri,
+        "--tls-insecure",
+        "-x",
+        "1",
+        "-y",
+        "1",
+        "-s",
+        "16",
+        "-a",
+        "-z",
+        "1",
+    ])
+    .expect("flags parse");
+    let mut out = Vec::new();
+    let s = warren_perf::run(&opts, &mut out)
+        .await
+        .expect("run over TLS succeeds");
+    assert!(s.sent > 0, "{s:?}");
+    assert_eq!(s.received_total, s.sent, "{s:?}");
+    assert_eq!((s.missing, s.duplicates), (0, 0), "{s:?}");
+    token.cancel();
+    let _ = task.await;
+}
