@@ -1,6 +1,7 @@
 //! Helpers for black-box tests: start a Warren broker in-process on an ephemeral loopback port
 //! and connect real AMQP clients to it over TCP.
 
+pub mod api;
 pub mod drain;
 pub mod raw;
 
@@ -52,6 +53,16 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
+    /// Its management API as `guest`.
+    pub fn api(&self) -> api::Api {
+        api::Api::new(self.http, "guest", Some("guest"))
+    }
+
+    /// Its management API as `user` with `pass` (`None`: no credentials).
+    pub fn api_as(&self, user: &str, pass: Option<&str>) -> api::Api {
+        api::Api::new(self.http, user, pass)
+    }
+
     /// Starts a broker with default settings.
     pub async fn start() -> Self {
         Self::start_with(Config::default()).await
