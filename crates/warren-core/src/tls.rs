@@ -98,7 +98,7 @@ pub fn login_name(cert: &CertificateDer<'_>, cfg: &TlsConfig) -> Option<String> 
     match cfg.cert_login_from.as_str() {
         "distinguished_name" => {
             let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-            Some(x.subject().to_string())
+            Some(subject_dn(x.subject()))
         }
         "subject_alternative_name" => {
             let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
@@ -119,6 +119,77 @@ pub fn login_name(cert: &CertificateDer<'_>, cfg: &TlsConfig) -> Option<String> 
     }
 }
 
+/// The subject as RabbitMQ's `rabbit_cert_info:subject/1` writes it (RFC 4514): the RDNs in
+/// reverse order joined by `,`, multi-valued RDNs joined by `+`, RabbitMQ's attribute names
+/// (dotted OIDs for the rest), values escaped as RabbitMQ escapes them. This string is the
+/// user name EXTERNAL logs in as with `cert_login_from = distinguished_name`, so it must be
+/// byte for byte what RabbitMQ makes of the same certificate.
+pub fn subject_dn(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let oid = attr.attr_type().to_id_string();
+                    let key = dn_attribute_name(&oid).map_or(oid.clone(), str::to_owned);
+                    let value = match attr.as_str() {
+                        Ok(v) => v.to_owned(),
+                        Err(_) => String::from_utf8_lossy(attr.attr_value().data).into_owned(),
+                    };
+                    format!("{key}={}", escape_dn_value(&value))
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+/// RabbitMQ's names for subject attributes (`rabbit_cert_info:format_rdn/1`).
+fn dn_attribute_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.4" => "SN",
+        "2.5.4.42" => "GIVENNAME",
+        "2.5.4.43" => "INITIALS",
+        "2.5.4.44" => "GENERATIONQUALIFIER",
+        "2.5.4.3" => "CN",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.12" => "TITLE",
+        "2.5.4.6" => "C",
+        "2.5.4.5" => "SERIALNUMBER",
+        "2.5.4.65" => "PSEUDONYM",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "1.2.840.113549.1.9.1" => "EMAILADDRESS",
+        "2.5.4.9" => "STREET",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        _ => return None,
+    })
+}
+
+/// RFC 4514 escaping as RabbitMQ does it: a leading space or `#`, a trailing space and
+/// `" + , ; < > \` get a backslash; bytes below 32 or from 126 up (every byte of a non-ASCII
+/// character) become `\XX`.
+fn escape_dn_value(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = String::with_capacity(v.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        let leading = i == 0 && (b == b' ' || b == b'#');
+        let trailing = i > 0 && i + 1 == bytes.len() && b == b' ';
+        if leading || trailing || matches!(b, b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\') {
+            out.push('\\');
+            out.push(char::from(b));
+        } else if !(32..126).contains(&b) {
+            out.push_str(&format!("\\{b:02X}"));
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    out
+}
+
 fn ip_text(b: &[u8]) -> Option<String> {
     match b.len() {
         4 => {
@@ -130,5 +201,22 @@ fn ip_text(b: &[u8]) -> Option<String> {
             Some(std::net::Ipv6Addr::from(a).to_string())
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod dn_tests {
+    use super::escape_dn_value;
+
+    #[test]
+    fn values_are_escaped_as_rabbitmq_escapes_them() {
+        assert_eq!(escape_dn_value("app"), "app");
+        assert_eq!(escape_dn_value(" a#b "), "\\ a#b\\ ");
+        assert_eq!(escape_dn_value("#x"), "\\#x");
+        assert_eq!(
+            escape_dn_value("Acme, Inc+\"x\""),
+            "Acme\\, Inc\\+\\\"x\\\""
+        );
+        assert_eq!(escape_dn_value("é"), "\\C3\\A9");
     }
 }

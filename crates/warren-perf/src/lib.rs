@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod conn;
+pub mod connect;
 pub mod hold;
 pub mod rtt;
 pub mod stats;
@@ -42,6 +43,10 @@ pub enum Mode {
     /// one at a time. Reports rates, the time per quarter of the declares and the first vs
     /// the last 1,000. `-z` does not apply.
     Topology,
+    /// Connection churn: `--clients` tasks each open a connection (TCP, TLS with `amqps://`,
+    /// AMQP handshake and one `channel.open`), close it and open the next, for `-z`
+    /// seconds. Reports completed handshakes per second and the latency of each open.
+    Connect,
 }
 
 /// Command-line options, modelled on PerfTest's.
@@ -130,7 +135,11 @@ pub struct Options {
     /// by then counts as missing).
     #[arg(long, default_value_t = 5.0)]
     pub drain: f64,
-    /// Topology mode: client connections declaring (and deleting) concurrently, one task each.
+    /// TLS: a full handshake every time (no session resumption); connect mode measures
+    /// full handshakes with it.
+    #[arg(long)]
+    pub tls_no_resume: bool,
+    /// Topology and connect modes: client connections working concurrently, one task each.
     #[arg(long, default_value_t = 1)]
     pub clients: usize,
     /// Topology mode: bind each queue to amq.direct with its name as key after declaring it.
@@ -322,6 +331,12 @@ pub struct Summary {
     pub await_s: f64,
     /// Connection + passive declare attempts until it did.
     pub await_attempts: u64,
+    /// Connections opened and closed (connect mode).
+    pub handshakes: u64,
+    /// Handshakes per second (connect mode).
+    pub handshake_rate: f64,
+    /// Opens that failed (connect mode).
+    pub handshake_errors: u64,
 }
 
 /// CPU seconds (utime + stime) of this process, from `/proc/self/stat` (USER_HZ = 100).
@@ -346,6 +361,7 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
             opts.tls_ca.as_deref(),
             opts.tls_insecure,
             opts.tls_sni.clone(),
+            !opts.tls_no_resume,
         )?;
         let mut o = opts.clone();
         if let Some(rest) = o.uri.strip_prefix("amqp://") {
@@ -367,6 +383,7 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
         Mode::Rtt => rtt::run(opts, out).await,
         Mode::Hold => hold::run(opts, out).await,
         Mode::Topology => topology::run(opts, out).await,
+        Mode::Connect => connect::run(opts, out).await,
     }
 }
 
@@ -380,6 +397,15 @@ pub fn write_summary(s: &Summary, out: &mut dyn Write) -> io::Result<()> {
             return Ok(());
         }
         Mode::Topology => return write_topology(s, out),
+        Mode::Connect => {
+            writeln!(
+                out,
+                "handshakes: {} in {:.1} s ({:.0}/s) over {} clients, {} failed; open p50 {} us, p95 {} us, p99 {} us, max {} us",
+                s.handshakes, s.duration_s, s.handshake_rate, s.clients, s.handshake_errors,
+                l.p50_us, l.p95_us, l.p99_us, l.max_us
+            )?;
+            return Ok(());
+        }
         Mode::Rtt => {
             writeln!(
                 out,

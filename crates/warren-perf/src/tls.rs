@@ -78,13 +78,19 @@ impl ServerCertVerifier for NoVerify {
 }
 
 /// Builds and installs the process-wide client config. `ca` is a PEM file of trusted CAs;
-/// `insecure` skips certificate verification. A second call keeps the first settings.
-pub fn configure(ca: Option<&str>, insecure: bool, sni: Option<String>) -> io::Result<()> {
+/// `insecure` skips certificate verification; `resume: false` makes every handshake a full
+/// one (no session resumption). A second call keeps the first settings.
+pub fn configure(
+    ca: Option<&str>,
+    insecure: bool,
+    sni: Option<String>,
+    resume: bool,
+) -> io::Result<()> {
     let p = provider();
     let b = ClientConfig::builder_with_provider(p.clone())
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?;
-    let config = if insecure {
+    let mut config = if insecure {
         b.dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(p)))
             .with_no_client_auth()
@@ -105,6 +111,9 @@ pub fn configure(ca: Option<&str>, insecure: bool, sni: Option<String>) -> io::R
         }
         b.with_root_certificates(roots).with_no_client_auth()
     };
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     let _ = CLIENT.set(TlsClient {
         connector: TlsConnector::from(Arc::new(config)),
         sni,

@@ -19,6 +19,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
+use warren_core::metadata::{Command, PermissionDef};
 use warren_core::{Broker, Config};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -39,10 +40,18 @@ impl Ca {
 
     /// A certificate (PEM) and its key (PEM) with subject CN `cn` and `san` as DNS names.
     fn issue(&self, cn: &str, san: &[&str]) -> (String, String) {
+        self.issue_dn(&[(DnType::CommonName, cn)], san)
+    }
+
+    /// A certificate whose subject has the attributes `dn`, in this order.
+    fn issue_dn(&self, dn: &[(DnType, &str)], san: &[&str]) -> (String, String) {
         let key = KeyPair::generate().expect("key");
         let mut p = CertificateParams::new(san.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .expect("params");
-        p.distinguished_name.push(DnType::CommonName, cn);
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in dn {
+            p.distinguished_name.push(t.clone(), *v);
+        }
         let cert = p.signed_by(&key, &self.issuer).expect("signed");
         (cert.pem(), key.serialize_pem())
     }
@@ -113,6 +122,9 @@ struct TlsBroker {
     /// CN `nobody`, DNS SANs `first.example` and `guest`.
     san_client: (String, String),
     other_client: (String, String),
+    /// Subject `O=Warren Test, OU=ops+x, CN=app` (in that order in the certificate).
+    dn_client: (String, String),
+    broker: Arc<Broker>,
     _dir: tempfile::TempDir,
 }
 
@@ -149,7 +161,7 @@ async fn start_with(fail_if_no_peer_cert: bool, tweak: impl FnOnce(&mut Config))
     let broker = Broker::new(config);
     let shutdown = CancellationToken::new();
     tokio::spawn(warren_core::server::run_broker_with(
-        broker,
+        broker.clone(),
         vec![plain],
         Some(tls),
         shutdown.clone(),
@@ -163,6 +175,15 @@ async fn start_with(fail_if_no_peer_cert: bool, tweak: impl FnOnce(&mut Config))
         client: ca.issue("guest", &[]),
         san_client: ca.issue("nobody", &["first.example", "guest"]),
         other_client: other.issue("guest", &[]),
+        dn_client: ca.issue_dn(
+            &[
+                (DnType::OrganizationName, "Warren Test"),
+                (DnType::OrganizationalUnitName, "ops+x"),
+                (DnType::CommonName, "app"),
+            ],
+            &[],
+        ),
+        broker,
         _dir: dir,
     }
 }
@@ -269,6 +290,54 @@ async fn external_login_from_the_subject_alternative_name() {
         .await
         .expect("EXTERNAL as the second DNS SAN");
     round_trip(&c).await;
+    b.shutdown.cancel();
+}
+
+/// `tls.cert_login_from = "distinguished_name"` (RabbitMQ's default `ssl_cert_login_from`):
+/// the user name is the whole subject as RabbitMQ writes it, last RDN first, `,` between
+/// them and RFC 4514 escapes (`ops+x` becomes `ops\+x`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_login_from_the_distinguished_name() {
+    let b = start_with(false, |c| {
+        c.tls.cert_login_from = "distinguished_name".into();
+    })
+    .await;
+    let user = "CN=app,OU=ops\\+x,O=Warren Test";
+    b.broker
+        .admin(Command::PutUser(warren_core::metadata::UserDef {
+            name: user.into(),
+            password_hash: warren_core::auth::password::hash("unused"),
+            hashing_algorithm: warren_core::auth::password::SHA256.into(),
+            tags: vec![],
+            max_connections: None,
+            max_channels: None,
+        }))
+        .await
+        .expect("user");
+    b.broker
+        .admin(Command::SetPermissions(PermissionDef {
+            user: user.into(),
+            vhost: "/".into(),
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        }))
+        .await
+        .expect("permissions");
+    let r = relay(b.tls, client_config(&b.ca, Some(&b.dn_client))).await;
+    let c = lapin(&format!("amqp://ignored@{r}/%2f?auth_mechanism=external"))
+        .await
+        .expect("EXTERNAL as the subject DN");
+    round_trip(&c).await;
+    // The CN alone is not a user here: a certificate whose DN is `CN=guest` logs in as the
+    // user named `CN=guest`, which does not exist.
+    let r = relay(b.tls, client_config(&b.ca, Some(&b.client))).await;
+    assert!(
+        lapin(&format!("amqp://ignored@{r}/%2f?auth_mechanism=external"))
+            .await
+            .is_err(),
+        "CN=guest is not the user guest"
+    );
     b.shutdown.cancel();
 }
 
