@@ -667,7 +667,10 @@ pub fn standard(s: &Snapshot, scope: Scope, version: &str) -> Vec<MetricFamily> 
         vhosts: None,
         fams: Vec::new(),
     };
-    alarms(&mut o, s);
+    // RabbitMQ 3.10.8 serves the alarm families on `/metrics` only.
+    if scope == Scope::Aggregated {
+        alarms(&mut o, s);
+    }
     churn(&mut o, s);
     node_coarse(&mut o, s);
     node(&mut o, s);
