@@ -76,11 +76,35 @@ impl Collector for Families {
                 }
             }
             for (labels, v) in &f.samples {
-                encode_value(f.kind, *v, m.encode_family(labels)?)?;
+                if labels.iter().any(|(_, v)| needs_escape(v)) {
+                    let escaped: Labels = labels.iter().map(|(k, v)| (*k, escape(v))).collect();
+                    encode_value(f.kind, *v, m.encode_family(&escaped)?)?;
+                } else {
+                    encode_value(f.kind, *v, m.encode_family(labels)?)?;
+                }
             }
         }
         Ok(())
     }
+}
+
+/// prometheus-client writes label values verbatim; queue and exchange names may hold any
+/// character, so backslashes, `"` and newlines are escaped as both text formats require.
+fn needs_escape(v: &str) -> bool {
+    v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n'))
+}
+
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn encode_value(kind: Kind, v: i64, enc: MetricEncoder) -> Result<(), std::fmt::Error> {

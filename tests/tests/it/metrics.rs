@@ -267,8 +267,21 @@ async fn per_object_metrics_label_queues_channels_and_connections() {
         )),
         1.0
     );
+    // A queue name with a quote and a backslash is escaped in its label.
+    ch.queue_declare(
+        "po-\"q\"\\x".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let s = scrape(&api, "/metrics/per-object").await;
+    assert_eq!(
+        s.get(r#"rabbitmq_queue_messages_ready{vhost="/",queue="po-\"q\"\\x"}"#),
+        0.0
+    );
+    assert_eq!(s.get("rabbitmq_queues"), 3.0);
     // The overview gauges stay unlabelled.
-    assert_eq!(s.get("rabbitmq_queues"), 2.0);
     b.stop().await;
 }
 
