@@ -337,7 +337,8 @@ fn channels<'s>(o: &Out, s: &'s Snapshot) -> Vec<&'s ChannelRow> {
 }
 
 fn channel_metrics(o: &mut Out, s: &Snapshot) {
-    let cs = &s.channels;
+    let cs = &channels(o, s);
+    let chan_labels = |c: &&ChannelRow| chan_labels(c);
     o.per(
         "channel_consumers",
         "Consumers on a channel",
@@ -602,6 +603,9 @@ fn by_queue_type(s: &Snapshot) -> [(&'static str, MessageTotals); 3] {
     ]
 }
 
+/// Reads one counter of a [`MessageTotals`].
+type Field = fn(&MessageTotals) -> u64;
+
 fn global(fams: &mut Vec<MetricFamily>, s: &Snapshot) {
     let proto = || ("protocol", "amqp091".to_string());
     let t = &s.totals;
@@ -637,7 +641,7 @@ fn global(fams: &mut Vec<MetricFamily>, s: &Snapshot) {
     plain("messages_unroutable_dropped_total", "Total number of messages published as non-mandatory into an exchange and dropped as unroutable", C, t.drop_unroutable);
     plain("messages_unroutable_returned_total", "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable", C, t.return_unroutable);
     let split = by_queue_type(s);
-    let typed: [(&str, &'static str, fn(&MessageTotals) -> u64); 8] = [
+    let typed: [(&str, &'static str, Field); 8] = [
         ("messages_acknowledged_total", "Total number of messages acknowledged by consumers", |m| m.ack),
         ("messages_delivered_consume_auto_ack_total", "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment", |m| m.deliver_no_ack),
         ("messages_delivered_consume_manual_ack_total", "Total number of messages delivered to consumers using basic.consume with manual acknowledgment", |m| m.deliver),

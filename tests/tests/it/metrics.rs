@@ -358,6 +358,17 @@ async fn detailed_serves_the_families_and_vhosts_asked_for() {
     .await;
     assert!(s.text.contains(r#"queue="d1""#), "{}", s.text);
 
+    let s = scrape(&api, "/metrics/detailed?family=channel_metrics&vhost=other").await;
+    assert!(s.types.contains_key("rabbitmq_detailed_channel_consumers"));
+    assert!(!s.text.contains("channel=\""), "{}", s.text);
+    let s = scrape(&api, "/metrics/detailed?family=channel_metrics&vhost=%2F").await;
+    assert!(
+        s.text
+            .contains("rabbitmq_detailed_channel_consumers{channel=\""),
+        "{}",
+        s.text
+    );
+
     // No family, or an unknown one: only the identity families, as RabbitMQ answers.
     let s = scrape(&api, "/metrics/detailed?family=no_such_family").await;
     assert!(!s.text.contains("rabbitmq_detailed_"), "{}", s.text);
