@@ -19,6 +19,7 @@ mod http_api;
 mod interop;
 mod large_bodies;
 mod messaging;
+mod metrics;
 mod model;
 mod paging;
 mod queue_features;
