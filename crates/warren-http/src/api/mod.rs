@@ -1,6 +1,8 @@
 //! The routes, one module per resource family.
 
+mod exchanges;
 mod overview;
+mod query;
 
 use axum::routing::get;
 use axum::Router;
@@ -12,4 +14,12 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/overview", get(overview::overview))
         .route("/api/whoami", get(overview::whoami))
+        .merge(topology())
+}
+
+/// The topology half: exchanges (more to come), behind RabbitMQ's list query parameters.
+fn topology() -> Router<AppState> {
+    Router::new()
+        .route("/api/exchanges", get(exchanges::list_all))
+        .route("/api/exchanges/{vhost}", get(exchanges::list_vhost))
 }
