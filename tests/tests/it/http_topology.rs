@@ -515,6 +515,10 @@ async fn bindings_create_show_list_delete() {
     assert_eq!(r.status, 201, "{}", r.text);
     let r = api.post("/api/bindings/%2F/e/t.x/q/t.q", &json!({})).await;
     assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(
+        r.headers.get("location").and_then(|v| v.to_str().ok()),
+        Some("t.q/~")
+    );
     let r = api.get("/api/bindings/%2F/e/t.x/q/t.q").await;
     assert_eq!(r.status, 200, "{}", r.text);
     let keys: Vec<String> = r

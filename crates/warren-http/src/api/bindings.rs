@@ -222,7 +222,8 @@ pub async fn create(
         arguments,
     };
     common::run(&s, &caller, Command::Bind(def), Pre::default()).await?;
-    let location = format!("{}/{}", quote(&dest), quote(&key));
+    // RabbitMQ quotes the key once more for the Location, keeping its `~` separator.
+    let location = format!("{}/{}", quote(&dest), quote(&key).replace("%7E", "~"));
     let mut r = StatusCode::CREATED.into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         r.headers_mut().insert(header::LOCATION, v);

@@ -1,9 +1,12 @@
 //! RabbitMQ's list query parameters (`page`, `page_size`, `name`, `use_regex`, `sort`,
-//! `sort_reverse`, `columns`), applied to any list of JSON objects.
+//! `sort_reverse`, `columns`, `disable_stats`), applied to any list of JSON objects, with
+//! RabbitMQ's error names and texts for bad values.
 
 use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
+
+use axum::http::StatusCode;
 
 use crate::error::{ApiError, ApiResult};
 
@@ -56,15 +59,38 @@ fn keep_columns(item: &Value, cols: &[&str]) -> Value {
     Value::Object(out)
 }
 
-fn page_param(q: &HashMap<String, String>, key: &str, default: u64) -> ApiResult<u64> {
+fn invalid_pagination(page: &str, page_size: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_pagination_parameters",
+        format!("Invalid pagination parameters: page number {page}, page size {page_size}"),
+    )
+}
+
+/// A pagination parameter: not a number is RabbitMQ's `Pagination parameters are invalid`.
+fn number(q: &HashMap<String, String>, key: &str) -> ApiResult<Option<u64>> {
     match q.get(key) {
-        None => Ok(default),
-        Some(s) => match s.parse::<u64>() {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => Err(ApiError::bad_request(format!(
-                "{key} must be a positive integer"
-            ))),
-        },
+        None => Ok(None),
+        Some(s) => s
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request("Pagination parameters are invalid")),
+    }
+}
+
+/// `disable_stats=true`: the objects without their statistics (counts, rates, stats).
+fn without_stats(item: Value) -> Value {
+    match item {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(k, _)| {
+                    !(k.starts_with("message")
+                        || k.starts_with("consumer")
+                        || k.ends_with("_details"))
+                })
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -76,7 +102,7 @@ pub(crate) fn apply(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiRe
     if let Some(name) = q.get("name").filter(|n| !n.is_empty()) {
         if truthy("use_regex") {
             let re = regex::Regex::new(name)
-                .map_err(|e| ApiError::bad_request(format!("invalid regex: {e}")))?;
+                .map_err(|_| ApiError::bad_request("Pagination parameters are invalid"))?;
             items.retain(|i| {
                 i.get("name")
                     .and_then(Value::as_str)
@@ -97,6 +123,9 @@ pub(crate) fn apply(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiRe
     if truthy("sort_reverse") {
         items.reverse();
     }
+    if truthy("disable_stats") {
+        items = items.into_iter().map(without_stats).collect();
+    }
     if let Some(cols) = q.get("columns").filter(|c| !c.is_empty()) {
         let cols: Vec<&str> = cols.split(',').map(str::trim).collect();
         items = items.iter().map(|i| keep_columns(i, &cols)).collect();
@@ -104,19 +133,26 @@ pub(crate) fn apply(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiRe
     if !q.contains_key("page") {
         return Ok(Value::Array(items));
     }
-    let page = page_param(q, "page", 1)?;
-    let page_size = page_param(q, "page_size", 100)?;
-    if page_size > MAX_PAGE_SIZE {
-        return Err(ApiError::bad_request(format!(
-            "page_size ({page_size}) must be less than {MAX_PAGE_SIZE}"
-        )));
+    let page = number(q, "page")?.unwrap_or(1);
+    let size_given = number(q, "page_size")?;
+    let page_size = size_given.unwrap_or(100);
+    let size_text = size_given.map_or("undefined".to_string(), |n| n.to_string());
+    if page == 0 {
+        return Err(invalid_pagination("0", &size_text));
+    }
+    if page_size == 0 || page_size > MAX_PAGE_SIZE {
+        return Err(invalid_pagination(&page.to_string(), &size_text));
     }
     let filtered_count = items.len() as u64;
-    let page_count = filtered_count.div_ceil(page_size).max(1);
-    if page > page_count {
-        return Err(ApiError::bad_request(format!(
-            "page ({page}) must be less than or equal to page_count ({page_count})"
-        )));
+    let page_count = filtered_count.div_ceil(page_size);
+    if page > page_count.max(1) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "page_out_of_range",
+            format!(
+                "Page out of range, page: {page} page size: {page_size}, len: {filtered_count}"
+            ),
+        ));
     }
     let start = ((page - 1) * page_size) as usize;
     let page_items: Vec<Value> = items
