@@ -758,3 +758,95 @@ async fn field_names_match_rabbitmq() {
     assert_eq!(x["user_who_performed_action"], json!("rmq-internal"));
     b.stop().await;
 }
+
+#[tokio::test]
+async fn http_publish_reaches_an_amqp_consumer_with_its_properties() {
+    use futures_lite::StreamExt;
+    let b = TestBroker::start().await;
+    let api = b.api();
+    let (_conn, ch) = b.channel().await;
+    ch.queue_declare(
+        "t.p".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let mut consumer = ch
+        .basic_consume(
+            "t.p".into(),
+            "c".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let r = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            &json!({"properties": {"content_type": "application/json", "delivery_mode": 2,
+                                   "correlation_id": "c-1", "headers": {"k": "v"}},
+                    "routing_key": "t.p", "payload": "{\"a\":1}", "payload_encoding": "string"}),
+        )
+        .await;
+    assert_eq!(r.json, json!({"routed": true}), "{}", r.text);
+    let d = tokio::time::timeout(std::time::Duration::from_secs(5), consumer.next())
+        .await
+        .expect("delivered in time")
+        .expect("a delivery")
+        .expect("not an error");
+    assert_eq!(d.data, b"{\"a\":1}");
+    assert_eq!(d.routing_key.as_str(), "t.p");
+    assert_eq!(
+        d.properties.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(*d.properties.delivery_mode(), Some(2));
+    assert_eq!(
+        d.properties.correlation_id().as_ref().map(|s| s.as_str()),
+        Some("c-1")
+    );
+    let headers = d.properties.headers().clone().unwrap_or_default();
+    assert!(headers.inner().contains_key("k"), "{headers:?}");
+    // Errors: unknown vhost, unknown exchange, bad base64, not JSON, no credentials.
+    let body = json!({"properties": {}, "routing_key": "t.p", "payload": "x", "payload_encoding": "string"});
+    assert_eq!(
+        api.post("/api/exchanges/nope/amq.default/publish", &body)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        api.post("/api/exchanges/%2F/nope/publish", &body)
+            .await
+            .status,
+        404
+    );
+    let bad = json!({"properties": {}, "routing_key": "t.p", "payload": "!!", "payload_encoding": "base64"});
+    assert_eq!(
+        api.post("/api/exchanges/%2F/amq.default/publish", &bad)
+            .await
+            .status,
+        400
+    );
+    let r = api
+        .send_raw(
+            reqwest::Method::POST,
+            "/api/exchanges/%2F/amq.default/publish",
+            "application/json",
+            "[",
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        b.api_as("guest", None)
+            .post("/api/exchanges/%2F/amq.default/publish", &body)
+            .await
+            .status,
+        401
+    );
+    b.stop().await;
+}
