@@ -850,3 +850,41 @@ async fn http_publish_reaches_an_amqp_consumer_with_its_properties() {
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn stream_queue_shows_its_type_and_refuses_get_and_purge() {
+    let b = TestBroker::start().await;
+    let api = b.api();
+    let r = api
+        .put(
+            "/api/queues/%2F/t.s",
+            &json!({"durable": true, "arguments": {"x-queue-type": "stream"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let q = api.get("/api/queues/%2F/t.s").await;
+    assert_eq!(q.json["type"], json!("stream"), "{}", q.text);
+    let r = api
+        .post(
+            "/api/queues/%2F/t.s/get",
+            &json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}),
+        )
+        .await;
+    assert!(
+        r.status >= 400 && r.status < 500,
+        "{}: {}",
+        r.status,
+        r.text
+    );
+    assert!(r.json["reason"].is_string(), "{}", r.text);
+    let r = api.delete("/api/queues/%2F/t.s/contents").await;
+    assert!(
+        r.status >= 400 && r.status < 500,
+        "{}: {}",
+        r.status,
+        r.text
+    );
+    // The broker still answers.
+    assert_eq!(api.get("/api/queues/%2F/t.s").await.status, 200);
+    b.stop().await;
+}
