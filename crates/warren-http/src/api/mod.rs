@@ -2,6 +2,11 @@
 
 mod overview;
 
+// Node, health, rates and definitions (issue 14).
+mod definitions;
+mod health;
+mod nodes;
+
 use axum::routing::get;
 use axum::Router;
 
@@ -12,4 +17,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/overview", get(overview::overview))
         .route("/api/whoami", get(overview::whoami))
+        // Node, health and definitions (issue 14).
+        .merge(nodes::routes())
+        .merge(health::routes())
+        .merge(definitions::routes())
 }
