@@ -489,3 +489,30 @@ async fn definitions_into_one_vhost_and_bad_input() {
     assert_eq!(r.status, 401);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn aliveness_test_declares_publishes_and_gets() {
+    let b = TestBroker::start().await;
+    for _ in 0..2 {
+        let r = b.api().get("/api/aliveness-test/%2F").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.json, json!({"status": "ok"}));
+    }
+    // The queue exists, non-durable, and is left empty.
+    let (_c, ch) = b.channel().await;
+    let q = ch
+        .queue_declare(
+            "aliveness-test".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("aliveness-test queue exists");
+    assert_eq!(q.message_count(), 0);
+    let r = b.api().get("/api/aliveness-test/nope").await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    b.stop().await;
+}

@@ -8,6 +8,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+use warren_codec::proto::{AMQPProperties, FieldTable};
+use warren_core::message::Message;
+use warren_core::metadata::{Command, QueueDef};
+use warren_core::queue::{Delivery, Got, Settle, Sink, Waiter};
+
 use super::nodes::node_name;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -40,6 +46,98 @@ pub fn routes() -> Router<AppState> {
             get(ok_check),
         )
         .route("/api/health/checks/ready-to-serve-clients", get(ready))
+        .route("/api/aliveness-test/{vhost}", get(aliveness))
+}
+
+/// A waiter for `basic.get` that no connection stands behind: the aliveness test asks again
+/// itself when told to wait.
+#[derive(Debug)]
+struct NoSink;
+
+impl Sink for NoSink {
+    fn deliver(&self, d: Delivery) -> Result<(), Delivery> {
+        Err(d)
+    }
+    fn writable(&self) -> bool {
+        false
+    }
+    fn cancelled(&self, _channel: u16, _tag: Arc<str>) {}
+    fn wake(&self, _channel: u16) {}
+}
+
+const ALIVENESS_QUEUE: &str = "aliveness-test";
+const ALIVENESS_BODY: &[u8] = b"test_message";
+
+/// `GET /api/aliveness-test/{vhost}`: as RabbitMQ, declares the non-durable queue
+/// `aliveness-test`, publishes `test_message` to it through the default exchange and gets it
+/// back (acknowledged). 200 `{"status":"ok"}`, 404 for a missing vhost, 503 on failure.
+async fn aliveness(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> Response {
+    let b = &s.broker;
+    let Some(vh) = b.vhost(&vhost) else {
+        return ApiError::not_found().into_response();
+    };
+    if b.users.access(&caller.user.def.name, &vhost).is_none() {
+        return ApiError::unauthorised("Not authorised to access virtual host").into_response();
+    }
+    let declare = Command::DeclareQueue(QueueDef {
+        vhost: vhost.clone(),
+        name: ALIVENESS_QUEUE.into(),
+        durable: false,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+        store_dir: String::new(),
+        exclusive_owner: None,
+    });
+    if let Err(e) = b.admin(declare).await {
+        return failed(&e.text, json!({}));
+    }
+    let now = b.clock.now();
+    let props = AMQPProperties::default();
+    let routed = match vh.route_message("", ALIVENESS_QUEUE, &props, now) {
+        Ok(r) => r,
+        Err(e) => return failed(&e.text, json!({})),
+    };
+    let Some(q) = routed.queues.first().cloned() else {
+        return failed("aliveness-test queue not routable", json!({}));
+    };
+    let raw = bytes::Bytes::from(warren_codec::encode_properties(&props));
+    let msg = Arc::new(Message::new(
+        routed.exchange,
+        ALIVENESS_QUEUE,
+        &props,
+        raw,
+        bytes::Bytes::from_static(ALIVENESS_BODY),
+    ));
+    q.publish(msg, now);
+    let waiter = Waiter {
+        sink: Arc::new(NoSink),
+        channel: 0,
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = b.clock.now();
+        match q.get(false, now, &waiter) {
+            Got::Message(m, _) => {
+                let ok_body = m.msg.body.as_ref() == ALIVENESS_BODY;
+                q.settle(vec![m], Settle::Ack, now);
+                if ok_body {
+                    return ok(json!({}));
+                }
+                // Someone else's message was in the queue: try for ours.
+            }
+            Got::Wait => {}
+            Got::Empty => return failed("aliveness-test message was not received", json!({})),
+            Got::Refused(e) => return failed(&e.text, json!({})),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return failed("aliveness-test timed out", json!({}));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 fn ok(extra: Value) -> Response {
