@@ -79,11 +79,22 @@ pub struct Broker {
     pub churn: crate::stats::Churn,
     /// Message counters of deleted vhosts' channels (so that totals never go backwards).
     retired: parking_lot::Mutex<crate::stats::MessageTotals>,
+    /// The sockets the servers (AMQP, HTTP API, Prometheus) listen on, as they bound them.
+    bound: parking_lot::Mutex<Vec<BoundListener>>,
     me: Weak<Broker>,
 }
 
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A socket a server listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundListener {
+    /// RabbitMQ's protocol name: `amqp`, `amqp/ssl`, `http`, `http/prometheus`.
+    pub protocol: String,
+    /// The bound address.
+    pub addr: SocketAddr,
 }
 
 /// What a broker-wide command needs after its checks.
@@ -282,6 +293,7 @@ impl Broker {
             runtime: RwLock::new(BTreeMap::new()),
             churn: Default::default(),
             retired: Default::default(),
+            bound: Default::default(),
             conns: Conns::default(),
             services,
             failed_logins: AtomicU64::new(0),
@@ -441,6 +453,20 @@ impl Broker {
             .filter(|r| r.kind == kind && vhost.is_none_or(|v| r.vhost == v))
             .cloned()
             .collect()
+    }
+
+    /// Records a socket a server listens on (`protocol`: RabbitMQ's `amqp`, `amqp/ssl`,
+    /// `http`, `http/prometheus`), for the management API's listeners and health checks.
+    pub fn add_listener(&self, protocol: &str, addr: SocketAddr) {
+        self.bound.lock().push(BoundListener {
+            protocol: protocol.to_string(),
+            addr,
+        });
+    }
+
+    /// The sockets the servers listen on, in the order they were bound.
+    pub fn bound_listeners(&self) -> Vec<BoundListener> {
+        self.bound.lock().clone()
     }
 
     /// A fresh connection id.

@@ -215,6 +215,9 @@ pub async fn run_broker_with(
     let tracker = TaskTracker::new();
     let mut accept_loops = Vec::new();
     for listener in listeners {
+        if let Ok(addr) = listener.local_addr() {
+            broker.add_listener("amqp", addr);
+        }
         let broker = broker.clone();
         let shutdown = shutdown.clone();
         let tracker = tracker.clone();
@@ -239,6 +242,9 @@ pub async fn run_broker_with(
         }));
     }
     if let Some(TlsListener { listener, acceptor }) = tls {
+        if let Ok(addr) = listener.local_addr() {
+            broker.add_listener("amqp/ssl", addr);
+        }
         let broker = broker.clone();
         let shutdown = shutdown.clone();
         let tracker = tracker.clone();

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod rates;
 
 mod api;
 
@@ -23,12 +24,23 @@ use warren_core::Broker;
 pub struct AppState {
     /// The broker.
     pub broker: Arc<Broker>,
+    /// Message rates, refreshed by the sampler task (see [`rates`]).
+    pub rates: Arc<rates::RateTable>,
+    /// When the API started (the node's `uptime`).
+    pub started: std::time::Instant,
 }
 
-/// The whole API (and, later, the UI) as one router.
+/// The whole API (and, later, the UI) as one router. Starts the rate sampler, which stops
+/// when the router is dropped; call it inside a tokio runtime.
 pub fn router(broker: Arc<Broker>) -> Router {
     let max_body = broker.config.management.max_body_bytes;
-    let state = AppState { broker };
+    let rates = Arc::new(rates::RateTable::default());
+    rates::spawn_sampler(broker.clone(), &rates);
+    let state = AppState {
+        broker,
+        rates,
+        started: std::time::Instant::now(),
+    };
     api::routes()
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -40,6 +52,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        broker.add_listener("http", addr);
+    }
     let app = router(broker).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

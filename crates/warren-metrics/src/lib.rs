@@ -51,6 +51,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        broker.add_listener("http/prometheus", addr);
+    }
     axum::serve(listener, router(broker))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -16,6 +16,7 @@ mod events;
 mod flow;
 mod foundation;
 mod http_api;
+mod http_node;
 mod http_topology;
 mod interop;
 mod large_bodies;

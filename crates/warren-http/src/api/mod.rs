@@ -7,6 +7,11 @@ mod overview;
 pub(crate) mod query;
 mod queues;
 
+// Node, health, rates and definitions (issue 14).
+mod definitions;
+mod health;
+mod nodes;
+
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -18,6 +23,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/overview", get(overview::overview))
         .route("/api/whoami", get(overview::whoami))
         .merge(topology())
+        // Node, health and definitions (issue 14).
+        .merge(nodes::routes())
+        .merge(health::routes())
+        .merge(definitions::routes())
 }
 
 /// The topology half: exchanges, queues and bindings, behind RabbitMQ's list query parameters.
