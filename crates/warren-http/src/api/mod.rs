@@ -1,5 +1,6 @@
 //! The routes, one module per resource family.
 
+mod admin;
 mod overview;
 
 use axum::routing::get;
@@ -12,4 +13,5 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/overview", get(overview::overview))
         .route("/api/whoami", get(overview::whoami))
+        .merge(admin::routes())
 }
