@@ -15,6 +15,7 @@ mod errors;
 mod events;
 mod flow;
 mod foundation;
+mod http_admin;
 mod http_api;
 mod http_node;
 mod http_topology;

@@ -174,6 +174,17 @@ impl Users {
                     .get(&key)
                     .is_some_and(|v| v.iter().any(|c| c.def == *t)))
             }
+            Command::ClearTopicPermissions {
+                user,
+                vhost,
+                exchange,
+            } => Ok(inner
+                .topics
+                .get(&(user.clone(), vhost.clone()))
+                .is_some_and(|v| {
+                    v.iter()
+                        .any(|t| exchange.as_ref().is_none_or(|x| *x == t.def.exchange))
+                })),
             _ => Ok(true),
         }
     }
@@ -215,6 +226,26 @@ impl Users {
                     .or_default();
                 v.retain(|x| x.def.exchange != t.exchange);
                 v.push(c);
+            }
+            Command::ClearTopicPermissions {
+                user,
+                vhost,
+                exchange,
+            } => {
+                let key = (user.clone(), vhost.clone());
+                match exchange {
+                    None => {
+                        inner.topics.remove(&key);
+                    }
+                    Some(x) => {
+                        if let Some(v) = inner.topics.get_mut(&key) {
+                            v.retain(|t| t.def.exchange != *x);
+                            if v.is_empty() {
+                                inner.topics.remove(&key);
+                            }
+                        }
+                    }
+                }
             }
             _ => return Ok(()),
         }

@@ -37,9 +37,10 @@ impl Broker {
                 self.require_vhost(&p.vhost)?;
                 self.users.check(cmd)?
             }
-            Command::PutUser(_) | Command::DeleteUser { .. } | Command::ClearPermissions { .. } => {
-                self.users.check(cmd)?
-            }
+            Command::PutUser(_)
+            | Command::DeleteUser { .. }
+            | Command::ClearPermissions { .. }
+            | Command::ClearTopicPermissions { .. } => self.users.check(cmd)?,
             Command::SetVhostLimits { vhost, limits } => {
                 self.require_vhost(vhost)?.limits() != *limits
             }
@@ -130,7 +131,8 @@ impl Broker {
             Command::PutUser(_)
             | Command::SetPermissions(_)
             | Command::ClearPermissions { .. }
-            | Command::SetTopicPermissions(_) => {
+            | Command::SetTopicPermissions(_)
+            | Command::ClearTopicPermissions { .. } => {
                 self.users
                     .apply(cmd)
                     .map_err(|e| std::io::Error::other(e.text))?;

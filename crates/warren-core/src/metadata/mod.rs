@@ -212,6 +212,16 @@ pub enum Command {
     },
     /// Set a user's topic permissions for one exchange.
     SetTopicPermissions(TopicPermissionDef),
+    /// Remove a user's topic permissions in a vhost: for one exchange, or (`None`) for all.
+    ClearTopicPermissions {
+        /// User.
+        user: String,
+        /// Vhost.
+        vhost: String,
+        /// Only this exchange's (`None`: every exchange's).
+        #[serde(default)]
+        exchange: Option<String>,
+    },
     /// Set (or, with both `None`, clear) a vhost's limits.
     SetVhostLimits {
         /// Vhost.

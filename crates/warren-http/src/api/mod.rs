@@ -1,5 +1,6 @@
 //! The routes, one module per resource family.
 
+mod admin;
 mod bindings;
 mod common;
 mod exchanges;
@@ -23,6 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/overview", get(overview::overview))
         .route("/api/whoami", get(overview::whoami))
         .merge(topology())
+        .merge(admin::routes())
         // Node, health and definitions (issue 14).
         .merge(nodes::routes())
         .merge(health::routes())
