@@ -21,6 +21,7 @@ mod large_bodies;
 mod messaging;
 mod model;
 mod paging;
+mod policies;
 mod queue_features;
 mod smoke;
 mod stats;
