@@ -45,15 +45,15 @@ pub enum Target {
 
 impl ApplyTo {
     fn covers(self, t: Target) -> bool {
-        match (self, t) {
-            (ApplyTo::All, _) => true,
-            (ApplyTo::Queues, Target::Queue(_)) => true,
-            (ApplyTo::Exchanges, Target::Exchange) => true,
-            (ApplyTo::ClassicQueues, Target::Queue(QueueKind::Classic)) => true,
-            (ApplyTo::QuorumQueues, Target::Queue(QueueKind::Quorum)) => true,
-            (ApplyTo::Streams, Target::Queue(QueueKind::Stream)) => true,
-            _ => false,
-        }
+        matches!(
+            (self, t),
+            (ApplyTo::All, _)
+                | (ApplyTo::Queues, Target::Queue(_))
+                | (ApplyTo::Exchanges, Target::Exchange)
+                | (ApplyTo::ClassicQueues, Target::Queue(QueueKind::Classic))
+                | (ApplyTo::QuorumQueues, Target::Queue(QueueKind::Quorum))
+                | (ApplyTo::Streams, Target::Queue(QueueKind::Stream))
+        )
     }
 }
 
