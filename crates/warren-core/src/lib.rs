@@ -31,6 +31,7 @@ pub mod events;
 pub mod exchange;
 pub mod message;
 pub mod metadata;
+pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod stats;

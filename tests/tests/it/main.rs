@@ -25,6 +25,7 @@ mod messaging;
 mod metrics;
 mod model;
 mod paging;
+mod policies;
 mod queue_features;
 mod smoke;
 mod stats;

@@ -45,6 +45,10 @@ impl Broker {
                 self.require_vhost(vhost)?.limits() != *limits
             }
             Command::PutRuntime(r) => {
+                if is_policy(&r.kind) {
+                    self.require_vhost(&r.vhost)?;
+                    crate::policy::Policy::parse(&r.kind, &r.name, &r.value)?;
+                }
                 let key = runtime_key(&r.kind, &r.vhost, &r.component, &r.name);
                 self.runtime.read().get(&key) != Some(r)
             }
@@ -145,6 +149,9 @@ impl Broker {
             Command::PutRuntime(r) => {
                 let key = runtime_key(&r.kind, &r.vhost, &r.component, &r.name);
                 self.runtime.write().insert(key, r.clone());
+                if is_policy(&r.kind) {
+                    self.refresh_policies(&r.vhost);
+                }
             }
             Command::ClearRuntime {
                 kind,
@@ -154,11 +161,43 @@ impl Broker {
             } => {
                 let key = runtime_key(kind, vhost, component, name);
                 self.runtime.write().remove(&key);
+                if is_policy(kind) {
+                    self.refresh_policies(vhost);
+                }
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+impl Broker {
+    /// Rebuilds `vhost`'s policy set from the stored policies and re-evaluates its queues and
+    /// exchanges (on every policy change, also in replay).
+    fn refresh_policies(&self, vhost: &str) {
+        let Some(vh) = self.vhost(vhost) else { return };
+        let parsed: Vec<crate::policy::Policy> = self
+            .runtime
+            .read()
+            .values()
+            .filter(|r| r.vhost == vhost && is_policy(&r.kind))
+            .filter_map(|r| match crate::policy::Policy::parse(&r.kind, &r.name, &r.value) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // Checked before it was logged; only a log from another version can get here.
+                    error!(vhost = %vhost, policy = %r.name, error = %e.text, "stored policy is invalid, ignored");
+                    None
+                }
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        vh.set_policies(crate::policy::PolicySet::new(parsed), self.clock.now());
+        tracing::debug!(vhost = %vhost, elapsed = ?started.elapsed(), "policies re-evaluated");
+    }
+}
+
+fn is_policy(kind: &str) -> bool {
+    kind == "policy" || kind == "operator_policy"
 }
 
 /// The key a stored parameter or policy is kept under: (kind, vhost, component, name).

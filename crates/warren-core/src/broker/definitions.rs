@@ -188,6 +188,7 @@ pub fn parse(text: &str) -> Result<Definitions, String> {
         "parameters",
         "global_parameters",
         "policies",
+        "operator_policies",
         "exchanges",
         "queues",
         "bindings",
@@ -351,35 +352,40 @@ pub fn parse(text: &str) -> Result<Definitions, String> {
             }),
         ));
     }
-    for (i, v) in section(root, "policies")?.iter().enumerate() {
-        let place = format!("policies[{i}]");
-        let o = r.object(
-            v,
-            &place,
-            "policies",
-            &[
-                "vhost",
-                "name",
-                "pattern",
-                "apply-to",
-                "definition",
-                "priority",
-            ],
-        )?;
-        let vhost = string(o, "vhost", &place)?;
-        let name = string(o, "name", &place)?;
-        string(o, "pattern", &place)?;
-        let value = Value::Object(o.clone());
-        cmds.push((
-            place,
-            Command::PutRuntime(RuntimeDef {
-                kind: "policy".into(),
-                vhost,
-                component: String::new(),
-                name,
-                value,
-            }),
-        ));
+    for (sect, kind) in [
+        ("policies", "policy"),
+        ("operator_policies", "operator_policy"),
+    ] {
+        for (i, v) in section(root, sect)?.iter().enumerate() {
+            let place = format!("{sect}[{i}]");
+            let o = r.object(
+                v,
+                &place,
+                sect,
+                &[
+                    "vhost",
+                    "name",
+                    "pattern",
+                    "apply-to",
+                    "definition",
+                    "priority",
+                ],
+            )?;
+            let vhost = string(o, "vhost", &place)?;
+            let name = string(o, "name", &place)?;
+            string(o, "pattern", &place)?;
+            let value = Value::Object(o.clone());
+            cmds.push((
+                place,
+                Command::PutRuntime(RuntimeDef {
+                    kind: kind.into(),
+                    vhost,
+                    component: String::new(),
+                    name,
+                    value,
+                }),
+            ));
+        }
     }
     for (i, v) in section(root, "exchanges")?.iter().enumerate() {
         let place = format!("exchanges[{i}]");
@@ -519,7 +525,13 @@ impl Broker {
             }
             self.execute(cmd, origin.clone(), Pre::default())
                 .await
-                .map_err(|e| format!("{place}: {}", e.text))?;
+                // One line (a policy's validation text has RabbitMQ's line breaks).
+                .map_err(|e| {
+                    format!(
+                        "{place}: {}",
+                        e.text.trim_end().replace("\n\n", " ").replace('\n', " ")
+                    )
+                })?;
         }
         info!(entries = total, "definitions imported");
         Ok(total)

@@ -195,6 +195,9 @@ pub struct Exchange {
     pub store_dir: Option<String>,
     /// The deduplication cache, when the exchange deduplicates.
     dedup: Option<dedup::Dedup>,
+    /// The policy it runs with (its `alternate-exchange` applies when the argument is not
+    /// given).
+    pub policy: Option<Arc<crate::policy::Applied>>,
     /// Its message counters (`publish_in`, `publish_out`).
     pub stats: std::sync::Arc<crate::stats::MessageStats>,
 }
@@ -227,6 +230,7 @@ impl Exchange {
             delayed: None,
             store_dir: None,
             dedup: kind.dedup(&arguments),
+            policy: None,
             stats: Default::default(),
             arguments,
         }
@@ -268,7 +272,11 @@ impl Exchange {
                 Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
             }
             Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
-            _ => None,
+            _ => self
+                .policy
+                .as_ref()
+                .and_then(|p| p.alternate_exchange())
+                .map(str::to_owned),
         }
     }
 

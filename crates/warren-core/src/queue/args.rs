@@ -57,6 +57,8 @@ pub struct QueueArgs {
     pub max_length_bytes: Option<u64>,
     /// `x-overflow`.
     pub overflow: Overflow,
+    /// Whether `x-overflow` was given (a policy's `overflow` applies only when not).
+    pub overflow_given: bool,
     /// `x-dead-letter-exchange`.
     pub dead_letter_exchange: Option<String>,
     /// `x-dead-letter-routing-key`.
@@ -175,6 +177,7 @@ impl QueueArgs {
             ));
         }
         if let Some(o) = text("x-overflow")? {
+            a.overflow_given = true;
             a.overflow = match o.as_str() {
                 "drop-head" => Overflow::DropHead,
                 "reject-publish" => Overflow::RejectPublish,

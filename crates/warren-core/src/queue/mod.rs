@@ -221,6 +221,28 @@ pub struct QueueInfo {
     pub store_dir: Option<String>,
     /// Its message counters (`publish`, `deliver`, `get`, `ack`, `redeliver`, ...).
     pub stats: Arc<crate::stats::MessageStats>,
+    /// The policy it runs with (set at declare and by every policy change).
+    pub policy: PolicyCell,
+}
+
+/// The policy a queue runs with, swapped whole by a policy change (read for display and when
+/// a queue is created or re-evaluated, never per message).
+#[derive(Debug, Clone, Default)]
+pub struct PolicyCell(Arc<parking_lot::RwLock<Arc<crate::policy::Applied>>>);
+
+impl PolicyCell {
+    /// A cell holding `a`.
+    pub fn new(a: crate::policy::Applied) -> Self {
+        Self(Arc::new(parking_lot::RwLock::new(Arc::new(a))))
+    }
+    /// The current policy.
+    pub fn get(&self) -> Arc<crate::policy::Applied> {
+        self.0.read().clone()
+    }
+    /// Replaces it.
+    pub fn set(&self, a: Arc<crate::policy::Applied>) {
+        *self.0.write() = a;
+    }
 }
 
 /// What `cancel` and channel teardown tell the caller.
@@ -323,6 +345,15 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     fn unacked_count(&self) -> u64;
     /// Marks the queue as used now (redeclared): restarts its `x-expires` clock.
     fn touch(&self, now: Millis);
+    /// Runs with policy `p` from now on (a policy was set, changed or cleared). Types that do
+    /// not act on policies only show it.
+    fn set_policy(&self, p: crate::policy::Applied, _now: Millis) {
+        self.info().policy.set(Arc::new(p));
+    }
+    /// The policy it runs with (names, effective definition, effective arguments).
+    fn policy(&self) -> Arc<crate::policy::Applied> {
+        self.info().policy.get()
+    }
     /// Reads of its paged backlog that failed so far.
     fn paging_read_errors(&self) -> u64 {
         0

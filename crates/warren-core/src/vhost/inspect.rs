@@ -25,6 +25,8 @@ pub struct ExchangeInfo {
     pub arguments: FieldTable,
     /// Its counters (`publish_in`, `publish_out`).
     pub stats: Arc<crate::stats::MessageStats>,
+    /// The policy it runs with (`policy`, `effective_policy_definition`), if one matches.
+    pub policy: Option<Arc<crate::policy::Applied>>,
 }
 
 /// A binding as the management API shows it.
@@ -52,6 +54,7 @@ impl ExchangeInfo {
             internal: x.internal,
             arguments: x.arguments.clone(),
             stats: x.stats.clone(),
+            policy: x.policy.clone(),
         }
     }
 }

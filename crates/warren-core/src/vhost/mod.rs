@@ -145,6 +145,8 @@ pub struct VHost {
     limits: Mutex<VhostLimits>,
     /// What its closed channels counted.
     retired: Mutex<crate::stats::MessageTotals>,
+    /// Its policies and operator policies (set by the broker's `PutRuntime`/`ClearRuntime`).
+    policies: RwLock<Arc<crate::policy::PolicySet>>,
 }
 
 pub(crate) fn reserved(name: &str) -> bool {
@@ -183,7 +185,40 @@ impl VHost {
             events: Mutex::new(Vec::new()),
             limits: Mutex::new(VhostLimits::default()),
             retired: Mutex::new(Default::default()),
+            policies: RwLock::new(Default::default()),
         }))
+    }
+
+    /// The vhost's current policies.
+    pub fn policies(&self) -> Arc<crate::policy::PolicySet> {
+        self.policies.read().clone()
+    }
+
+    /// Replaces the vhost's policies and re-evaluates every queue and exchange: each one whose
+    /// policy changed is given the new one, in place (no redeclaration). Depends only on
+    /// metadata, so replay at startup gives the same result.
+    pub fn set_policies(&self, set: crate::policy::PolicySet, now: crate::clock::Millis) {
+        use crate::policy::Applied;
+        let set = Arc::new(set);
+        // Written before the topology lock is taken: a queue declared meanwhile either sees
+        // the new set or is in the snapshot below.
+        *self.policies.write() = set.clone();
+        let queues: Vec<QueueRef> = {
+            let mut topo = self.topo_mut();
+            for (name, x) in topo.exchanges.iter_mut() {
+                let p = Applied::for_exchange(&set, name);
+                if p != x.policy {
+                    x.policy = p;
+                }
+            }
+            topo.queues.values().cloned().collect()
+        };
+        for q in queues {
+            let a = Applied::for_queue(&set, q.name(), &q.info().args);
+            if *q.policy() != a {
+                q.set_policy(a, now);
+            }
+        }
     }
 
     /// Connects the vhost to the broker's metadata path.

@@ -346,6 +346,7 @@ impl VHost {
                     d.internal,
                     d.arguments.clone(),
                 );
+                x.policy = crate::policy::Applied::for_exchange(&self.policies(), &d.name);
                 if kind == ExchangeKind::Delayed {
                     let store = self.delayed_store(d)?;
                     x.store_dir = store.as_ref().map(|_| d.store_dir.clone());
@@ -500,6 +501,11 @@ impl VHost {
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
             },
+            policy: crate::queue::PolicyCell::new(crate::policy::Applied::for_queue(
+                &self.policies(),
+                &d.name,
+                &args,
+            )),
             args,
             store_dir: on_disk.then(|| d.store_dir.clone()),
             stats: Default::default(),

@@ -67,15 +67,13 @@ impl ClassicQueue {
     /// When the head is on disk (the in-memory part is empty while a paged batch is read),
     /// the limit is enforced once the batch arrives.
     pub(super) fn enforce_limits(&self, st: &mut State, dead: &mut Vec<Dead>) {
-        let args = &self.info.args;
-        if args.overflow != Overflow::DropHead {
+        let (max_length, max_length_bytes) = (st.args.max_length, st.args.max_length_bytes);
+        if st.args.overflow != Overflow::DropHead {
             return;
         }
         loop {
-            let over = args.max_length.is_some_and(|m| Self::total_len(st) > m)
-                || args
-                    .max_length_bytes
-                    .is_some_and(|m| Self::total_bytes(st) > m);
+            let over = max_length.is_some_and(|m| Self::total_len(st) > m)
+                || max_length_bytes.is_some_and(|m| Self::total_bytes(st) > m);
             if !over {
                 return;
             }
@@ -96,8 +94,7 @@ impl ClassicQueue {
     /// or retry of a failed paged read.
     pub(super) fn schedule(&self, st: &mut State) {
         let head = st.ready.front().map(|m| m.expires_at).filter(|e| *e > 0);
-        let unused = self
-            .info
+        let unused = st
             .args
             .expires
             .filter(|_| st.consumers.is_empty())

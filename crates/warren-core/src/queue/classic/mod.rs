@@ -25,8 +25,8 @@ use parking_lot::Mutex;
 use std::sync::{Arc, OnceLock, Weak};
 
 use super::{
-    AfterCancel, Consumer, Enqueued, Got, Overflow, Queue, QueueInfo, QueueOwner, QueueRef, Reason,
-    Services, Settle, Waiter,
+    AfterCancel, Consumer, Enqueued, Got, Overflow, Queue, QueueArgs, QueueInfo, QueueOwner,
+    QueueRef, Reason, Services, Settle, Waiter,
 };
 use crate::clock::Millis;
 use crate::error::{AmqpError, AmqpResult};
@@ -46,6 +46,8 @@ struct Dead {
 
 #[derive(Debug)]
 struct State {
+    /// The effective arguments: the declared ones merged with the queue's policy.
+    args: QueueArgs,
     ready: Ready,
     ready_bytes: u64,
     unacked: u64,
@@ -88,6 +90,7 @@ impl ClassicQueue {
         now: Millis,
     ) -> QueueRef {
         let mut st = State {
+            args: info.policy.get().args.clone(),
             ready: Ready::new(info.args.max_priority),
             ready_bytes: 0,
             unacked: 0,
@@ -106,8 +109,8 @@ impl ClassicQueue {
             for r in s.take_recovered() {
                 st.next_seq = st.next_seq.max(r.id + 1);
                 st.ready_bytes += r.message.size() as u64;
-                st.ready
-                    .push_back(limits::recovered_message(&info.args, r, &services.clock));
+                let m = limits::recovered_message(&st.args, r, &services.clock);
+                st.ready.push_back(m);
             }
             if let Some((cursor, count, bytes)) = s.take_recovered_tail() {
                 st.tail = Tail::recovered(cursor, count, bytes);
@@ -170,14 +173,22 @@ impl ClassicQueue {
             return;
         }
         let owner = self.owner.get().and_then(Weak::upgrade);
+        // The dead-letter target as the queue's policy has it now (read once per batch).
+        let (dlx, dlrk) = {
+            let st = self.state.lock();
+            (
+                st.args.dead_letter_exchange.clone(),
+                st.args.dead_letter_routing_key.clone(),
+            )
+        };
         for d in dead {
-            if let (Some(vh), Some(dlx)) = (&owner, &self.info.args.dead_letter_exchange) {
+            if let (Some(vh), Some(dlx)) = (&owner, &dlx) {
                 let dl = super::deadletter::dead_lettered(
                     &d.message.msg,
                     d.reason,
                     &self.info.name,
                     dlx,
-                    self.info.args.dead_letter_routing_key.as_deref(),
+                    dlrk.as_deref(),
                 );
                 vh.dead_letter(dl, d.reason, now);
             }
@@ -224,6 +235,23 @@ impl Queue for ClassicQueue {
         self.state.lock().unacked
     }
 
+    fn set_policy(&self, p: crate::policy::Applied, now: Millis) {
+        let args = p.args.clone();
+        self.info.policy.set(Arc::new(p));
+        let mut dead = Vec::new();
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return;
+            }
+            st.args = args;
+            // A lower limit trims at once; a shorter x-expires is rescheduled.
+            self.enforce_limits(&mut st, &mut dead);
+            self.schedule(&mut st);
+        }
+        self.dead_letter(dead, now);
+    }
+
     fn touch(&self, now: Millis) {
         let mut st = self.state.lock();
         st.last_used = now;
@@ -243,13 +271,17 @@ impl Queue for ClassicQueue {
             }
             self.expire_head(&mut st, now, &mut dead);
             let size = msg.size() as u64;
-            let args = &self.info.args;
-            let full = args.max_length.is_some_and(|m| Self::total_len(&st) >= m)
-                || args
+            let overflow = st.args.overflow;
+            let full = st
+                .args
+                .max_length
+                .is_some_and(|m| Self::total_len(&st) >= m)
+                || st
+                    .args
                     .max_length_bytes
                     .is_some_and(|m| Self::total_bytes(&st) + size > m);
-            if full && args.overflow != Overflow::DropHead {
-                if args.overflow == Overflow::RejectPublishDlx {
+            if full && overflow != Overflow::DropHead {
+                if overflow == Overflow::RejectPublishDlx {
                     dead.push(Dead {
                         message: QueuedMessage::new(0, msg, 0),
                         reason: Reason::Maxlen,
@@ -260,7 +292,7 @@ impl Queue for ClassicQueue {
             } else {
                 let seq = st.next_seq;
                 st.next_seq += 1;
-                let expires_at = limits::expiry(args, &msg, now);
+                let expires_at = limits::expiry(&st.args, &msg, now);
                 let epoch = match self.page_out(&mut st, seq, &msg, expires_at) {
                     Some(epoch) => epoch,
                     None => {
@@ -410,8 +442,7 @@ impl Queue for ClassicQueue {
                 return;
             }
             for mut m in msgs {
-                if self
-                    .info
+                if st
                     .args
                     .delivery_limit
                     .is_some_and(|l| u64::from(m.deliveries) > l)
@@ -473,8 +504,7 @@ impl Queue for ClassicQueue {
             if st.tail.retry_due(now) {
                 self.request_page(&mut st);
             }
-            let unused = self
-                .info
+            let unused = st
                 .args
                 .expires
                 .is_some_and(|e| st.consumers.is_empty() && now >= st.last_used + e);

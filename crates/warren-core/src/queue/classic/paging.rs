@@ -66,11 +66,11 @@ impl Tail {
 impl ClassicQueue {
     /// Ready messages kept in memory before the backlog pages to disk (0: never pages).
     /// Priority and TTL queues do not page: their order and expiry need every message at hand.
-    fn paging_limit(&self) -> usize {
+    fn paging_limit(&self, st: &State) -> usize {
         match &self.store {
             Some(s)
                 if self.info.args.max_priority.is_none()
-                    && self.info.args.message_ttl.is_none()
+                    && st.args.message_ttl.is_none()
                     && self.services.pager.is_some() =>
             {
                 s.paging_limit()
@@ -89,7 +89,7 @@ impl ClassicQueue {
         msg: &Message,
         expires_at: Millis,
     ) -> Option<u64> {
-        let limit = self.paging_limit();
+        let limit = self.paging_limit(st);
         let s = self.store.as_ref()?;
         if limit == 0 || (st.tail.count == 0 && st.ready.len() < limit) {
             return None;
@@ -117,7 +117,7 @@ impl ClassicQueue {
             // The usual case, checked first: nothing is paged out.
             return;
         }
-        let limit = self.paging_limit();
+        let limit = self.paging_limit(st);
         if limit == 0
             || tail.reading
             || tail.retry.is_some()
@@ -161,11 +161,8 @@ impl ClassicQueue {
                         st.tail.count = st.tail.count.saturating_sub(1);
                         st.tail.bytes = st.tail.bytes.saturating_sub(size);
                         st.ready_bytes += size;
-                        st.ready.push_back(limits::recovered_message(
-                            &self.info.args,
-                            r,
-                            &self.services.clock,
-                        ));
+                        let m = limits::recovered_message(&st.args, r, &self.services.clock);
+                        st.ready.push_back(m);
                     }
                 }
                 other => {

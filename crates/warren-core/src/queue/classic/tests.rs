@@ -30,6 +30,9 @@ fn queue(args: &[(&str, AMQPValue)]) -> QueueRef {
             arguments: t.clone(),
         },
         args: QueueArgs::parse(&t, "q", "/").expect("valid arguments"),
+        policy: crate::queue::PolicyCell::new(crate::policy::Applied::none(
+            QueueArgs::parse(&t, "q", "/").expect("valid arguments"),
+        )),
         store_dir: None,
         stats: Default::default(),
     };
