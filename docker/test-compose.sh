@@ -15,13 +15,17 @@
 # file (as a user would uncomment) is loaded, the management API and the metrics endpoint answer
 # on their published ports, and a durable queue's persistent messages survive `down` (without
 # -v: the named volume stays) + `up`. Then docker/compose.monitoring.yaml is merged and checked
-# with `podman-compose config`, and docker/prometheus.yml with promtool (if installed).
+# with `podman-compose config`, docker/prometheus.yml with promtool (if installed), and, if this
+# host has a prometheus binary (Debian's prometheus package), the two files are run together
+# with an image made of it: Prometheus must report the target warren:15692 up.
 #
 # Podman needs, on this kind of machine (no systemd, limited privileges): runc, cgroupfs and
 # explicit ulimits. They are given by a containers.conf (CONTAINERS_CONF) written here, so
 # every podman call podman-compose makes gets them; but a container that sets any ulimit (the
-# compose file sets nofile) gets podman's default for the others, so nproc is also passed to
-# `podman create` (--podman-run-args).
+# compose file sets nofile) gets podman's defaults for the others, so nproc and nofile are also
+# passed to `podman create` (--podman-run-args). podman-compose 1.6 ignores
+# `depends_on: condition: service_healthy` with podman 4.3 (it says so), so the monitoring run
+# only shows that Prometheus finds and scrapes Warren, not the start order.
 #
 # Environment:
 #   WARREN_TEST_PORT  first of four host ports: AMQP, AMQPS, management, metrics (default 21000).
@@ -37,7 +41,11 @@ BIN="${WARREN_BIN:-$ROOT/target/release/warren}"
 BASE_DIR="${WARREN_BASE_DIR:-/var/tmp/warren-base}"
 BASE_IMAGE="localhost/warren-base:bookworm"
 IMAGE="localhost/warren:compose-test"
+PROM_IMAGE="localhost/warren-test-prometheus:local"
+PROMETHEUS_BIN="${PROMETHEUS_BIN:-/usr/bin/prometheus}"
+HEALTH_PID=""
 PROJECT="warren-compose-test-$$"
+PROJECT_BASE="$PROJECT"
 USER_NAME="compose-app"
 USER_PASS="compose-test-pw"
 STARTED=$(date +%s)
@@ -100,14 +108,22 @@ services:
     volumes:
       - $WORK/etc/definitions.json:/etc/warren/definitions.json:ro
 EOO
-compose() { podman-compose --podman-run-args "--ulimit nproc=4096:4096" -p "$PROJECT" -f docker/compose.yaml -f "$WORK/override.yaml" "$@"; }
+RUN_ARGS="--ulimit nproc=4096:4096 --ulimit nofile=$NOFILE:$NOFILE"
+compose() { podman-compose --podman-run-args "$RUN_ARGS" -p "$PROJECT" -f docker/compose.yaml -f "$WORK/override.yaml" "$@"; }
 
 cleanup() {
     set +e
-    compose down -v -t 5 >/dev/null 2>&1
-    podman volume rm -f "${PROJECT}_warren-data" >/dev/null 2>&1
-    podman network rm -f "${PROJECT}_default" >/dev/null 2>&1
-    [ "${WARREN_TEST_KEEP:-0}" = 1 ] || podman rmi "$IMAGE" >/dev/null 2>&1
+    [ -n "$HEALTH_PID" ] && kill "$HEALTH_PID" 2>/dev/null
+    compose -f docker/compose.monitoring.yaml down -v -t 5 >/dev/null 2>&1
+    for p in "$PROJECT_BASE" "$PROJECT_BASE-mon"; do
+        for c in $(podman ps -aq --filter "label=io.podman.compose.project=$p"); do
+            podman rm -f -t 0 "$c" >/dev/null 2>&1
+        done
+        podman volume rm -f "${p}_warren-data" "${p}_prometheus-data" >/dev/null 2>&1
+        podman network rm -f "${p}_default" >/dev/null 2>&1
+        podman pod rm -f "pod_$p" >/dev/null 2>&1
+    done
+    [ "${WARREN_TEST_KEEP:-0}" = 1 ] || podman rmi "$IMAGE" "$PROM_IMAGE" >/dev/null 2>&1
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -229,5 +245,64 @@ if podman volume inspect "${PROJECT}_warren-data" >/dev/null 2>&1; then
     die "volume still there after down -v"
 fi
 ok "volume removed"
+
+# ---------------------------------------------------------------------------------------------
+# compose.monitoring.yaml for real, when this host has a prometheus binary to make an image of
+# (Debian's prometheus package; no registry here for prom/prometheus).
+step "compose.monitoring.yaml: Prometheus scrapes warren:15692 on the compose network"
+if [ -x "$PROMETHEUS_BIN" ]; then
+    mkdir -p "$WORK/prom"
+    cp "$PROMETHEUS_BIN" "$WORK/prom/prometheus"
+    cat >"$WORK/prom/Containerfile" <<'EOP'
+FROM localhost/warren-base:bookworm
+COPY prometheus /bin/prometheus
+RUN mkdir -p /prometheus && chown 65534:65534 /prometheus
+USER 65534
+ENTRYPOINT ["/bin/prometheus"]
+EOP
+    podman build --network host --format docker --layers=false -t "$PROM_IMAGE" \
+        -f "$WORK/prom/Containerfile" "$WORK/prom" >"$WORK/prom-build.log" 2>&1 \
+        || { tail -20 "$WORK/prom-build.log"; die "prometheus image build"; }
+    export PROMETHEUS_IMAGE="$PROM_IMAGE" PROMETHEUS_HOST_PORT=$((PORT + 4))
+    PROJECT="$PROJECT-mon"
+    # podman-compose waits for `service_healthy` with podman's health status, which nothing
+    # updates without systemd: run the checks meanwhile, as wait_healthy does.
+    ( for _ in $(seq 120); do
+        for c in $(podman ps -q --filter "label=io.podman.compose.project=$PROJECT" \
+            --filter "label=io.podman.compose.service=warren"); do
+            podman healthcheck run "$c" >/dev/null 2>&1 || true
+        done
+        sleep 0.5
+    done ) &
+    HEALTH_PID=$!
+    timeout 120 podman-compose --podman-run-args "$RUN_ARGS" -p "$PROJECT" \
+        -f docker/compose.yaml -f "$WORK/override.yaml" -f docker/compose.monitoring.yaml \
+        up -d --no-build >"$WORK/up-mon.log" 2>&1 || { cat "$WORK/up-mon.log"; die "up with monitoring"; }
+    prom_url="http://127.0.0.1:$PROMETHEUS_HOST_PORT"
+    health=""
+    for _ in $(seq 60); do
+        health=$(curl -s "$prom_url/api/v1/targets" | python3 -c '
+import json, sys
+try:
+    t = json.load(sys.stdin)["data"]["activeTargets"]
+except Exception:
+    sys.exit(0)
+print(" ".join("%s=%s" % (x["labels"].get("job"), x["health"]) for x in t))' 2>/dev/null || true)
+        [ "$health" = "warren=up" ] && break
+        sleep 1
+    done
+    [ "$health" = "warren=up" ] || { cat "$WORK/up-mon.log"; die "Prometheus target: '$health', expected warren=up"; }
+    kill "$HEALTH_PID" 2>/dev/null || true
+    ok "Prometheus ($PROM_IMAGE, Debian's $("$PROMETHEUS_BIN" --version 2>&1 | awk 'NR==1 {print $3}')) target warren:15692 is up"
+    # The scraped value, not only the target's health: one queue (from the definitions file).
+    queues=$(curl -s "$prom_url/api/v1/query" --data-urlencode 'query=rabbitmq_queues{job="warren"}' \
+        | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "none")')
+    [ "$queues" = 1 ] || die "Prometheus: rabbitmq_queues{job=\"warren\"} is $queues, expected 1"
+    ok "Prometheus has scraped rabbitmq_queues{job=\"warren\"} = 1 (the definitions file's queue)"
+    podman-compose -p "$PROJECT" -f docker/compose.yaml -f "$WORK/override.yaml" \
+        -f docker/compose.monitoring.yaml down -v -t 10 >/dev/null 2>&1 || die "down (monitoring)"
+else
+    skip "no prometheus binary at $PROMETHEUS_BIN (apt-get install prometheus) to run it"
+fi
 
 step "done in $(($(date +%s) - STARTED)) s"
