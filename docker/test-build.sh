@@ -52,7 +52,7 @@ eng() { podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
 
 cleanup() {
     set +e
-    eng rm -f -t 0 "$NAME" >/dev/null 2>&1
+    eng rm -f -v -t 0 "$NAME" >/dev/null 2>&1
     if [ "${WARREN_TEST_KEEP:-0}" != 1 ] && [ -z "${WARREN_CHECK_IMAGE:-}" ]; then
         eng rmi "$IMAGE" >/dev/null 2>&1
         [ -z "${WARREN_RUST_IMAGE:-}" ] && eng rmi "$RUST_IMAGE" >/dev/null 2>&1
