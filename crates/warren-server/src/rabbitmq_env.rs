@@ -39,7 +39,8 @@ impl RabbitmqEnv {
     }
 
     /// Sets `auth.default_user` / `auth.default_pass` where `user_set` / `pass_set` say that no
-    /// flag or `WARREN_*` variable did. Returns the warnings to log once logging is up.
+    /// flag or `WARREN_*` variable did, and `auth.default_vhost` (created on first start, the
+    /// default user's permissions are there). Returns the warnings to log once logging is up.
     pub fn apply(&self, config: &mut Config, user_set: bool, pass_set: bool) -> Vec<String> {
         if !user_set {
             if let Some(user) = &self.default_user {
@@ -51,13 +52,10 @@ impl RabbitmqEnv {
                 config.auth.default_pass.clone_from(pass);
             }
         }
-        match self.default_vhost.as_deref() {
-            None | Some("/") => Vec::new(),
-            Some(vhost) => vec![format!(
-                "{VHOST_VAR}={vhost:?} ignored: this version of warren has only the default \
-                 vhost \"/\"; the default user gets its permissions there"
-            )],
+        if let Some(vhost) = &self.default_vhost {
+            config.auth.default_vhost.clone_from(vhost);
         }
+        Vec::new()
     }
 
     /// Whether this set `auth.default_user` (`user_set`: a flag or `WARREN_*` variable did).
@@ -112,18 +110,11 @@ mod tests {
     }
 
     #[test]
-    fn only_the_default_vhost_is_accepted() {
+    fn the_default_vhost_is_set() {
         let mut config = Config::default();
-        assert!(env(&[(VHOST_VAR, "/")])
+        assert!(env(&[(VHOST_VAR, "prod")])
             .apply(&mut config, false, false)
             .is_empty());
-        let warnings = env(&[(VHOST_VAR, "prod")]).apply(&mut config, false, false);
-        assert_eq!(warnings.len(), 1);
-        assert!(
-            warnings[0].starts_with("RABBITMQ_DEFAULT_VHOST=\"prod\" ignored"),
-            "{}",
-            warnings[0]
-        );
-        assert_eq!(config, Config::default(), "nothing else changes");
+        assert_eq!(config.auth.default_vhost, "prod");
     }
 }
