@@ -15,7 +15,7 @@
 #   WARREN_TEST_ENGINE  podman (default) or docker. With docker the same steps run against the
 #                       daemon (health is polled from `docker inspect`); not tried here, as our
 #                       machines have no Docker daemon.
-#   WARREN_TEST_PORT    host port for AMQP (default 25672).
+#   WARREN_TEST_PORT    host port for AMQP (default: the first free block of four from 25672).
 #   WARREN_TEST_NETWORK host (default: --network host, the broker listens on WARREN_TEST_PORT
 #                       itself) or publish (bridge network, `-p 127.0.0.1:PORT:5672`; clients
 #                       then come from outside the container's loopback).
@@ -30,7 +30,14 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
 ENGINE="${WARREN_TEST_ENGINE:-podman}"
+# The first block of four free ports from 25672 up (a local RabbitMQ on 5673 holds 25673, its
+# distribution port), unless WARREN_TEST_PORT says which.
+block_free() { for p in "$1" $(($1 + 1)) $(($1 + 2)) $(($1 + 3)); do
+    ss -ltn "sport = :$p" 2>/dev/null | grep -q LISTEN && return 1; done; return 0; }
 PORT="${WARREN_TEST_PORT:-25672}"
+if [ -z "${WARREN_TEST_PORT:-}" ]; then
+    while ! block_free "$PORT"; do PORT=$((PORT + 4)); done
+fi
 NETWORK="${WARREN_TEST_NETWORK:-host}"
 MGMT_PORT=$((PORT + 1))
 METRICS_PORT=$((PORT + 2))
