@@ -11,7 +11,7 @@ pub mod auth;
 pub mod error;
 pub mod rates;
 
-mod api;
+pub(crate) mod api;
 
 use axum::Router;
 use std::sync::Arc;
@@ -41,9 +41,12 @@ pub fn router(broker: Arc<Broker>) -> Router {
         rates,
         started: std::time::Instant::now(),
     };
-    api::routes()
+    let api = api::routes()
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .with_state(state)
+        .with_state(state);
+    Router::new()
+        .fallback_service(api)
+        .layer(axum::middleware::from_fn(api::methods))
 }
 
 /// Serves the API on `listener` until `shutdown`.

@@ -17,6 +17,7 @@ mod flow;
 mod foundation;
 mod http_admin;
 mod http_api;
+mod http_more;
 mod http_node;
 mod http_topology;
 mod interop;

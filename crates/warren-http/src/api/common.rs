@@ -159,7 +159,8 @@ fn amqp_value(v: &Value) -> AMQPValue {
     }
 }
 
-/// An AMQP field value as RabbitMQ's management API shows it.
+/// An AMQP field value as RabbitMQ's management API (and its definitions) show it: the one
+/// AMQP-to-JSON conversion of the API.
 pub(crate) fn value_json(v: &AMQPValue) -> Value {
     use serde_json::json;
     match v {
@@ -174,11 +175,13 @@ pub(crate) fn value_json(v: &AMQPValue) -> Value {
         AMQPValue::Timestamp(n) => json!(n),
         AMQPValue::Float(f) => json!(f),
         AMQPValue::Double(f) => json!(f),
+        AMQPValue::DecimalValue(d) => json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
         AMQPValue::ShortString(s) => json!(s.as_str()),
         AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
         AMQPValue::FieldTable(t) => table_json(t),
-        _ => Value::Null,
+        AMQPValue::Void => Value::Null,
     }
 }
 

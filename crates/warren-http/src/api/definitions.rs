@@ -13,10 +13,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
-use warren_codec::proto::{AMQPValue, FieldTable};
 use warren_core::metadata::Command;
 use warren_core::Broker;
 
+use crate::api::common::table_json;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
@@ -29,42 +29,6 @@ pub fn routes() -> Router<AppState> {
             "/api/definitions/{vhost}",
             get(export_vhost).post(import_vhost),
         )
-}
-
-/// An AMQP field value as RabbitMQ's JSON shows it.
-pub(crate) fn value_json(v: &AMQPValue) -> Value {
-    match v {
-        AMQPValue::Boolean(b) => json!(b),
-        AMQPValue::ShortShortInt(i) => json!(i),
-        AMQPValue::ShortShortUInt(i) => json!(i),
-        AMQPValue::ShortInt(i) => json!(i),
-        AMQPValue::ShortUInt(i) => json!(i),
-        AMQPValue::LongInt(i) => json!(i),
-        AMQPValue::LongUInt(i) => json!(i),
-        AMQPValue::LongLongInt(i) => json!(i),
-        AMQPValue::Float(f) => json!(f),
-        AMQPValue::Double(f) => json!(f),
-        AMQPValue::DecimalValue(d) => {
-            json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-        }
-        AMQPValue::ShortString(s) => json!(s.as_str()),
-        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
-        AMQPValue::Timestamp(t) => json!(t),
-        AMQPValue::FieldTable(t) => table_json(t),
-        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
-        AMQPValue::Void => Value::Null,
-    }
-}
-
-/// An AMQP table as a JSON object.
-pub(crate) fn table_json(t: &FieldTable) -> Value {
-    Value::Object(
-        t.inner()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), value_json(v)))
-            .collect(),
-    )
 }
 
 fn is_builtin_exchange(name: &str) -> bool {

@@ -22,17 +22,19 @@ use crate::api::common::{self, table_json};
 use crate::api::{bindings, query};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::rates;
 use crate::AppState;
 
 /// One exchange as RabbitMQ shows it.
-fn exchange_json(vhost: &str, e: &ExchangeInfo) -> Value {
+fn exchange_json(s: &AppState, vhost: &str, e: &ExchangeInfo) -> Value {
     let t = e.stats.totals();
+    let rates = s.rates.exchange(vhost, &e.name);
     let who = if e.name.is_empty() || e.name.starts_with("amq.") {
         "rmq-internal"
     } else {
         ""
     };
-    json!({
+    let mut v = json!({
         "name": &*e.name,
         "vhost": vhost,
         "type": e.kind,
@@ -41,19 +43,22 @@ fn exchange_json(vhost: &str, e: &ExchangeInfo) -> Value {
         "internal": e.internal,
         "arguments": table_json(&e.arguments),
         "user_who_performed_action": who,
-        "message_stats": {
-            "publish_in": t.publish_in,
-            "publish_in_details": {"rate": 0.0},
-            "publish_out": t.publish_out,
-            "publish_out_details": {"rate": 0.0},
-        },
-    })
+        "message_stats": rates::message_stats(&t, rates.as_ref(), rates::Kind::Exchange),
+    });
+    // RabbitMQ shows `policy` on an exchange only when one applies.
+    if let (Some(p), Some(m)) = (
+        e.policy.as_ref().and_then(|a| a.policy.clone()),
+        v.as_object_mut(),
+    ) {
+        m.insert("policy".to_string(), json!(&*p));
+    }
+    v
 }
 
-fn exchanges_of(vh: &VHost, vhost: &str) -> Vec<Value> {
+fn exchanges_of(s: &AppState, vh: &VHost, vhost: &str) -> Vec<Value> {
     vh.exchanges()
         .iter()
-        .map(|e| exchange_json(vhost, e))
+        .map(|e| exchange_json(s, vhost, e))
         .collect()
 }
 
@@ -66,7 +71,7 @@ pub async fn list_all(
     let mut items = Vec::new();
     for name in common::visible_vhosts(&s, &caller) {
         if let Some(vh) = s.broker.vhost(&name) {
-            items.extend(exchanges_of(&vh, &name));
+            items.extend(exchanges_of(&s, &vh, &name));
         }
     }
     query::apply(items, &q).map(Json)
@@ -80,7 +85,7 @@ pub async fn list_vhost(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let vh = common::vhost(&s, &caller, &vhost)?;
-    query::apply(exchanges_of(&vh, &vhost), &q).map(Json)
+    query::apply(exchanges_of(&s, &vh, &vhost), &q).map(Json)
 }
 
 /// `GET /api/exchanges/{vhost}/{name}`.
@@ -93,7 +98,7 @@ pub async fn show(
     let e = vh
         .exchange_info(common::exchange_name(&name))
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(exchange_json(&vhost, &e)))
+    Ok(Json(exchange_json(&s, &vhost, &e)))
 }
 
 /// `PUT /api/exchanges/{vhost}/{name}`: 201 when created, 204 when an equivalent one existed.

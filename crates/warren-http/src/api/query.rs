@@ -117,9 +117,13 @@ pub(crate) fn apply(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiRe
             });
         }
     }
-    let sort = q.get("sort").filter(|s| !s.is_empty()).map(String::as_str);
-    let key = sort.unwrap_or("name");
-    items.sort_by(|a, b| cmp(dotted(a, key), dotted(b, key)));
+    // RabbitMQ's default order is by vhost, then name.
+    match q.get("sort").filter(|s| !s.is_empty()) {
+        Some(key) => items.sort_by(|a, b| cmp(dotted(a, key), dotted(b, key))),
+        None => items.sort_by(|a, b| {
+            cmp(a.get("vhost"), b.get("vhost")).then_with(|| cmp(a.get("name"), b.get("name")))
+        }),
+    }
     if truthy("sort_reverse") {
         items.reverse();
     }

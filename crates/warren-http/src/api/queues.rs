@@ -22,6 +22,7 @@ use crate::api::common::{self, table_json};
 use crate::api::{bindings, query};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::rates::{self, Rates};
 use crate::AppState;
 
 /// The node name every object reports (one node).
@@ -34,8 +35,11 @@ const PAGER_WAIT: Duration = Duration::from_secs(10);
 /// consumer utilisation over time: `message_bytes_unacknowledged` is 0, `idle_since` is left
 /// out, `consumer_utilisation` is 1.0 while there are consumers (they are never blocked by
 /// the queue) and 0 otherwise.
-fn queue_json(vhost: &str, q: &QueueRef) -> Value {
+fn queue_json(s: &AppState, vhost: &str, q: &QueueRef) -> Value {
     let info = q.info();
+    let rates = s.rates.queue(vhost, q.name());
+    let rates = rates.as_ref();
+    let applied = q.policy();
     let t = info.stats.totals();
     let ready = u64::from(q.message_count());
     let unacked = q.unacked_count();
@@ -69,11 +73,11 @@ fn queue_json(vhost: &str, q: &QueueRef) -> Value {
         "state": "running",
         "node": NODE,
         "messages": ready + unacked,
-        "messages_details": {"rate": 0.0},
+        "messages_details": rates::details(rates, "messages"),
         "messages_ready": ready,
-        "messages_ready_details": {"rate": 0.0},
+        "messages_ready_details": rates::details(rates, "messages_ready"),
         "messages_unacknowledged": unacked,
-        "messages_unacknowledged_details": {"rate": 0.0},
+        "messages_unacknowledged_details": rates::details(rates, "messages_unacknowledged"),
         "message_bytes": ready_bytes,
         "message_bytes_ready": ready_bytes,
         "message_bytes_unacknowledged": 0,
@@ -81,22 +85,22 @@ fn queue_json(vhost: &str, q: &QueueRef) -> Value {
         "consumer_utilisation": utilisation,
         "consumer_capacity": utilisation,
         "consumer_details": consumer_details,
-        "policy": Value::Null,
-        "operator_policy": Value::Null,
-        "effective_policy_definition": {},
+        "policy": applied.policy.as_deref(),
+        "operator_policy": applied.operator_policy.as_deref(),
+        "effective_policy_definition": Value::Object(applied.definition.clone()),
         "exclusive_consumer_tag": Value::Null,
         "single_active_consumer_tag": Value::Null,
         "head_message_timestamp": Value::Null,
-        "message_stats": message_stats(&t),
+        "message_stats": message_stats(&t, rates),
     })
 }
 
-/// A queue's counters with RabbitMQ's names, each with its `_details` (rates: 0.0 here).
-fn message_stats(t: &warren_core::stats::MessageTotals) -> Value {
+/// A queue's counters with RabbitMQ's names, each with its `_details: {"rate": r}`.
+fn message_stats(t: &warren_core::stats::MessageTotals, rates: Option<&Rates>) -> Value {
     let mut m = Map::new();
     let mut put = |k: &str, v: u64| {
         m.insert(k.to_string(), json!(v));
-        m.insert(format!("{k}_details"), json!({"rate": 0.0}));
+        m.insert(format!("{k}_details"), rates::details(rates, k));
     };
     for (k, v) in t.fields() {
         if !matches!(
@@ -110,8 +114,11 @@ fn message_stats(t: &warren_core::stats::MessageTotals) -> Value {
     Value::Object(m)
 }
 
-fn queues_of(vh: &VHost, vhost: &str) -> Vec<Value> {
-    vh.queues().iter().map(|q| queue_json(vhost, q)).collect()
+fn queues_of(s: &AppState, vh: &VHost, vhost: &str) -> Vec<Value> {
+    vh.queues()
+        .iter()
+        .map(|q| queue_json(s, vhost, q))
+        .collect()
 }
 
 /// `GET /api/queues`.
@@ -123,7 +130,7 @@ pub async fn list_all(
     let mut items = Vec::new();
     for name in common::visible_vhosts(&s, &caller) {
         if let Some(vh) = s.broker.vhost(&name) {
-            items.extend(queues_of(&vh, &name));
+            items.extend(queues_of(&s, &vh, &name));
         }
     }
     query::apply(items, &q).map(Json)
@@ -137,7 +144,7 @@ pub async fn list_vhost(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let vh = common::vhost(&s, &caller, &vhost)?;
-    query::apply(queues_of(&vh, &vhost), &q).map(Json)
+    query::apply(queues_of(&s, &vh, &vhost), &q).map(Json)
 }
 
 fn find(vh: &VHost, name: &str) -> ApiResult<QueueRef> {
@@ -151,7 +158,7 @@ pub async fn show(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let vh = common::vhost(&s, &caller, &vhost)?;
-    Ok(Json(queue_json(&vhost, &find(&vh, &name)?)))
+    Ok(Json(queue_json(&s, &vhost, &find(&vh, &name)?)))
 }
 
 /// `PUT /api/queues/{vhost}/{name}`: 201 when created, 204 when an equivalent one existed.

@@ -1,6 +1,8 @@
 //! `/api/connections`, `/api/channels`, `/api/consumers` and their per-vhost forms.
 
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -153,18 +155,23 @@ fn find_conn(b: &Broker, caller: &Caller, name: &str) -> ApiResult<Arc<ConnInfo>
     Ok(c)
 }
 
-async fn list_connections(State(s): State<AppState>, caller: Caller) -> Json<Value> {
+async fn list_connections(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     let v: Vec<Value> = visible(&s.broker, &caller, None)
         .iter()
         .map(|c| conn_json(c))
         .collect();
-    Json(Value::Array(v))
+    super::listed(v, &q)
 }
 
 async fn vhost_connections(
     State(s): State<AppState>,
     caller: Caller,
     Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     require_vhost_access(&s.broker, &caller, &vhost)?;
     require_vhost(&s.broker, &vhost)?;
@@ -172,7 +179,7 @@ async fn vhost_connections(
         .iter()
         .map(|c| conn_json(c))
         .collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
 async fn get_connection(
@@ -216,10 +223,11 @@ async fn connection_channels(
     State(s): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let c = find_conn(&s.broker, &caller, &name)?;
     let v: Vec<Value> = c.channels().iter().map(|ch| channel_json(&c, ch)).collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
 fn channels_of(conns: &[Arc<ConnInfo>]) -> Value {
@@ -232,22 +240,23 @@ fn channels_of(conns: &[Arc<ConnInfo>]) -> Value {
     Value::Array(v)
 }
 
-async fn list_channels(State(s): State<AppState>, caller: Caller) -> Json<Value> {
-    Json(channels_of(&visible(&s.broker, &caller, None)))
+async fn list_channels(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    super::listed(channels_of(&visible(&s.broker, &caller, None)), &q)
 }
 
 async fn vhost_channels(
     State(s): State<AppState>,
     caller: Caller,
     Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     require_vhost_access(&s.broker, &caller, &vhost)?;
     require_vhost(&s.broker, &vhost)?;
-    Ok(Json(channels_of(&visible(
-        &s.broker,
-        &caller,
-        Some(&vhost),
-    ))))
+    super::listed(channels_of(&visible(&s.broker, &caller, Some(&vhost))), &q)
 }
 
 async fn get_channel(
@@ -308,16 +317,24 @@ fn consumers_in(b: &Broker, caller: &Caller, vhosts: &[String]) -> Value {
     Value::Array(out)
 }
 
-async fn list_consumers(State(s): State<AppState>, caller: Caller) -> Json<Value> {
-    Json(consumers_in(&s.broker, &caller, &s.broker.vhost_names()))
+async fn list_consumers(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    super::listed(
+        consumers_in(&s.broker, &caller, &s.broker.vhost_names()),
+        &q,
+    )
 }
 
 async fn vhost_consumers(
     State(s): State<AppState>,
     caller: Caller,
     Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     require_vhost_access(&s.broker, &caller, &vhost)?;
     require_vhost(&s.broker, &vhost)?;
-    Ok(Json(consumers_in(&s.broker, &caller, &[vhost])))
+    super::listed(consumers_in(&s.broker, &caller, &[vhost]), &q)
 }

@@ -8,13 +8,15 @@ mod params;
 mod users;
 mod vhosts;
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use axum::Router;
-use serde_json::{json, Map, Value};
-use warren_codec::proto::{AMQPValue, FieldTable};
+use axum::{Json, Router};
+use serde_json::{Map, Value};
 use warren_core::Broker;
 
+pub(crate) use crate::api::common::table_json;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::AppState;
@@ -26,38 +28,6 @@ pub fn routes() -> Router<AppState> {
         .merge(vhosts::routes())
         .merge(users::routes())
         .merge(params::routes())
-}
-
-/// An AMQP field table as RabbitMQ's management JSON shows it.
-pub(crate) fn table_json(t: &FieldTable) -> Value {
-    let mut m = Map::new();
-    for (k, v) in t.inner() {
-        m.insert(k.as_str().to_string(), value_json(v));
-    }
-    Value::Object(m)
-}
-
-fn value_json(v: &AMQPValue) -> Value {
-    match v {
-        AMQPValue::Boolean(b) => json!(b),
-        AMQPValue::ShortShortInt(x) => json!(x),
-        AMQPValue::ShortShortUInt(x) => json!(x),
-        AMQPValue::ShortInt(x) => json!(x),
-        AMQPValue::ShortUInt(x) => json!(x),
-        AMQPValue::LongInt(x) => json!(x),
-        AMQPValue::LongUInt(x) => json!(x),
-        AMQPValue::LongLongInt(x) => json!(x),
-        AMQPValue::Float(x) => json!(x),
-        AMQPValue::Double(x) => json!(x),
-        AMQPValue::Timestamp(x) => json!(x),
-        AMQPValue::ShortString(s) => json!(s.as_str()),
-        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
-        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
-        AMQPValue::FieldTable(t) => table_json(t),
-        AMQPValue::DecimalValue(d) => json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
-        AMQPValue::Void => Value::Null,
-    }
 }
 
 /// Whether `caller` sees objects of `vhost`: monitors see all, others their permitted vhosts.
@@ -107,6 +77,18 @@ pub(crate) fn str_field(m: &Map<String, Value>, key: &str) -> Result<Option<Stri
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(ApiError::bad_request(format!("{key} must be a string"))),
+    }
+}
+
+/// A list answer with RabbitMQ's list query parameters (`page`, `sort`, `name`, `columns`, ...)
+/// applied, as RabbitMQ does for every list.
+pub(crate) fn listed(
+    items: impl Into<Value>,
+    q: &HashMap<String, String>,
+) -> Result<Json<Value>, ApiError> {
+    match items.into() {
+        Value::Array(v) => crate::api::query::apply(v, q).map(Json),
+        other => Ok(Json(other)),
     }
 }
 

@@ -2,8 +2,10 @@
 //! stored as runtime definitions (`Command::PutRuntime` / `ClearRuntime`) in the JSON RabbitMQ
 //! shows and exports; the features that use them read them from the broker.
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -11,7 +13,7 @@ use serde_json::{json, Value};
 use warren_core::metadata::{Command, RuntimeDef};
 use warren_core::Broker;
 
-use super::{body_object, created, sees_vhost, str_field};
+use super::{body_object, created, sees_vhost};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
@@ -52,16 +54,18 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 type VhostName = Path<(String, String)>;
+type ListQuery = Query<HashMap<String, String>>;
 
-async fn list_policies(s: State<AppState>, c: Caller) -> ApiResult<Json<Value>> {
-    list(s, c, POLICY, None).await
+async fn list_policies(s: State<AppState>, c: Caller, q: ListQuery) -> ApiResult<Json<Value>> {
+    list(s, c, POLICY, None, q).await
 }
 async fn vhost_policies(
     s: State<AppState>,
     c: Caller,
     Path(v): Path<String>,
+    q: ListQuery,
 ) -> ApiResult<Json<Value>> {
-    list(s, c, POLICY, Some(v)).await
+    list(s, c, POLICY, Some(v), q).await
 }
 async fn get_pol(s: State<AppState>, c: Caller, p: VhostName) -> ApiResult<Json<Value>> {
     get_policy(s, c, p, POLICY).await
@@ -72,15 +76,16 @@ async fn put_pol(s: State<AppState>, c: Caller, p: VhostName, b: Bytes) -> ApiRe
 async fn delete_pol(s: State<AppState>, c: Caller, p: VhostName) -> ApiResult<StatusCode> {
     delete_policy(s, c, p, POLICY).await
 }
-async fn list_op_policies(s: State<AppState>, c: Caller) -> ApiResult<Json<Value>> {
-    list(s, c, OPERATOR_POLICY, None).await
+async fn list_op_policies(s: State<AppState>, c: Caller, q: ListQuery) -> ApiResult<Json<Value>> {
+    list(s, c, OPERATOR_POLICY, None, q).await
 }
 async fn vhost_op_policies(
     s: State<AppState>,
     c: Caller,
     Path(v): Path<String>,
+    q: ListQuery,
 ) -> ApiResult<Json<Value>> {
-    list(s, c, OPERATOR_POLICY, Some(v)).await
+    list(s, c, OPERATOR_POLICY, Some(v), q).await
 }
 async fn get_op(s: State<AppState>, c: Caller, p: VhostName) -> ApiResult<Json<Value>> {
     get_policy(s, c, p, OPERATOR_POLICY).await
@@ -122,6 +127,7 @@ async fn list(
     caller: Caller,
     kind: &'static str,
     vhost: Option<String>,
+    Query(q): ListQuery,
 ) -> ApiResult<Json<Value>> {
     let b = &s.broker;
     require_policymaker(b, &caller, vhost.as_deref())?;
@@ -133,7 +139,7 @@ async fn list(
         .filter(|r| sees_vhost(b, &caller, &r.vhost))
         .map(|r| r.value)
         .collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
 async fn get_policy(
@@ -151,7 +157,7 @@ async fn get_policy(
 
 /// RabbitMQ's validation error.
 fn validation(reason: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(format!("Validation failed\n\n{reason}\n"))
+    ApiError::bad_request(escape_html(&format!("Validation failed\n\n{reason}\n")))
 }
 
 async fn put_policy(
@@ -165,50 +171,40 @@ async fn put_policy(
     require_policymaker(b, &caller, Some(&vhost))?;
     super::require_vhost(b, &vhost)?;
     let m = body_object(&body)?;
-    let pattern = str_field(&m, "pattern")?.ok_or_else(|| validation("pattern not set"))?;
-    if let Err(e) = regex_lite_check(&pattern) {
-        return Err(validation(format!(
-            "<<\"{pattern}\">> is not a valid regular expression: {e}"
-        )));
+    // The core validates the policy (`Policy::parse`, RabbitMQ's texts); here only the
+    // defaults the HTTP API gives and what operator policies may apply to.
+    let field = |k: &str| m.get(k).cloned();
+    let apply_to = field("apply-to")
+        .filter(|v| !v.is_null())
+        .unwrap_or_else(|| json!("all"));
+    if kind == OPERATOR_POLICY {
+        let allowed = ["queues", "classic_queues", "quorum_queues", "streams"];
+        if !apply_to.as_str().is_some_and(|a| allowed.contains(&a)) {
+            let shown = apply_to
+                .as_str()
+                .map_or_else(|| apply_to.to_string(), str::to_owned);
+            return Err(validation(format!(
+                "<<\"{shown}\">> is not a valid apply-to value"
+            )));
+        }
     }
-    let definition = match m.get("definition") {
-        Some(Value::Object(d)) => Value::Object(d.clone()),
-        Some(_) => return Err(validation("definition must be a dictionary")),
-        None => return Err(validation("definition not set")),
-    };
-    let priority = match m.get("priority") {
-        None | Some(Value::Null) => 0,
-        Some(v) => v
-            .as_i64()
-            .ok_or_else(|| validation(format!("priority should be a number, actually was {v}")))?,
-    };
-    let apply_to = str_field(&m, "apply-to")?.unwrap_or_else(|| "all".to_string());
-    let allowed: &[&str] = if kind == POLICY {
-        &[
-            "all",
-            "exchanges",
-            "queues",
-            "classic_queues",
-            "quorum_queues",
-            "streams",
-        ]
-    } else {
-        &["queues", "classic_queues", "quorum_queues", "streams"]
-    };
-    if !allowed.contains(&apply_to.as_str()) {
-        return Err(validation(format!(
-            "<<\"{apply_to}\">> is not a valid apply-to value"
-        )));
+    let mut value = serde_json::Map::new();
+    value.insert("vhost".into(), json!(vhost));
+    value.insert("name".into(), json!(name));
+    for k in ["pattern", "definition"] {
+        if let Some(v) = field(k) {
+            value.insert(k.into(), v);
+        }
     }
+    value.insert("apply-to".into(), apply_to);
+    value.insert(
+        "priority".into(),
+        field("priority")
+            .filter(|v| !v.is_null())
+            .unwrap_or_else(|| json!(0)),
+    );
+    let value = Value::Object(value);
     let new = b.runtime(kind, &vhost, "", &name).is_none();
-    let value = json!({
-        "vhost": vhost,
-        "name": name,
-        "pattern": pattern,
-        "apply-to": apply_to,
-        "definition": definition,
-        "priority": priority,
-    });
     b.admin(Command::PutRuntime(RuntimeDef {
         kind: kind.to_string(),
         vhost,
@@ -216,15 +212,20 @@ async fn put_policy(
         name,
         value,
     }))
-    .await?;
+    .await
+    .map_err(|e| match e.text.strip_prefix("PRECONDITION_FAILED - ") {
+        // The core's `Validation failed ...`: RabbitMQ's 400 with the text HTML-escaped.
+        Some(t) => ApiError::bad_request(escape_html(t)),
+        None => ApiError::from(e),
+    })?;
     Ok(created(new))
 }
 
-/// Whether `pattern` compiles (RabbitMQ validates the pattern as a regex).
-fn regex_lite_check(pattern: &str) -> Result<(), String> {
-    regex::Regex::new(pattern)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// RabbitMQ HTML-escapes the reason of an error answer (`<<"x">>` is `&lt;&lt;"x"&gt;&gt;`).
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 async fn delete_policy(
@@ -258,33 +259,37 @@ fn parameters(b: &Broker, caller: &Caller, component: Option<&str>, vhost: Optio
     Value::Array(v)
 }
 
-async fn list_parameters(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn list_parameters(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     require_policymaker(&s.broker, &caller, None)?;
-    Ok(Json(parameters(&s.broker, &caller, None, None)))
+    super::listed(parameters(&s.broker, &caller, None, None), &q)
 }
 
 async fn component_parameters(
     State(s): State<AppState>,
     caller: Caller,
     Path(component): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     require_policymaker(&s.broker, &caller, None)?;
-    Ok(Json(parameters(&s.broker, &caller, Some(&component), None)))
+    super::listed(parameters(&s.broker, &caller, Some(&component), None), &q)
 }
 
 async fn vhost_parameters(
     State(s): State<AppState>,
     caller: Caller,
     Path((component, vhost)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     require_policymaker(&s.broker, &caller, Some(&vhost))?;
     super::require_vhost(&s.broker, &vhost)?;
-    Ok(Json(parameters(
-        &s.broker,
-        &caller,
-        Some(&component),
-        Some(&vhost),
-    )))
+    super::listed(
+        parameters(&s.broker, &caller, Some(&component), Some(&vhost)),
+        &q,
+    )
 }
 
 async fn get_parameter(
@@ -353,13 +358,17 @@ async fn delete_parameter(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_global(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn list_global(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     let v: Vec<Value> = sorted(s.broker.runtimes(GLOBAL, None))
         .into_iter()
         .map(|r| r.value)
         .collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
 async fn get_global(

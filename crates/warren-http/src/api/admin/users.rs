@@ -1,8 +1,10 @@
 //! `/api/users`, `/api/user-limits`, `/api/permissions` and `/api/topic-permissions`
 //! (administrator only, as in RabbitMQ).
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -149,13 +151,21 @@ fn find_user(b: &Broker, name: &str) -> ApiResult<UserDef> {
         .ok_or_else(ApiError::not_found)
 }
 
-async fn list_users(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn list_users(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     let v: Vec<Value> = all_users(&s.broker).iter().map(user_json).collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
-async fn without_permissions(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn without_permissions(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     let perms = all_permissions(&s.broker);
     let v: Vec<Value> = all_users(&s.broker)
@@ -163,7 +173,7 @@ async fn without_permissions(State(s): State<AppState>, caller: Caller) -> ApiRe
         .filter(|u| !perms.iter().any(|p| p.user == u.name))
         .map(user_json)
         .collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
 async fn get_user(
@@ -277,6 +287,7 @@ async fn user_permissions(
     State(s): State<AppState>,
     caller: Caller,
     Path(user): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     find_user(&s.broker, &user)?;
@@ -285,13 +296,14 @@ async fn user_permissions(
         .filter(|p| p.user == user)
         .map(permission_json)
         .collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
 async fn user_topic_permissions(
     State(s): State<AppState>,
     caller: Caller,
     Path(user): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     find_user(&s.broker, &user)?;
@@ -300,7 +312,7 @@ async fn user_topic_permissions(
         .filter(|p| p.user == user)
         .map(topic_permission_json)
         .collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
 fn user_limits_list(b: &Broker, only: Option<&str>) -> Value {
@@ -315,9 +327,13 @@ fn user_limits_list(b: &Broker, only: Option<&str>) -> Value {
     Value::Array(v)
 }
 
-async fn limits_all(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn limits_all(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
-    Ok(Json(user_limits_list(&s.broker, None)))
+    super::listed(user_limits_list(&s.broker, None), &q)
 }
 
 async fn limits_one(
@@ -378,13 +394,17 @@ async fn delete_limit(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_permissions(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn list_permissions(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     let v: Vec<Value> = all_permissions(&s.broker)
         .iter()
         .map(permission_json)
         .collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
 /// 404 unless both the vhost and the user exist (RabbitMQ's reasons).
@@ -463,13 +483,14 @@ async fn delete_permission(
 async fn list_topic_permissions(
     State(s): State<AppState>,
     caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     let v: Vec<Value> = all_topic_permissions(&s.broker)
         .iter()
         .map(topic_permission_json)
         .collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
 fn topic_permissions_of(b: &Broker, vhost: &str, user: &str) -> Vec<TopicPermissionDef> {

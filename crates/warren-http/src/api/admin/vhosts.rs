@@ -1,7 +1,9 @@
 //! `/api/vhosts`, their permissions and topic permissions, and `/api/vhost-limits`.
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -13,6 +15,7 @@ use super::users::{permission_json, topic_permission_json};
 use super::{body_object, created, require_vhost, require_vhost_access, sees_vhost};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::rates::{details, message_stats, Kind};
 use crate::AppState;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -35,7 +38,10 @@ pub(super) fn routes() -> Router<AppState> {
         )
 }
 
-fn vhost_json(b: &Broker, name: &str) -> Value {
+fn vhost_json(s: &AppState, name: &str) -> Value {
+    let b = &s.broker;
+    let rates = s.rates.vhost(name);
+    let r = rates.as_ref();
     let (mut ready, mut unacked) = (0u64, 0u64);
     if let Some(vh) = b.vhost(name) {
         for q in vh.queues() {
@@ -43,12 +49,7 @@ fn vhost_json(b: &Broker, name: &str) -> Value {
             unacked += q.unacked_count();
         }
     }
-    let mut stats = Map::new();
-    if let Some(t) = b.vhost_message_totals(name) {
-        for (k, v) in t.fields() {
-            stats.insert(k.to_string(), json!(v));
-        }
-    }
+    let totals = b.vhost_message_totals(name).unwrap_or_default();
     json!({
         "name": name,
         "description": "",
@@ -57,22 +58,29 @@ fn vhost_json(b: &Broker, name: &str) -> Value {
         "default_queue_type": "classic",
         "tracing": false,
         "messages": ready + unacked,
+        "messages_details": details(r, "messages"),
         "messages_ready": ready,
+        "messages_ready_details": details(r, "messages_ready"),
         "messages_unacknowledged": unacked,
-        "message_stats": stats,
+        "messages_unacknowledged_details": details(r, "messages_unacknowledged"),
+        "message_stats": message_stats(&totals, r, Kind::Messages),
         "cluster_state": { super::conns::NODE: "running" },
     })
 }
 
-async fn list(State(s): State<AppState>, caller: Caller) -> Json<Value> {
+async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     let b = &s.broker;
     let v: Vec<Value> = b
         .vhost_names()
         .iter()
         .filter(|n| sees_vhost(b, &caller, n))
-        .map(|n| vhost_json(b, n))
+        .map(|n| vhost_json(&s, n))
         .collect();
-    Json(Value::Array(v))
+    super::listed(v, &q)
 }
 
 async fn get_one(
@@ -82,7 +90,7 @@ async fn get_one(
 ) -> ApiResult<Json<Value>> {
     require_vhost_access(&s.broker, &caller, &vhost)?;
     require_vhost(&s.broker, &vhost)?;
-    Ok(Json(vhost_json(&s.broker, &vhost)))
+    Ok(Json(vhost_json(&s, &vhost)))
 }
 
 async fn put_one(
@@ -113,6 +121,7 @@ async fn permissions(
     State(s): State<AppState>,
     caller: Caller,
     Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     require_vhost(&s.broker, &vhost)?;
@@ -121,13 +130,14 @@ async fn permissions(
         .filter(|p| p.vhost == vhost)
         .map(permission_json)
         .collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
 async fn topic_permissions(
     State(s): State<AppState>,
     caller: Caller,
     Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     caller.require_admin()?;
     require_vhost(&s.broker, &vhost)?;
@@ -136,7 +146,7 @@ async fn topic_permissions(
         .filter(|p| p.vhost == vhost)
         .map(topic_permission_json)
         .collect();
-    Ok(Json(Value::Array(v)))
+    super::listed(v, &q)
 }
 
 fn limits_value(l: &VhostLimits) -> Option<Value> {
@@ -164,8 +174,12 @@ fn limits_list(b: &Broker, caller: &Caller, only: Option<&str>) -> Value {
     Value::Array(v)
 }
 
-async fn limits_all(State(s): State<AppState>, caller: Caller) -> Json<Value> {
-    Json(limits_list(&s.broker, &caller, None))
+async fn limits_all(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    super::listed(limits_list(&s.broker, &caller, None), &q)
 }
 
 async fn limits_one(
