@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod error;
 pub mod rates;
+pub mod ui;
 
 pub(crate) mod api;
 
@@ -30,7 +31,7 @@ pub struct AppState {
     pub started: std::time::Instant,
 }
 
-/// The whole API (and, later, the UI) as one router. Starts the rate sampler, which stops
+/// The whole API and the web UI ([`ui`]) as one router. Starts the rate sampler, which stops
 /// when the router is dropped; call it inside a tokio runtime.
 pub fn router(broker: Arc<Broker>) -> Router {
     let max_body = broker.config.management.max_body_bytes;

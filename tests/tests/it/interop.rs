@@ -34,13 +34,13 @@ fn describe(out: &Output) -> String {
 /// Checks that python3 can import pika and pytest; `Err` explains how to fix it.
 fn check_python() -> Result<(), String> {
     let hint = format!(
-        "the pika interop tests need python3 with pika, pytest and prometheus_client: run \
+        "the pika interop tests need python3 with pika, pytest, prometheus_client and selenium: run \
          `pip install -r tests/interop/requirements.txt` (or set WARREN_SKIP_INTEROP=1 to skip \
          them); python used: `{}`",
         python()
     );
     let out = Command::new(python())
-        .args(["-c", "import pika, pytest, prometheus_client"])
+        .args(["-c", "import pika, pytest, prometheus_client, selenium"])
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("{hint}\ncould not run it: {e}"))?;
@@ -75,6 +75,7 @@ async fn pika_interop_suite() {
         .expect("fixture imports");
     let url = broker.uri();
     let metrics_url = format!("http://{}", broker.metrics);
+    let management_url = format!("http://{}", broker.http);
     let dir = interop_dir();
     let run = tokio::task::spawn_blocking(move || {
         let mut child = Command::new(python())
@@ -84,6 +85,7 @@ async fn pika_interop_suite() {
             .current_dir(&dir)
             .env("WARREN_AMQP_URL", url)
             .env("WARREN_METRICS_URL", metrics_url)
+            .env("WARREN_MANAGEMENT_URL", management_url)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())

@@ -26,9 +26,15 @@ use crate::AppState;
 /// RabbitMQ's order of methods in an `allow` header (it always adds OPTIONS).
 const METHOD_ORDER: [&str; 5] = ["HEAD", "GET", "POST", "PUT", "DELETE"];
 
-/// A path no route knows: RabbitMQ answers GET with its JSON 404 and other methods with a
+/// A path no route knows: outside `/api` the web UI's files; inside, RabbitMQ answers GET with
+/// its JSON 404 and other methods with a
 /// bodiless 405 allowing `HEAD, GET, OPTIONS`.
-async fn unknown(method: Method) -> Response {
+async fn unknown(method: Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if path != "/api" && !path.starts_with("/api/") {
+        // Everything outside `/api` is the web UI's.
+        return crate::ui::fallback(method, uri).await;
+    }
     match method {
         Method::GET | Method::HEAD => ApiError::not_found().into_response(),
         m => allow_answer(&m, "HEAD, GET, OPTIONS"),

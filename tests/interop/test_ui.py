@@ -1,0 +1,348 @@
+"""The web UI on the management port, driven end to end in headless Chromium (Debian's
+`chromium` and `chromium-driver`, through selenium; nothing downloads a browser).
+
+The UI is taken from env WARREN_MANAGEMENT_URL (default: a local broker on 15672). Without
+chromium these tests FAIL with the install hint, unless env WARREN_SKIP_UI=1 is set. With env
+WARREN_UI_SCREENSHOTS=DIR the main pages are saved there as PNG files.
+"""
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+
+import pika
+import pytest
+
+CHROMIUM = os.environ.get("WARREN_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("WARREN_CHROMEDRIVER", "/usr/bin/chromedriver")
+WAIT = 15  # seconds; the UI refreshes every 5 s
+
+if os.environ.get("WARREN_SKIP_UI") == "1":
+    pytest.skip("WARREN_SKIP_UI=1", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def ui_url():
+    return os.environ.get("WARREN_MANAGEMENT_URL", "http://127.0.0.1:15672").rstrip("/") + "/"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.fail(
+            f"the UI tests need Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}):"
+            " `apt-get install chromium chromium-driver`, or set WARREN_SKIP_UI=1"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1000",
+    ):
+        opts.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(shutil.which(CHROMEDRIVER)), options=opts)
+    drv.set_page_load_timeout(30)
+    yield drv
+    drv.quit()
+
+
+def wait_for(drv, cond, what):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(drv, WAIT, poll_frequency=0.2).until(cond, message=what)
+
+
+def visible(drv, css):
+    from selenium.webdriver.common.by import By
+
+    def check(d):
+        els = d.find_elements(By.CSS_SELECTOR, css)
+        return els[0] if els and els[0].is_displayed() else False
+
+    return wait_for(drv, check, f"{css} visible")
+
+
+def text_of(drv, css):
+    """The element's text, read in one script call (pages re-render every 5 s)."""
+    return drv.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;", css
+    )
+
+
+def click(drv, css):
+    """Clicks the element in one script call (it may be re-rendered between find and click)."""
+    wait_for(
+        drv,
+        lambda d: d.execute_script(
+            "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;", css
+        ),
+        f"{css} to click",
+    )
+
+
+def shot(drv, name):
+    out = os.environ.get("WARREN_UI_SCREENSHOTS")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        drv.save_screenshot(os.path.join(out, f"ui-{name}.png"))
+
+
+def login(drv, url, user="guest", password="guest"):
+    drv.get(url)
+    drv.execute_script("sessionStorage.clear()")
+    drv.get(url + "#/")
+    drv.refresh()
+    visible(drv, "#login-user").send_keys(user)
+    drv.find_element("css selector", "#login-pass").send_keys(password)
+    drv.find_element("css selector", "#login-submit").click()
+
+
+def goto(drv, url, hash_):
+    drv.get(url + hash_)
+
+
+def submit_form(drv, form_id, fields):
+    """Fills the inputs/selects named in `fields` of form `form_id` and submits it."""
+    from selenium.webdriver.support.ui import Select
+
+    form = visible(drv, f"#{form_id}")
+    for name, value in fields.items():
+        el = form.find_element("css selector", f"[name='{name}']")
+        if el.tag_name == "select":
+            Select(el).select_by_value(value)
+        else:
+            el.clear()
+            el.send_keys(value)
+    form.find_element("css selector", "button[type='submit']").click()
+
+
+def queue_exists(conn, name):
+    ch = conn.channel()
+    try:
+        ch.queue_declare(name, passive=True)
+        ch.close()
+        return True
+    except pika.exceptions.ChannelClosedByBroker as e:
+        assert e.reply_code == 404, e
+        return False
+
+
+def test_static_files_and_api_404(ui_url):
+    with urllib.request.urlopen(ui_url) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/html")
+        assert b'id="login-form"' in r.read()
+    with urllib.request.urlopen(ui_url + "app.js") as r:
+        assert "javascript" in r.headers["Content-Type"]
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(ui_url + "api/no-such-thing")
+    assert e.value.code == 404
+    assert json.loads(e.value.read())["error"] == "Object Not Found"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(ui_url + "no-such-file.html")
+    assert e.value.code == 404
+
+
+def test_wrong_password_shows_login_error(browser, ui_url):
+    login(browser, ui_url, "guest", "not-the-password")
+    err = visible(browser, "#login-error")
+    assert "Login failed" in err.text
+    assert not browser.find_element("css selector", "#main").is_displayed()
+    assert browser.execute_script("return sessionStorage.getItem('warren-auth')") is None
+
+
+def test_overview_queue_count_follows_pika(browser, ui_url, conn, uniq):
+    login(browser, ui_url)
+    visible(browser, "#total-queues")
+    shot(browser, "overview")
+    assert text_of(browser, "#node-name")
+    before = int(text_of(browser, "#total-queues"))
+    name = uniq("ui-overview")
+    ch = conn.channel()
+    ch.queue_declare(name)
+    wait_for(
+        browser,
+        lambda d: int(text_of(d, "#total-queues") or -1) >= before + 1,
+        "overview queue count to go up after a pika declare",
+    )
+    after = int(text_of(browser, "#total-queues"))
+    ch.queue_delete(name)
+    wait_for(
+        browser,
+        lambda d: int(text_of(d, "#total-queues") or -1) <= after - 1,
+        "overview queue count to go down after a pika delete",
+    )
+
+
+def test_queue_declare_publish_get_delete_from_ui(browser, ui_url, connect, uniq):
+    conn = connect()
+    name = uniq("ui-queue")
+    login(browser, ui_url)
+    visible(browser, "#total-queues")
+    goto(browser, ui_url, "#/queues")
+    submit_form(browser, "declare-queue", {"name": name, "vhost": "/"})
+    wait_for(browser, lambda d: queue_exists(conn, name), "queue declared from the UI")
+    row = f"tr[data-name='{name}']"
+    visible(browser, row)
+    shot(browser, "queues")
+
+    # Publish from the queue page (default exchange), get it with pika.
+    goto(browser, ui_url, f"#/queues/%2F/{name}")
+    submit_form(browser, "publish-message", {"payload": "hello from the UI"})
+    wait_for(browser, lambda d: text_of(d, "#publish-result") == "Message published.", "publish result")
+    ch = conn.channel()
+    method, _props, body = ch.basic_get(name, auto_ack=True)
+    assert method is not None and body == b"hello from the UI"
+
+    # A message published by pika is shown by the UI's get messages (requeued).
+    ch.basic_publish("", name, b"from pika", pika.BasicProperties(delivery_mode=2))
+    wait_for(browser, lambda d: text_of(d, "#queue-messages") == "1", "queue depth 1 on the page")
+    submit_form(browser, "get-messages", {"count": "5", "ackmode": "ack_requeue_true"})
+    wait_for(browser, lambda d: "from pika" in (text_of(d, "#get-results") or ""), "got message")
+    shot(browser, "queue")
+    assert ch.queue_declare(name, passive=True).method.message_count == 1
+
+    # Purge, then delete from the UI.
+    browser.find_element("css selector", "#purge-queue").click()
+    wait_for(
+        browser,
+        lambda d: ch.queue_declare(name, passive=True).method.message_count == 0,
+        "purged from the UI",
+    )
+    browser.find_element("css selector", "#delete-queue").click()
+    wait_for(browser, lambda d: not queue_exists(conn, name), "queue deleted from the UI")
+    wait_for(browser, lambda d: d.current_url.endswith("#/queues"), "back on the queue list")
+
+
+def test_exchange_declare_publish_delete_from_ui(browser, ui_url, connect, uniq):
+    conn = connect()
+    ex = uniq("ui-ex")
+    q = uniq("ui-exq")
+    login(browser, ui_url)
+    visible(browser, "#total-queues")
+    goto(browser, ui_url, "#/exchanges")
+    submit_form(browser, "declare-exchange", {"name": ex, "type": "topic"})
+    visible(browser, f"tr[data-name='{ex}']")
+    shot(browser, "exchanges")
+    ch = conn.channel()
+    ch.exchange_declare(ex, "topic", passive=True, durable=True)
+    ch.queue_declare(q, exclusive=True)
+    ch.queue_bind(q, ex, "a.*")
+
+    goto(browser, ui_url, f"#/exchanges/%2F/{ex}")
+    submit_form(browser, "publish-message", {"routing_key": "a.b", "payload": "routed one"})
+    wait_for(browser, lambda d: text_of(d, "#publish-result") == "Message published.", "routed")
+    method, _p, body = ch.basic_get(q, auto_ack=True)
+    assert method is not None and body == b"routed one"
+    submit_form(browser, "publish-message", {"routing_key": "x.y", "payload": "lost"})
+    wait_for(
+        browser,
+        lambda d: text_of(d, "#publish-result") == "Message published, but not routed.",
+        "unroutable",
+    )
+    browser.find_element("css selector", "#delete-exchange").click()
+    wait_for(browser, lambda d: d.current_url.endswith("#/exchanges"), "back on the list")
+
+    def gone(_d):
+        c = conn.channel()
+        try:
+            c.exchange_declare(ex, "topic", passive=True)
+            c.close()
+            return False
+        except pika.exceptions.ChannelClosedByBroker as e:
+            assert e.reply_code == 404
+            return True
+
+    wait_for(browser, gone, "exchange deleted from the UI")
+
+
+def test_admin_user_vhost_permission_policy(browser, ui_url, amqp_url, uniq):
+    user = uniq("ui-user")
+    vhost = uniq("ui-vhost")
+    login(browser, ui_url)
+    visible(browser, "#total-queues")
+    goto(browser, ui_url, "#/admin")
+    submit_form(browser, "add-vhost", {"name": vhost})
+    visible(browser, f"tr[data-name='{vhost}']")
+    submit_form(browser, "add-user", {"name": user, "password": "s3cret", "tags": "management"})
+    visible(browser, f"tr[data-name='{user}']")
+    # Permission forms list vhosts when the page is built: reload for the new one.
+    browser.refresh()
+    submit_form(browser, "set-permission", {"user": user, "vhost": vhost})
+    submit_form(
+        browser,
+        "add-policy",
+        {"vhost": vhost, "name": "ui-pol", "pattern": "^ui", "definition": '{"max-length": 3}'},
+    )
+    visible(browser, "tr[data-name='ui-pol']")
+    shot(browser, "admin")
+
+    # The new user logs in over AMQP into the new vhost; the policy caps a queue at 3.
+    host = pika.URLParameters(amqp_url)
+    params = pika.ConnectionParameters(
+        host=host.host,
+        port=host.port,
+        virtual_host=vhost,
+        credentials=pika.PlainCredentials(user, "s3cret"),
+    )
+    c = pika.BlockingConnection(params)
+    ch = c.channel()
+    ch.queue_declare("ui-capped")
+    for i in range(5):
+        ch.basic_publish("", "ui-capped", str(i).encode())
+    ch.confirm_delivery()
+    ch.basic_publish("", "ui-capped", b"5")
+    assert ch.queue_declare("ui-capped", passive=True).method.message_count == 3
+    c.close()
+
+    # Tags change without a password keeps the password.
+    submit_form(browser, "add-user", {"name": user, "tags": "monitoring"})
+    wait_for(
+        browser,
+        lambda d: "monitoring" in (text_of(d, f"tr[data-name='{user}']") or ""),
+        "tags updated",
+    )
+    pika.BlockingConnection(params).close()
+
+    # Delete the user, then the vhost, from the UI.
+    click(browser, f"tr[data-name='{user}'] .delete-user")
+    wait_for(browser, lambda d: text_of(d, f"tr[data-name='{user}']") is None, "user gone")
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        pika.BlockingConnection(params)
+    click(browser, f"tr[data-name='{vhost}'] .delete-vhost")
+    wait_for(browser, lambda d: text_of(d, f"tr[data-name='{vhost}']") is None, "vhost gone")
+
+
+def test_connections_page_closes_a_connection(browser, ui_url, amqp_url, uniq):
+    label = uniq("ui-conn")
+    params = pika.URLParameters(amqp_url)
+    params.client_properties = {"connection_name": label}
+    conn = pika.BlockingConnection(params)
+    try:
+        login(browser, ui_url)
+        visible(browser, "#total-queues")
+        goto(browser, ui_url, "#/connections")
+        click(browser, f"tr[data-client='{label}'] .close-conn")
+        shot(browser, "connections")
+
+        def closed(_d):
+            try:
+                conn.process_data_events(0.1)
+            except pika.exceptions.ConnectionClosedByBroker as e:
+                assert e.reply_code == 320, e
+                assert "Closed via management UI" in e.reply_text, e
+                return True
+            return False
+
+        wait_for(browser, closed, "connection closed from the UI")
+    finally:
+        if conn.is_open:
+            conn.close()
