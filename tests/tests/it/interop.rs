@@ -75,6 +75,7 @@ async fn pika_interop_suite() {
         .expect("fixture imports");
     let url = broker.uri();
     let metrics_url = format!("http://{}", broker.metrics);
+    let management_url = format!("http://{}", broker.http);
     let dir = interop_dir();
     let run = tokio::task::spawn_blocking(move || {
         let mut child = Command::new(python())
@@ -84,6 +85,7 @@ async fn pika_interop_suite() {
             .current_dir(&dir)
             .env("WARREN_AMQP_URL", url)
             .env("WARREN_METRICS_URL", metrics_url)
+            .env("WARREN_MANAGEMENT_URL", management_url)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
