@@ -32,6 +32,9 @@ pub enum Command {
     /// Exit 0 if a broker answers the AMQP 0-9-1 protocol header with a method frame
     /// (`connection.start`), else 1. Made for Docker's HEALTHCHECK.
     Healthcheck(HealthcheckArgs),
+    /// rabbitmqctl-like administration of a running broker through its management HTTP API
+    /// (`warren ctl list_queues name messages`, `warren ctl add_user bob secret`, ...).
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// `warren healthcheck` options.
@@ -438,7 +441,7 @@ mod tests {
                     ("127.0.0.1", Some(5673), 3)
                 );
             }
-            None => panic!("no subcommand"),
+            _ => panic!("not healthcheck"),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! error (reported in one line on stderr), 2 on a command-line usage error.
 
 mod cli;
+mod ctl;
 mod healthcheck;
 mod rabbitmq_env;
 
@@ -26,12 +27,35 @@ use warren_core::datadir::DataDir;
 use warren_core::Config;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     match cli.command {
         Some(cli::Command::Healthcheck(args)) => healthcheck::run(&args),
+        Some(cli::Command::Ctl(args)) => ctl::run(&args),
         None if cli.serve.print_default_config => print_default_config(),
         None => serve(&cli.serve),
     }
+}
+
+/// A command-line error: clap's exit status (2) for the broker, rabbitmqctl's (64) for `ctl`;
+/// `--help` and `--version` print and exit 0.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let is_ctl = std::env::args_os().nth(1).is_some_and(|a| a == "ctl");
+    if !is_ctl
+        || matches!(
+            e.kind(),
+            ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        )
+    {
+        e.exit();
+    }
+    let _ = e.print();
+    ExitCode::from(ctl::EXIT_USAGE)
 }
 
 /// Reports an error that happens before logging is set up.

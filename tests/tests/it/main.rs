@@ -6,6 +6,7 @@ mod access;
 mod compat;
 mod connections;
 mod consistent_hash;
+mod ctl;
 mod dedup;
 mod delayed;
 mod direct_reply_to;
