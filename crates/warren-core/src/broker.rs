@@ -5,6 +5,7 @@
 mod conns;
 mod control;
 pub mod definitions;
+mod events;
 mod inspect;
 pub use inspect::{ChannelInfo, ConnInfo, IoStats};
 
@@ -491,7 +492,9 @@ impl Broker {
             None => match self.check_broker(&cmd) {
                 Err(e) => return Some(Err(e)),
                 Ok(BrokerCheck::Nothing) => return Some(Ok(Applied::Done)),
-                Ok(BrokerCheck::Log) if self.immediate => return Some(self.apply(&cmd)),
+                Ok(BrokerCheck::Log) if self.immediate => {
+                    return Some(self.apply_as(&cmd, user.as_deref()))
+                }
                 Ok(BrokerCheck::Log) => {}
             },
             Some(name) => {
@@ -559,6 +562,16 @@ impl Broker {
         self.execute(cmd, origin, Pre::default()).await
     }
 
+    /// [`Broker::admin`] on behalf of `user` (an HTTP API caller; named in the events).
+    pub async fn admin_as(self: &Arc<Self>, cmd: Command, user: &str) -> AmqpResult<Applied> {
+        let origin = Origin {
+            conn_id: None,
+            internal: false,
+            user: Some(Arc::from(user)),
+        };
+        self.execute(cmd, origin, Pre::default()).await
+    }
+
     /// Carries out a command (checked, and durable if it had to be): the one function every
     /// metadata change goes through, whichever way it came in.
     pub fn apply(&self, cmd: &Command) -> AmqpResult<Applied> {
@@ -568,8 +581,10 @@ impl Broker {
     /// [`Broker::apply`] on behalf of `user` (named in the events it gives rise to).
     pub fn apply_as(&self, cmd: &Command, user: Option<&str>) -> AmqpResult<Applied> {
         let Some(name) = cmd.vhost() else {
+            let before = self.before_events(cmd);
             self.apply_broker(cmd, false)
                 .map_err(|e| AmqpError::internal(e.to_string()))?;
+            self.command_events(cmd, before, user);
             return Ok(Applied::Done);
         };
         let Some(vh) = self.vhost(name) else {

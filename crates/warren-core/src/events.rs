@@ -59,6 +59,29 @@ fn erlang_value(v: &AMQPValue) -> String {
     }
     match v {
         AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::FieldTable(t) => {
+            let items: Vec<String> = t
+                .inner()
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{{<<\"{}\">>,{},{}}}",
+                        k.as_str(),
+                        type_name(v),
+                        erlang_value(v)
+                    )
+                })
+                .collect();
+            format!("[{}]", items.join(","))
+        }
+        AMQPValue::FieldArray(a) => {
+            let items: Vec<String> = a
+                .as_slice()
+                .iter()
+                .map(|v| format!("{{{},{}}}", type_name(v), erlang_value(v)))
+                .collect();
+            format!("[{}]", items.join(","))
+        }
         other => format!("{other:?}"),
     }
 }
@@ -95,4 +118,50 @@ impl Event {
         self.headers.insert(k.into(), v);
         self
     }
+}
+
+impl Event {
+    /// An event with only `user` as `user_who_performed_action` (no `vhost`: user events).
+    pub fn bare(name: &'static str, user: &str) -> Self {
+        let mut headers = FieldTable::default();
+        headers.insert("user_who_performed_action".into(), s(user));
+        Self { name, headers }
+    }
+}
+
+/// The node's name as events show it (`rabbit@<short hostname>`, as the management API).
+pub fn node_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        let short = host.split('.').next().unwrap_or("localhost").to_string();
+        format!("rabbit@{short}")
+    })
+}
+
+/// An IP address as Erlang prints its tuple (`{127,0,0,1}`; IPv6 as eight numbers).
+pub fn erlang_ip(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{{{},{},{},{}}}", o[0], o[1], o[2], o[3])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let parts: Vec<String> = v6.segments().iter().map(|x| x.to_string()).collect();
+            format!("{{{}}}", parts.join(","))
+        }
+    }
+}
+
+/// A list of strings as a field array (`tags`).
+pub fn str_array<'a>(items: impl IntoIterator<Item = &'a str>) -> AMQPValue {
+    let mut a = FieldArray::default();
+    for i in items {
+        a.push(s(i));
+    }
+    AMQPValue::FieldArray(a)
 }

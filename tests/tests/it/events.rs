@@ -110,10 +110,16 @@ async fn topology_and_consumer_operations_publish_the_plugin_events() {
     assert!(
         eventually(WAIT, || vh
             .queue("events")
-            .is_some_and(|q| q.message_count() >= 9))
+            .is_some_and(|q| q.message_count() >= 11))
         .await
     );
-    let got = events(&ev, "events").await;
+    // The second connection's own connection/channel events are checked in
+    // `connection_channel_and_admin_operations_publish_the_plugin_events`.
+    let got: Vec<_> = events(&ev, "events")
+        .await
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("connection.") && !n.starts_with("channel."))
+        .collect();
     let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -196,5 +202,210 @@ async fn nothing_bound_nothing_built() {
         .exchange_names()
         .iter()
         .any(|n| n == "amq.rabbitmq.event"));
+    b.stop().await;
+}
+
+/// Waits until `q` holds `n` events and returns them.
+async fn wait_events(b: &TestBroker, ch: &Channel, q: &str, n: usize) -> Vec<(String, FieldTable)> {
+    let vh = b.broker.vhost("/").expect("vhost");
+    assert!(
+        eventually(WAIT, || vh
+            .queue(q)
+            .is_some_and(|x| x.message_count() as usize >= n))
+        .await,
+        "{n} events in {q}"
+    );
+    events(ch, q).await
+}
+
+fn find<'a>(got: &'a [(String, FieldTable)], name: &str) -> &'a FieldTable {
+    &got.iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("event {name} in {got:?}"))
+        .1
+}
+
+#[tokio::test]
+async fn connection_channel_and_admin_operations_publish_the_plugin_events() {
+    let b = TestBroker::start().await;
+    let (_c, ev) = b.channel().await;
+    ev.queue_declare(
+        "events".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    ev.queue_bind(
+        "events".into(),
+        "amq.rabbitmq.event".into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+    let _ = wait_events(&b, &ev, "events", 1).await; // its own binding.created
+
+    // Connection and channel lifecycle.
+    let c2 = lapin::Connection::connect(
+        &b.uri(),
+        lapin::ConnectionProperties::default().with_connection_name("evconn".into()),
+    )
+    .await
+    .expect("connect");
+    let ch2 = c2.create_channel().await.expect("channel");
+    ch2.close(200, "bye".into()).await.expect("channel close");
+    c2.close(200, "bye".into()).await.expect("connection close");
+    let got = wait_events(&b, &ev, "events", 4).await;
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "connection.created",
+            "channel.created",
+            "channel.closed",
+            "connection.closed"
+        ]
+    );
+    let cc = &got[0].1;
+    assert_eq!(get(cc, "user_who_performed_action"), &s("guest"));
+    assert_eq!(get(cc, "user"), &s("guest"));
+    assert_eq!(get(cc, "vhost"), &s("/"));
+    assert_eq!(get(cc, "user_provided_name"), &s("evconn"));
+    assert_eq!(get(cc, "protocol"), &s("{0,9,1}"));
+    assert_eq!(get(cc, "auth_mechanism"), &s("PLAIN"));
+    assert_eq!(get(cc, "ssl"), &AMQPValue::Boolean(false));
+    assert_eq!(get(cc, "type"), &s("network"));
+    assert_eq!(get(cc, "peer_host"), &s("{127,0,0,1}"));
+    assert_eq!(
+        get(cc, "port"),
+        &AMQPValue::LongLongInt(i64::from(b.addr.port()))
+    );
+    let AMQPValue::LongString(name) = get(cc, "name") else {
+        panic!("name")
+    };
+    let name = name.to_string();
+    assert!(name.ends_with(&format!(" -> {}", b.addr)), "{name}");
+    let AMQPValue::FieldArray(props) = get(cc, "client_properties") else {
+        panic!("client_properties")
+    };
+    assert!(props
+        .as_slice()
+        .contains(&s("{<<\"connection_name\">>,longstr,<<\"evconn\">>}")));
+    let conn_pid = get(cc, "pid").clone();
+    let chc = &got[1].1;
+    assert_eq!(get(chc, "number"), &AMQPValue::LongLongInt(1));
+    assert_eq!(get(chc, "connection"), &conn_pid);
+    assert_eq!(get(chc, "name"), &s(&format!("{name} (1)")));
+    assert_eq!(get(chc, "user"), &s("guest"));
+    let ch_pid = get(chc, "pid").clone();
+    assert_eq!(get(&got[2].1, "pid"), &ch_pid);
+    assert_eq!(get(&got[2].1, "user_who_performed_action"), &s("guest"));
+    let closed = &got[3].1;
+    assert_eq!(get(closed, "pid"), &conn_pid);
+    assert_eq!(get(closed, "name"), &s(&name));
+    assert_eq!(get(closed, "user_provided_name"), &s("evconn"));
+    assert!(closed.inner().get("vhost").is_none());
+
+    // Users, vhosts, permissions, policies through the management API (as guest).
+    let api = b.api();
+    let pw = |p: &str| serde_json::json!({ "password": p, "tags": "" });
+    assert_eq!(api.put("/api/users/evu", &pw("pw1")).await.status, 201);
+    assert_eq!(
+        api.put(
+            "/api/users/evu",
+            &serde_json::json!({ "password": "pw2", "tags": "monitoring,management" })
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(
+        api.put("/api/vhosts/evv", &serde_json::json!({}))
+            .await
+            .status,
+        201
+    );
+    let perms = serde_json::json!({ "configure": ".*", "write": "w.*", "read": "r.*" });
+    assert_eq!(
+        api.put("/api/permissions/evv/evu", &perms).await.status,
+        201
+    );
+    assert_eq!(api.delete("/api/permissions/evv/evu").await.status, 204);
+    let pol = serde_json::json!({
+        "pattern": "^a", "definition": { "max-length": 5 }, "priority": 3, "apply-to": "queues"
+    });
+    assert_eq!(api.put("/api/policies/evv/evp", &pol).await.status, 201);
+    assert_eq!(api.delete("/api/policies/evv/evp").await.status, 204);
+    assert_eq!(api.delete("/api/vhosts/evv").await.status, 204);
+    assert_eq!(api.delete("/api/users/evu").await.status, 204);
+    // An error creates no event.
+    assert_eq!(api.delete("/api/users/evu").await.status, 404);
+
+    let got = wait_events(&b, &ev, "events", 10).await;
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "user.created",
+            "user.password.changed",
+            "user.tags.set",
+            "vhost.created",
+            "permission.created",
+            "permission.deleted",
+            "policy.set",
+            "policy.cleared",
+            "vhost.deleted",
+            "user.deleted",
+        ]
+    );
+    for (n, h) in &got {
+        assert_eq!(get(h, "user_who_performed_action"), &s("guest"), "{n}");
+        assert!(matches!(
+            get(h, "timestamp_in_ms"),
+            AMQPValue::LongLongInt(_)
+        ));
+    }
+    for n in ["user.created", "user.password.changed", "user.deleted"] {
+        let h = find(&got, n);
+        assert_eq!(get(h, "name"), &s("evu"));
+        assert!(h.inner().get("vhost").is_none(), "{n}");
+    }
+    let mut tags = FieldArray::default();
+    tags.push(s("monitoring"));
+    tags.push(s("management"));
+    assert_eq!(
+        get(find(&got, "user.tags.set"), "tags"),
+        &AMQPValue::FieldArray(tags)
+    );
+    let vc = find(&got, "vhost.created");
+    assert_eq!(get(vc, "name"), &s("evv"));
+    assert_eq!(get(vc, "tracing"), &AMQPValue::Boolean(false));
+    assert!(matches!(get(vc, "cluster_state"), AMQPValue::FieldTable(_)));
+    let pc = find(&got, "permission.created");
+    assert_eq!(get(pc, "user"), &s("evu"));
+    assert_eq!(get(pc, "vhost"), &s("evv"));
+    assert_eq!(get(pc, "configure"), &s(".*"));
+    assert_eq!(get(pc, "write"), &s("w.*"));
+    assert_eq!(get(pc, "read"), &s("r.*"));
+    let pd = find(&got, "permission.deleted");
+    assert_eq!(get(pd, "user"), &s("evu"));
+    assert_eq!(get(pd, "vhost"), &s("evv"));
+    let ps = find(&got, "policy.set");
+    assert_eq!(get(ps, "name"), &s("evp"));
+    assert_eq!(get(ps, "vhost"), &s("evv"));
+    assert_eq!(get(ps, "pattern"), &s("^a"));
+    assert_eq!(get(ps, "apply-to"), &s("queues"));
+    assert_eq!(get(ps, "priority"), &AMQPValue::LongLongInt(3));
+    let AMQPValue::FieldTable(def) = get(ps, "definition") else {
+        panic!("definition")
+    };
+    assert_eq!(
+        def.inner().get("max-length"),
+        Some(&AMQPValue::LongLongInt(5))
+    );
+    assert_eq!(get(find(&got, "policy.cleared"), "name"), &s("evp"));
+    assert_eq!(get(find(&got, "vhost.deleted"), "name"), &s("evv"));
     b.stop().await;
 }

@@ -93,7 +93,7 @@ fn boolean(o: &Map<String, Value>, key: &str, place: &str, default: bool) -> Res
 }
 
 /// A JSON argument value as an AMQP field value.
-fn field_value(v: &Value) -> AMQPValue {
+pub(crate) fn field_value(v: &Value) -> AMQPValue {
     match v {
         Value::Null => AMQPValue::Void,
         Value::Bool(b) => AMQPValue::Boolean(*b),

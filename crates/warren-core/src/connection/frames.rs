@@ -268,6 +268,7 @@ impl Connection {
                 }
                 self.channels.insert(id, Channel::new(id));
                 self.count_channels();
+                self.ctx.channel_event(true, id);
                 self.ctx.send_method(
                     id,
                     &AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})),

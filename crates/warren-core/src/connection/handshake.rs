@@ -276,6 +276,7 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
             conn.ctx.access = Some(access);
             conn.ctx.access_gen = gen;
             conn.ctx.vhost = Some(vh);
+            broker.connection_event(true, &info);
             conn.ctx.info = Some(info);
             conn.ctx.send_method(
                 0,

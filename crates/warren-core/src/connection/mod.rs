@@ -153,6 +153,34 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// Publishes `channel.created` / `channel.closed` of channel `id` (when anything listens).
+    pub(crate) fn channel_event(&self, created: bool, id: ChannelId) {
+        let Some(vh) = self.broker.event_sink() else {
+            return;
+        };
+        let pid = crate::vhost::channel_pid(self.conn_id, id);
+        let e = if created {
+            let name = self
+                .info
+                .as_ref()
+                .map(|i| format!("{} ({id})", i.name))
+                .unwrap_or_default();
+            crate::events::Event::new(
+                "channel.created",
+                &self.user,
+                self.vhost.as_ref().map_or("", |v| &v.name),
+            )
+            .str("user", &self.user)
+            .int("number", i64::from(id))
+            .str("connection", &crate::vhost::channel_pid(self.conn_id, 0))
+            .str("name", &name)
+            .str("pid", &pid)
+        } else {
+            crate::events::Event::bare("channel.closed", &self.user).str("pid", &pid)
+        };
+        vh.emit_event(e, self.now);
+    }
+
     pub fn send_method(&mut self, channel: ChannelId, method: &AMQPClass) {
         encode::encode_method(&mut self.out, channel, method);
     }
@@ -789,6 +817,9 @@ impl Connection {
         if let Some(vh) = &self.ctx.vhost {
             vh.delete_exclusive_queues(self.ctx.conn_id);
             self.ctx.broker.unregister_connection(self.ctx.conn_id);
+            if let Some(info) = self.ctx.info.take() {
+                self.ctx.broker.connection_event(false, &info);
+            }
         }
         // Deliveries already queued to us go back to their queues.
         while let Ok(ev) = self.events_rx.try_recv() {

@@ -216,6 +216,10 @@ impl Channel {
     /// Cancels consumers (auto-deleting queues that lose their last one) and requeues every
     /// unacked message, as RabbitMQ does when a channel closes.
     pub fn teardown(&mut self, ctx: &mut Ctx) {
+        if !self.closing {
+            // A channel the broker closed was torn down (and announced) then.
+            ctx.channel_event(false, self.id);
+        }
         self.assembler.reset();
         self.paused = None;
         let vhost = ctx.vhost.clone();

@@ -205,13 +205,16 @@ async fn put_policy(
     );
     let value = Value::Object(value);
     let new = b.runtime(kind, &vhost, "", &name).is_none();
-    b.admin(Command::PutRuntime(RuntimeDef {
-        kind: kind.to_string(),
-        vhost,
-        component: String::new(),
-        name,
-        value,
-    }))
+    b.admin_as(
+        Command::PutRuntime(RuntimeDef {
+            kind: kind.to_string(),
+            vhost,
+            component: String::new(),
+            name,
+            value,
+        }),
+        &caller.user.def.name,
+    )
     .await
     .map_err(|e| match e.text.strip_prefix("PRECONDITION_FAILED - ") {
         // The core's `Validation failed ...`: RabbitMQ's 400 with the text HTML-escaped.
@@ -239,12 +242,15 @@ async fn delete_policy(
         return Err(ApiError::not_found());
     }
     s.broker
-        .admin(Command::ClearRuntime {
-            kind: kind.to_string(),
-            vhost,
-            component: String::new(),
-            name,
-        })
+        .admin_as(
+            Command::ClearRuntime {
+                kind: kind.to_string(),
+                vhost,
+                component: String::new(),
+                name,
+            },
+            &caller.user.def.name,
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -324,13 +330,16 @@ async fn put_parameter(
         "name": name,
         "value": value,
     });
-    b.admin(Command::PutRuntime(RuntimeDef {
-        kind: PARAMETER.to_string(),
-        vhost,
-        component,
-        name,
-        value: stored,
-    }))
+    b.admin_as(
+        Command::PutRuntime(RuntimeDef {
+            kind: PARAMETER.to_string(),
+            vhost,
+            component,
+            name,
+            value: stored,
+        }),
+        &caller.user.def.name,
+    )
     .await?;
     Ok(created(new))
 }
@@ -348,12 +357,15 @@ async fn delete_parameter(
         return Err(ApiError::not_found());
     }
     s.broker
-        .admin(Command::ClearRuntime {
-            kind: PARAMETER.to_string(),
-            vhost,
-            component,
-            name,
-        })
+        .admin_as(
+            Command::ClearRuntime {
+                kind: PARAMETER.to_string(),
+                vhost,
+                component,
+                name,
+            },
+            &caller.user.def.name,
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -397,13 +409,16 @@ async fn put_global(
     let new = s.broker.runtime(GLOBAL, "", "", &name).is_none();
     let stored = json!({ "name": name, "value": value });
     s.broker
-        .admin(Command::PutRuntime(RuntimeDef {
-            kind: GLOBAL.to_string(),
-            vhost: String::new(),
-            component: String::new(),
-            name,
-            value: stored,
-        }))
+        .admin_as(
+            Command::PutRuntime(RuntimeDef {
+                kind: GLOBAL.to_string(),
+                vhost: String::new(),
+                component: String::new(),
+                name,
+                value: stored,
+            }),
+            &caller.user.def.name,
+        )
         .await?;
     Ok(created(new))
 }
@@ -418,12 +433,15 @@ async fn delete_global(
         return Err(ApiError::not_found());
     }
     s.broker
-        .admin(Command::ClearRuntime {
-            kind: GLOBAL.to_string(),
-            vhost: String::new(),
-            component: String::new(),
-            name,
-        })
+        .admin_as(
+            Command::ClearRuntime {
+                kind: GLOBAL.to_string(),
+                vhost: String::new(),
+                component: String::new(),
+                name,
+            },
+            &caller.user.def.name,
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -242,7 +242,9 @@ async fn put_user(
         max_connections: old.as_ref().and_then(|u| u.def.max_connections),
         max_channels: old.as_ref().and_then(|u| u.def.max_channels),
     };
-    s.broker.admin(Command::PutUser(def)).await?;
+    s.broker
+        .admin_as(Command::PutUser(def), &caller.user.def.name)
+        .await?;
     Ok(created(old.is_none()))
 }
 
@@ -253,7 +255,9 @@ async fn delete_user(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     find_user(&s.broker, &user)?;
-    s.broker.admin(Command::DeleteUser { name: user }).await?;
+    s.broker
+        .admin_as(Command::DeleteUser { name: user }, &caller.user.def.name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -277,7 +281,9 @@ async fn bulk_delete(
         .collect::<ApiResult<_>>()?;
     for name in names {
         if s.broker.users.user(&name).is_some() {
-            s.broker.admin(Command::DeleteUser { name }).await?;
+            s.broker
+                .admin_as(Command::DeleteUser { name }, &caller.user.def.name)
+                .await?;
         }
     }
     Ok(StatusCode::NO_CONTENT)
@@ -461,7 +467,9 @@ async fn put_permission(
     };
     require_vhost_and_user(&s.broker, &def.vhost, &def.user)?;
     let new = s.broker.users.access(&def.user, &def.vhost).is_none();
-    s.broker.admin(Command::SetPermissions(def)).await?;
+    s.broker
+        .admin_as(Command::SetPermissions(def), &caller.user.def.name)
+        .await?;
     Ok(created(new))
 }
 
@@ -475,7 +483,10 @@ async fn delete_permission(
         return Err(ApiError::not_found());
     }
     s.broker
-        .admin(Command::ClearPermissions { user, vhost })
+        .admin_as(
+            Command::ClearPermissions { user, vhost },
+            &caller.user.def.name,
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -534,7 +545,9 @@ async fn put_topic_permission(
     let new = !topic_permissions_of(&s.broker, &def.vhost, &def.user)
         .iter()
         .any(|p| p.exchange == def.exchange);
-    s.broker.admin(Command::SetTopicPermissions(def)).await?;
+    s.broker
+        .admin_as(Command::SetTopicPermissions(def), &caller.user.def.name)
+        .await?;
     Ok(created(new))
 }
 
@@ -548,11 +561,14 @@ async fn delete_topic_permission(
         return Err(ApiError::not_found());
     }
     s.broker
-        .admin(Command::ClearTopicPermissions {
-            user,
-            vhost,
-            exchange: None,
-        })
+        .admin_as(
+            Command::ClearTopicPermissions {
+                user,
+                vhost,
+                exchange: None,
+            },
+            &caller.user.def.name,
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

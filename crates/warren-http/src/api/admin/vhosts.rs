@@ -102,7 +102,9 @@ async fn put_one(
     caller.require_admin()?;
     body_object(&body)?;
     let new = s.broker.vhost(&vhost).is_none();
-    s.broker.admin(Command::AddVhost { name: vhost }).await?;
+    s.broker
+        .admin_as(Command::AddVhost { name: vhost }, &caller.user.def.name)
+        .await?;
     Ok(created(new))
 }
 
@@ -113,7 +115,9 @@ async fn delete_one(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     require_vhost(&s.broker, &vhost)?;
-    s.broker.admin(Command::DeleteVhost { name: vhost }).await?;
+    s.broker
+        .admin_as(Command::DeleteVhost { name: vhost }, &caller.user.def.name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
