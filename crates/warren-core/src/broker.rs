@@ -117,6 +117,7 @@ impl Broker {
             timers: timers.clone(),
             pager: None,
             clock: clock.clone(),
+            compat: config.amqp.compat,
         };
         let b = Self::assemble(
             config,
@@ -171,6 +172,7 @@ impl Broker {
             timers: timers.clone(),
             pager: Some(pager.clone()),
             clock: clock.clone(),
+            compat: config.amqp.compat,
         };
         let b = Self::assemble(
             config,
