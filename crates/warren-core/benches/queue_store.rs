@@ -40,6 +40,9 @@ fn queue() -> QueueRef {
             arguments: FieldTable::default(),
         },
         args: QueueArgs::default(),
+        policy: warren_core::queue::PolicyCell::new(warren_core::policy::Applied::none(
+            QueueArgs::default(),
+        )),
         store_dir: None,
         stats: Default::default(),
     };
