@@ -50,6 +50,7 @@ fn queue() -> QueueRef {
         timers: Timers::new(Clock::System),
         pager: None,
         clock: Clock::System,
+        compat: Default::default(),
     };
     queue::create(info, queue::Backing::None, &services, 1)
 }

@@ -118,6 +118,7 @@ impl Broker {
             timers: timers.clone(),
             pager: None,
             clock: clock.clone(),
+            compat: config.amqp.compat,
         };
         let b = Self::assemble(
             config,
@@ -172,6 +173,7 @@ impl Broker {
             timers: timers.clone(),
             pager: Some(pager.clone()),
             clock: clock.clone(),
+            compat: config.amqp.compat,
         };
         let b = Self::assemble(
             config,

@@ -299,6 +299,37 @@ pub struct AmqpConfig {
     pub product_version: String,
     /// Whether the plain (non-TLS) listener `bind`:`port` is on.
     pub plain: bool,
+    /// Which RabbitMQ's defaults to follow where 4.x changed them: `"3.10"` (the default) or
+    /// `"4"`. See [`Compat`].
+    pub compat: Compat,
+}
+
+/// The RabbitMQ release whose defaults Warren follows where RabbitMQ 4.x changed them
+/// (`amqp.compat`). What `"4"` changes today: a quorum queue declared without
+/// `x-delivery-limit` (and no `delivery-limit` policy) gets RabbitMQ 4.0's default limit of
+/// [`Compat::QUORUM_DELIVERY_LIMIT_4`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Compat {
+    /// RabbitMQ 3.10.8 (the default).
+    #[default]
+    #[serde(rename = "3.10")]
+    V3_10,
+    /// RabbitMQ 4.x.
+    #[serde(rename = "4")]
+    V4,
+}
+
+impl Compat {
+    /// RabbitMQ 4.0's default `delivery-limit` of quorum queues.
+    pub const QUORUM_DELIVERY_LIMIT_4: u64 = 20;
+
+    /// The delivery limit a quorum queue declared without one gets.
+    pub fn default_quorum_delivery_limit(self) -> Option<u64> {
+        match self {
+            Compat::V3_10 => None,
+            Compat::V4 => Some(Self::QUORUM_DELIVERY_LIMIT_4),
+        }
+    }
 }
 
 /// One more AMQP listener (`[[listeners]]`).
@@ -362,6 +393,7 @@ impl Default for AmqpConfig {
             product: "RabbitMQ".into(),
             product_version: "3.10.8".into(),
             plain: true,
+            compat: Compat::default(),
         }
     }
 }

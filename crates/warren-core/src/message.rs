@@ -140,6 +140,17 @@ impl QueuedMessage {
     }
 }
 
+/// Raw properties `raw` with header `key` set to `value` (the other properties and headers
+/// kept); `None` when `raw` does not decode.
+pub fn with_header(raw: &[u8], key: &str, value: warren_codec::proto::AMQPValue) -> Option<Bytes> {
+    let props = amq_props(raw)?;
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(key.into(), value);
+    Some(Bytes::from(warren_codec::encode_properties(
+        &props.with_headers(headers),
+    )))
+}
+
 /// Decodes raw content properties (flags and fields).
 pub fn amq_props(raw: &[u8]) -> Option<AMQPProperties> {
     warren_codec::decode_properties(raw)

@@ -512,9 +512,8 @@ impl Applied {
         if a.dead_letter_routing_key.is_none() {
             a.dead_letter_routing_key = text("dead-letter-routing-key");
         }
-        if a.consumer_timeout.is_none() {
-            a.consumer_timeout = d.get("consumer-timeout").and_then(Value::as_u64);
-        }
+        // RabbitMQ 3.12+: the smaller of the queue's x-consumer-timeout and the policy's.
+        a.consumer_timeout = min_opt(a.consumer_timeout, d.get("consumer-timeout"));
         if a.max_age.is_none() {
             a.max_age = text("max-age").as_deref().and_then(parse_duration);
         }

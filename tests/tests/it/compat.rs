@@ -396,7 +396,7 @@ async fn cc_and_bcc_route_to_extra_keys() {
 }
 
 /// Sends `basic.consume` (manual ack) for `queue` on channel `ch` and waits for consume-ok.
-async fn raw_consume(c: &mut RawClient, ch: u16, queue: &str) {
+pub(crate) async fn raw_consume(c: &mut RawClient, ch: u16, queue: &str) {
     c.send_method(
         ch,
         AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
@@ -417,7 +417,7 @@ async fn raw_consume(c: &mut RawClient, ch: u16, queue: &str) {
 }
 
 /// Waits for a `basic.deliver` of a one-frame body, reads its content, returns its tag.
-async fn expect_deliver(c: &mut RawClient) -> u64 {
+pub(crate) async fn expect_deliver(c: &mut RawClient) -> u64 {
     let tag = loop {
         match c.read_frame().await {
             Frame::Method {

@@ -29,6 +29,7 @@ mod model;
 mod paging;
 mod policies;
 mod queue_features;
+mod quorum;
 mod smoke;
 mod stats;
 mod streams;

@@ -69,6 +69,9 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     /// `x-delivery-limit` (RabbitMQ has it on quorum queues; Warren on every queue).
     pub delivery_limit: Option<u64>,
+    /// The limit that applies when neither `x-delivery-limit` nor a policy sets one (RabbitMQ
+    /// 4.x's 20 for quorum queues under `amqp.compat = "4"`); set by the vhost, not parsed.
+    pub default_delivery_limit: Option<u64>,
     /// `x-queue-type`.
     pub kind: QueueKind,
     /// `x-consumer-timeout`, ms (RabbitMQ 3.12+; 0 = none for this queue's consumers).
@@ -100,6 +103,19 @@ const NOT_FOR_STREAMS: &[&str] = &[
     "x-delivery-limit",
 ];
 
+/// Declare arguments RabbitMQ knows but a quorum queue does not support (3.10.8 refuses them,
+/// before checking any argument's value, with "... of queue type rabbit_quorum_queue"; the
+/// known arguments not in `rabbit_quorum_queue:capabilities/0`).
+const NOT_FOR_QUORUM: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
 /// Parses a RabbitMQ duration such as `7D` or `10m` (`rabbit_amqqueue:check_max_age/1`): a
 /// positive integer and one of the units `Y` (365 days), `M` (30 days), `D`, `h`, `m`, `s`.
 /// Returns milliseconds.
@@ -128,6 +144,13 @@ impl QueueArgs {
             ))
         };
         let t = args.inner();
+        if t.get("x-queue-type").and_then(str_value).as_deref() == Some("quorum") {
+            if let Some(key) = NOT_FOR_QUORUM.iter().find(|k| t.contains_key(**k)) {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}' of queue type rabbit_quorum_queue"
+                )));
+            }
+        }
         let int = |key: &str, min: i64| -> Result<Option<i64>, AmqpError> {
             let Some(v) = t.get(key) else { return Ok(None) };
             let Some(i) = int_value(v) else {
@@ -234,6 +257,25 @@ impl QueueArgs {
                 ));
             }
         }
+        // Quorum-queue arguments (accepted on every type, as RabbitMQ's declare_args): the group
+        // size is that of a one-node cluster whatever is asked; the in-memory limits and the
+        // leader locator change nothing on one node.
+        int("x-quorum-initial-group-size", 1)?;
+        int("x-max-in-memory-length", 0)?;
+        int("x-max-in-memory-bytes", 0)?;
+        if let Some(s) = text("x-dead-letter-strategy")? {
+            if s != "at-most-once" && s != "at-least-once" {
+                return Err(bad("x-dead-letter-strategy", "invalid_dlx_strategy".into()));
+            }
+        }
+        if let Some(l) = text("x-queue-leader-locator")? {
+            if l != "client-local" && l != "balanced" {
+                return Err(bad(
+                    "x-queue-leader-locator",
+                    "invalid_queue_locator_arg".into(),
+                ));
+            }
+        }
         a.stream_max_segment_size = int("x-stream-max-segment-size-bytes", 0)?.map(|v| v as u64);
         int("x-initial-cluster-size", 1)?;
         match t.get("x-max-age") {
@@ -319,6 +361,35 @@ mod tests {
             AMQPValue::LongString(LongString::from("bogus"))
         )])
         .contains("unsupported queue type 'bogus'"));
+    }
+
+    #[test]
+    fn quorum_arguments() {
+        let q = || {
+            (
+                "x-queue-type",
+                AMQPValue::LongString(LongString::from("quorum")),
+            )
+        };
+        // Refused before the value is checked.
+        assert_eq!(
+            err(&[q(), ("x-max-priority", AMQPValue::LongInt(500))]),
+            "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"
+        );
+        assert_eq!(
+            err(&[q(), ("x-quorum-initial-group-size", AMQPValue::LongInt(0))]),
+            "PRECONDITION_FAILED - invalid arg 'x-quorum-initial-group-size' for queue 'q' in vhost '/': {value_zero,0}"
+        );
+        // A classic queue takes x-max-priority, and checks its value.
+        assert!(err(&[("x-max-priority", AMQPValue::LongInt(500))]).contains("max_value_exceeded"));
+        let a = QueueArgs::parse(
+            &table(&[q(), ("x-quorum-initial-group-size", AMQPValue::LongInt(3))]),
+            "q",
+            "/",
+        )
+        .expect("valid");
+        assert_eq!(a.kind, QueueKind::Quorum);
+        assert_eq!(a.default_delivery_limit, None);
     }
 
     #[test]

@@ -397,6 +397,8 @@ pub struct Services {
     pub pager: Option<Arc<crate::store::pager::Pager>>,
     /// The broker's clock (read by the pager's callbacks, which have no caller to ask).
     pub clock: crate::clock::Clock,
+    /// Whose defaults new queues follow (`amqp.compat`).
+    pub compat: crate::config::Compat,
 }
 
 /// Where a new queue keeps its messages.

@@ -213,9 +213,12 @@ impl VHost {
             q.touch(now);
             return Ok(Check::Done(Applied::Queue(declared(q))));
         }
-        let args = QueueArgs::parse(&d.arguments, &d.name, &self.name)?;
-        if args.kind == QueueKind::Stream {
-            check_stream_properties(d, &self.name)?;
+        let mut args = QueueArgs::parse(&d.arguments, &d.name, &self.name)?;
+        if args.kind == QueueKind::Quorum {
+            args.default_delivery_limit = self.services.compat.default_quorum_delivery_limit();
+        }
+        if args.kind != QueueKind::Classic {
+            check_replicated_properties(d, &self.name)?;
         }
         if let Some(max) = self.limits().max_queues {
             if topo.queues.len() as u64 >= max {
@@ -479,10 +482,13 @@ impl VHost {
             self.check_queue_equivalent(q, d)?;
             return Ok(Applied::Queue(declared(q)));
         }
-        let args = QueueArgs::parse(&d.arguments, &d.name, &self.name)?;
+        let mut args = QueueArgs::parse(&d.arguments, &d.name, &self.name)?;
+        if args.kind == QueueKind::Quorum {
+            args.default_delivery_limit = self.services.compat.default_quorum_delivery_limit();
+        }
         let durable = d.durable && d.exclusive_owner.is_none();
-        if args.kind == QueueKind::Stream {
-            check_stream_properties(d, &self.name)?;
+        if args.kind != QueueKind::Classic {
+            check_replicated_properties(d, &self.name)?;
         }
         let backing = if durable && !d.store_dir.is_empty() {
             self.backing_for(&d.store_dir, &args)
@@ -662,8 +668,9 @@ impl VHost {
     }
 }
 
-/// RabbitMQ 3.10.8's property checks for a stream (`rabbit_queue_type_util`), in its order.
-fn check_stream_properties(d: &QueueDef, vhost: &str) -> AmqpResult<()> {
+/// RabbitMQ 3.10.8's property checks for a stream or a quorum queue
+/// (`rabbit_queue_type_util:check_auto_delete/check_exclusive/check_non_durable`), in its order.
+fn check_replicated_properties(d: &QueueDef, vhost: &str) -> AmqpResult<()> {
     let bad = |what: &str| {
         Err(AmqpError::precondition_failed(format!(
             "invalid property '{what}' for queue '{}' in vhost '{vhost}'",

@@ -36,6 +36,25 @@ fn count_out(
     }
 }
 
+/// The properties a quorum queue's message goes out with: RabbitMQ 3.10.8 sets the
+/// `x-delivery-count` header (a long: how often the message was returned to the queue before)
+/// on every `basic.get`, and on a consumer's delivery once the message was returned at least
+/// once; other queue types send the publisher's properties unchanged (`None`).
+fn delivery_count_props(queue: &QueueRef, m: &QueuedMessage, get: bool) -> Option<bytes::Bytes> {
+    if queue.info().args.kind != crate::queue::QueueKind::Quorum {
+        return None;
+    }
+    let returned = m.deliveries.saturating_sub(1);
+    if returned == 0 && !get {
+        return None;
+    }
+    crate::message::with_header(
+        &m.msg.raw_properties,
+        "x-delivery-count",
+        warren_codec::proto::AMQPValue::LongLongInt(i64::from(returned)),
+    )
+}
+
 /// What a client did with delivered messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Disposition {
@@ -362,11 +381,12 @@ impl Channel {
             routing_key: short(&m.msg.routing_key),
             message_count: left,
         }));
+        let counted = delivery_count_props(&q, &m, true);
         encode::encode_content(
             &mut ctx.out,
             self.id,
             &get_ok,
-            &m.msg.raw_properties,
+            counted.as_ref().unwrap_or(&m.msg.raw_properties),
             &m.msg.body,
             ctx.frame_max,
         );
@@ -410,6 +430,7 @@ impl Channel {
         let tag = self.next_tag;
         self.next_tag += 1;
         let m = &d.message;
+        let counted = delivery_count_props(&d.queue, m, false);
         for st in [&self.info.stats, &d.queue.info().stats] {
             count_out(st, &st.deliver, &st.deliver_no_ack, d.no_ack, m.redelivered);
         }
@@ -422,7 +443,7 @@ impl Channel {
             m.redelivered,
             &m.msg.exchange,
             &m.msg.routing_key,
-            &m.msg.raw_properties,
+            counted.as_ref().unwrap_or(&m.msg.raw_properties),
             &m.msg.body,
             ctx.frame_max,
         );

@@ -6,11 +6,12 @@ use crate::clock::Millis;
 use crate::error::AmqpError;
 use crate::queue::QueueRef;
 
-/// When a message delivered at `now` from `queue` times out: its `x-consumer-timeout`, else the
-/// broker's `amqp.consumer_timeout`; 0 = never. Returns `(deadline, timeout)`.
+/// When a message delivered at `now` from `queue` times out: its `x-consumer-timeout`, else its
+/// policy's `consumer-timeout`, else the broker's `amqp.consumer_timeout`; 0 = never. Returns
+/// `(deadline, timeout)`.
 pub(super) fn deadline(ctx: &Ctx, queue: &QueueRef) -> (Millis, u64) {
     let timeout = queue
-        .info()
+        .policy()
         .args
         .consumer_timeout
         .unwrap_or(ctx.broker.config.amqp.consumer_timeout);

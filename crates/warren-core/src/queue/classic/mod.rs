@@ -445,6 +445,7 @@ impl Queue for ClassicQueue {
                 if st
                     .args
                     .delivery_limit
+                    .or(st.args.default_delivery_limit)
                     .is_some_and(|l| u64::from(m.deliveries) > l)
                 {
                     dead.push(Dead {

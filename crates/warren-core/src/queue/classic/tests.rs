@@ -40,6 +40,7 @@ fn queue(args: &[(&str, AMQPValue)]) -> QueueRef {
         timers: Timers::new(Clock::System),
         pager: None,
         clock: Clock::System,
+        compat: Default::default(),
     };
     create(info, crate::queue::Backing::None, &services, 1)
 }
