@@ -143,6 +143,19 @@ pub enum CtlCommand {
     },
     /// Clear a user's permissions in the virtual host (-p).
     ClearPermissions { username: String },
+    /// Set a user's topic permissions on an exchange in the virtual host (-p).
+    SetTopicPermissions {
+        username: String,
+        exchange: String,
+        write: String,
+        read: String,
+    },
+    /// Set the virtual host's limits (-p) from a JSON object, e.g. '{"max-connections": 10}';
+    /// a negative value removes that limit.
+    SetVhostLimits {
+        /// The limits, a JSON object of `max-connections` / `max-queues`.
+        definition: String,
+    },
     /// Set a policy in the virtual host (-p).
     SetPolicy {
         name: String,
@@ -638,6 +651,53 @@ async fn execute(args: &CtlArgs, input: Option<Vec<u8>>, out: &mut Output) -> Re
             let missing =
                 format!("no permissions for user \"{username}\" in virtual host \"{vhost}\"");
             client.call(Method::DELETE, &path, None, &missing).await?;
+            Ok(())
+        }
+        CtlCommand::SetTopicPermissions {
+            username,
+            exchange,
+            write,
+            read,
+        } => {
+            info(
+                args,
+                out,
+                &format!(
+                    "Setting topic permissions on \"{exchange}\" for user \"{username}\" in vhost \"{vhost}\" ..."
+                ),
+            );
+            let path = format!("/api/topic-permissions/{v}/{}", enc(username));
+            let body = json!({"exchange": exchange, "write": write, "read": read});
+            let missing = format!("user \"{username}\" or virtual host \"{vhost}\" does not exist");
+            client
+                .call(Method::PUT, &path, Some(body), &missing)
+                .await?;
+            Ok(())
+        }
+        CtlCommand::SetVhostLimits { definition } => {
+            info(
+                args,
+                out,
+                &format!("Applying limits \"{definition}\" to vhost \"{vhost}\" ..."),
+            );
+            let limits: serde_json::Map<String, Value> =
+                serde_json::from_str(definition).map_err(|e| {
+                    fail(
+                        EXIT_DATAERR,
+                        format!("could not parse JSON document \"{definition}\": {e}"),
+                    )
+                })?;
+            for (name, value) in &limits {
+                let path = format!("/api/vhost-limits/{v}/{}", enc(name));
+                client
+                    .call(
+                        Method::PUT,
+                        &path,
+                        Some(json!({ "value": value })),
+                        &no_vhost,
+                    )
+                    .await?;
+            }
             Ok(())
         }
         CtlCommand::SetPolicy {

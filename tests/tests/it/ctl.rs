@@ -438,3 +438,55 @@ async fn ctl_export_import_definitions_round_trip() {
     b2.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_set_topic_permissions_and_vhost_limits() {
+    let b = TestBroker::start().await;
+    ok(&b, &["add_vhost", "ctl-l"]).await;
+    ok(
+        &b,
+        &["set_permissions", "-p", "ctl-l", "guest", ".*", ".*", ".*"],
+    )
+    .await;
+    ok(
+        &b,
+        &[
+            "set_topic_permissions",
+            "-p",
+            "ctl-l",
+            "guest",
+            "amq.topic",
+            "^ok\\.",
+            ".*",
+        ],
+    )
+    .await;
+    let r = b.api().get("/api/topic-permissions/ctl-l/guest").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json[0]["exchange"], "amq.topic", "{}", r.text);
+    assert_eq!(r.json[0]["write"], "^ok\\.", "{}", r.text);
+
+    // One connection allowed: the first logs in and stays, the second is refused.
+    ok(
+        &b,
+        &[
+            "set_vhost_limits",
+            "-p",
+            "ctl-l",
+            r#"{"max-connections": 1}"#,
+        ],
+    )
+    .await;
+    let r = b.api().get("/api/vhost-limits/ctl-l").await;
+    assert_eq!(r.json[0]["value"]["max-connections"], 1, "{}", r.text);
+    let uri = uri_as(&b, "guest", "guest", "ctl-l");
+    let first = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+        .await
+        .expect("first connection");
+    assert!(!can_log_in(&uri).await, "the limit refuses the second");
+    drop(first);
+    // Bad JSON is a data error (65), as rabbitmqctl's.
+    let r = ctl(&b, &["set_vhost_limits", "-p", "ctl-l", "{nope"]).await;
+    assert_eq!(r.code, 65, "{}\n{}", r.out, r.err);
+    b.stop().await;
+}
