@@ -346,3 +346,57 @@ def test_connections_page_closes_a_connection(browser, ui_url, amqp_url, uniq):
     finally:
         if conn.is_open:
             conn.close()
+
+
+def test_definitions_import_export_and_vhost_limits(browser, ui_url, amqp_url, uniq):
+    vhost = uniq("ui-defs-vh")
+    queue = uniq("ui-defs-q")
+    definitions = json.dumps(
+        {
+            "vhosts": [{"name": vhost}],
+            "permissions": [
+                {"user": "guest", "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+            ],
+            "queues": [
+                {"name": queue, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": {}}
+            ],
+        }
+    )
+    login(browser, ui_url)
+    visible(browser, "#total-queues")
+    goto(browser, ui_url, "#/admin")
+    submit_form(browser, "import-definitions", {"definitions": definitions})
+    visible(browser, f"tr[data-name='{vhost}']")
+
+    # The imported vhost, permission and queue are real: pika opens the vhost and finds it.
+    host = pika.URLParameters(amqp_url)
+    params = pika.ConnectionParameters(
+        host=host.host,
+        port=host.port,
+        virtual_host=vhost,
+        credentials=pika.PlainCredentials("guest", "guest"),
+    )
+    c = pika.BlockingConnection(params)
+    assert queue_exists(c, queue)
+    c.close()
+
+    # Export shows the queue in RabbitMQ's format.
+    click(browser, "#export-definitions")
+    wait_for(
+        browser,
+        lambda d: queue
+        in (d.execute_script("return document.querySelector('#definitions-export').value") or ""),
+        "exported definitions",
+    )
+    exported = json.loads(
+        browser.execute_script("return document.querySelector('#definitions-export').value")
+    )
+    assert any(q["name"] == queue and q["vhost"] == vhost for q in exported["queues"])
+
+    # A vhost limit of 0 connections set from the UI refuses the next AMQP login.
+    browser.refresh()
+    submit_form(browser, "set-limit", {"vhost": vhost, "limit": "max-connections", "value": "0"})
+    visible(browser, f"tr[data-name='{vhost}/max-connections']")
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika.BlockingConnection(params)
+    shot(browser, "admin-definitions")

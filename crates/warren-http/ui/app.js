@@ -465,16 +465,63 @@ async function pageAdmin(main) {
       });
     }, 'Policy saved');
   });
+  const limitForm = h('form', { id: 'set-limit', class: 'box' },
+    h('label', {}, 'Virtual host ', await vhostSelect()),
+    h('label', {}, 'Limit ', h('select', { name: 'limit' },
+      ['max-connections', 'max-queues'].map((t) => h('option', { value: t, text: t })))),
+    h('label', {}, 'Value ', h('input', { name: 'value', required: true, size: 6 })),
+    h('button', { type: 'submit', text: 'Set limit' }));
+  limitForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const v = formValues(limitForm);
+    act(async () => {
+      const value = Number(v.value);
+      if (!Number.isInteger(value)) throw new Error('The limit must be a whole number');
+      await api('PUT', '/vhost-limits/' + enc(v.vhost) + '/' + enc(v.limit), { value });
+    }, 'Limit set');
+  });
+  // Definitions: export shows (and offers to save) GET /api/definitions; import POSTs pasted
+  // or loaded JSON, as RabbitMQ's "Import definitions".
+  const exported = h('textarea', { id: 'definitions-export', rows: 6, readonly: true });
+  const exportBtn = h('button', { id: 'export-definitions', type: 'button', text: 'Export definitions',
+    onclick: () => act(async () => {
+      const d = await api('GET', '/definitions');
+      const text = JSON.stringify(d, null, 2);
+      exported.value = text;
+      const a = h('a', { href: URL.createObjectURL(new Blob([text], { type: 'application/json' })),
+        download: 'warren-definitions.json' });
+      a.click();
+    }, 'Definitions exported') });
+  const importForm = h('form', { id: 'import-definitions', class: 'box' },
+    h('label', {}, 'File ', h('input', { name: 'file', type: 'file', accept: '.json,application/json' })),
+    h('label', {}, 'or JSON ', h('textarea', { name: 'definitions', rows: 4 })),
+    h('button', { type: 'submit', text: 'Import definitions' }));
+  importForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    act(async () => {
+      const file = importForm.elements.file.files[0];
+      const text = file ? await file.text() : importForm.elements.definitions.value;
+      await api('POST', '/definitions', parseJsonField(text, 'The definitions'));
+      importForm.reset();
+    }, 'Definitions imported');
+  });
   main.append(h('h1', { text: 'Admin' }), data,
     h('h2', { text: 'Add / update a user' }), userForm,
     h('h2', { text: 'Add a virtual host' }), vhostForm,
     h('h2', { text: 'Set permission' }), permForm,
-    h('h2', { text: 'Add / update a policy' }), policyForm);
+    h('h2', { text: 'Add / update a policy' }), policyForm,
+    h('h2', { text: 'Set a virtual host limit' }), limitForm,
+    h('h2', { text: 'Definitions' }), h('div', { class: 'box' }, exportBtn, exported), importForm);
   const delBtn = (cls, path, okText) => h('button', { class: cls, type: 'button', text: 'Delete',
     onclick: () => act(() => api('DELETE', path), okText) });
   return async () => {
-    const [users, vhosts, perms, policies] = await Promise.all([
-      api('GET', '/users'), api('GET', '/vhosts'), api('GET', '/permissions'), api('GET', '/policies')]);
+    const [users, vhosts, perms, policies, limits] = await Promise.all([
+      api('GET', '/users'), api('GET', '/vhosts'), api('GET', '/permissions'), api('GET', '/policies'),
+      api('GET', '/vhost-limits')]);
+    const limitRows = [];
+    for (const l of limits) {
+      for (const [name, value] of Object.entries(l.value || {})) limitRows.push({ vhost: l.vhost, name, value });
+    }
     data.replaceChildren(
       h('h2', { text: 'Users' }),
       table(['Name', 'Tags', ''], users, (u) => h('tr', { 'data-name': u.name }, td(u.name),
@@ -492,7 +539,11 @@ async function pageAdmin(main) {
       table(['Virtual host', 'Name', 'Pattern', 'Apply to', 'Definition', 'Priority', ''], policies, (p) =>
         h('tr', { 'data-name': p.name }, td(p.vhost), td(p.name), td(p.pattern), td(p['apply-to']),
           td(JSON.stringify(p.definition)), td(num(p.priority), 'num'),
-          h('td', {}, delBtn('delete-policy', '/policies/' + enc(p.vhost) + '/' + enc(p.name), 'Policy deleted')))));
+          h('td', {}, delBtn('delete-policy', '/policies/' + enc(p.vhost) + '/' + enc(p.name), 'Policy deleted')))),
+      h('h2', { text: 'Virtual host limits' }),
+      table(['Virtual host', 'Limit', 'Value', ''], limitRows, (l) =>
+        h('tr', { 'data-name': l.vhost + '/' + l.name }, td(l.vhost), td(l.name), td(num(l.value), 'num'),
+          h('td', {}, delBtn('delete-limit', '/vhost-limits/' + enc(l.vhost) + '/' + enc(l.name), 'Limit cleared')))));
   };
 }
 
