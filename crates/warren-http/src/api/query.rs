@@ -118,12 +118,23 @@ pub(crate) fn apply(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiRe
         }
     }
     // RabbitMQ's default order is by vhost, then name.
-    match q.get("sort").filter(|s| !s.is_empty()) {
-        Some(key) => items.sort_by(|a, b| cmp(dotted(a, key), dotted(b, key))),
-        None => items.sort_by(|a, b| {
-            cmp(a.get("vhost"), b.get("vhost")).then_with(|| cmp(a.get("name"), b.get("name")))
-        }),
-    }
+    // The keys are taken out once per item (a comparator that looked them up in each object's
+    // map cost most of a 10,000-queue listing).
+    let sort_key = q.get("sort").filter(|s| !s.is_empty());
+    let mut keyed: Vec<([Option<Value>; 2], Value)> = items
+        .into_iter()
+        .map(|i| {
+            let k = match sort_key {
+                Some(key) => [dotted(&i, key).cloned(), None],
+                None => [i.get("vhost").cloned(), i.get("name").cloned()],
+            };
+            (k, i)
+        })
+        .collect();
+    keyed.sort_by(|(a, _), (b, _)| {
+        cmp(a[0].as_ref(), b[0].as_ref()).then_with(|| cmp(a[1].as_ref(), b[1].as_ref()))
+    });
+    let mut items: Vec<Value> = keyed.into_iter().map(|(_, i)| i).collect();
     if truthy("sort_reverse") {
         items.reverse();
     }

@@ -127,13 +127,18 @@ pub async fn list_all(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let mut items = Vec::new();
-    for name in common::visible_vhosts(&s, &caller) {
-        if let Some(vh) = s.broker.vhost(&name) {
-            items.extend(queues_of(&s, &vh, &name));
+    let names = common::visible_vhosts(&s, &caller);
+    common::off_loop(move || {
+        let mut items = Vec::new();
+        for name in names {
+            if let Some(vh) = s.broker.vhost(&name) {
+                items.extend(queues_of(&s, &vh, &name));
+            }
         }
-    }
-    query::apply(items, &q).map(Json)
+        query::apply(items, &q)
+    })
+    .await
+    .map(Json)
 }
 
 /// `GET /api/queues/{vhost}`.
@@ -144,7 +149,9 @@ pub async fn list_vhost(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let vh = common::vhost(&s, &caller, &vhost)?;
-    query::apply(queues_of(&s, &vh, &vhost), &q).map(Json)
+    common::off_loop(move || query::apply(queues_of(&s, &vh, &vhost), &q))
+        .await
+        .map(Json)
 }
 
 fn find(vh: &VHost, name: &str) -> ApiResult<QueueRef> {
