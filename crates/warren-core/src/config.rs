@@ -47,6 +47,35 @@ pub struct ManagementConfig {
     pub collect_statistics_interval: u64,
     /// Largest request body accepted, in bytes (RabbitMQ's `management.http_max_body_size`).
     pub max_body_bytes: usize,
+    /// Port of the HTTPS listener of the same API and UI on `bind` (RabbitMQ's
+    /// `management.ssl.port`, conventionally 15671); 0 (the default): none.
+    pub ssl_port: u16,
+    /// PEM certificate chain of the HTTPS listener (`management.ssl.certfile`); empty: the
+    /// `[tls]` listener's `tls.cert`.
+    pub ssl_cert: PathBuf,
+    /// Its PEM private key (`management.ssl.keyfile`); empty: `tls.key`.
+    pub ssl_key: PathBuf,
+}
+
+impl ManagementConfig {
+    /// The certificate options of the HTTPS listener: `ssl_cert`/`ssl_key`, or those of
+    /// `[tls]` when they are not set (client certificates are not asked for).
+    pub fn ssl_options(&self, tls: &TlsConfig) -> TlsConfig {
+        let (cert, key) = if self.ssl_cert.as_os_str().is_empty() {
+            (tls.cert.clone(), tls.key.clone())
+        } else {
+            (self.ssl_cert.clone(), self.ssl_key.clone())
+        };
+        TlsConfig {
+            bind: self.bind.clone(),
+            port: self.ssl_port,
+            cert,
+            key,
+            verify_peer: false,
+            fail_if_no_peer_cert: false,
+            ..tls.clone()
+        }
+    }
 }
 
 impl Default for ManagementConfig {
@@ -56,6 +85,9 @@ impl Default for ManagementConfig {
             port: 15672,
             collect_statistics_interval: 5000,
             max_body_bytes: 20 * 1024 * 1024,
+            ssl_port: 0,
+            ssl_cert: PathBuf::new(),
+            ssl_key: PathBuf::new(),
         }
     }
 }
@@ -495,6 +527,16 @@ impl Config {
                 "management.collect_statistics_interval",
                 "must be at least 1",
             ));
+        }
+        if self.management.ssl_port != 0 {
+            let o = self.management.ssl_options(&self.tls);
+            if o.cert.as_os_str().is_empty() || o.key.as_os_str().is_empty() {
+                return Err(invalid(
+                    "management.ssl_port",
+                    "needs a certificate and key: management.ssl_cert and management.ssl_key, \
+                     or tls.cert and tls.key",
+                ));
+            }
         }
         check_bind(&self.prometheus.bind).map_err(|r| invalid("prometheus.bind", r))?;
         self.log.validate()
@@ -940,6 +982,35 @@ mod tests {
             "amqp.handshake_timeout"
         );
         Config::from_toml("amqp.handshake_timeout = 1").expect("1 s");
+    }
+
+    #[test]
+    fn management_https_needs_a_certificate() {
+        assert_eq!(
+            invalid_key("[management]\nssl_port = 15671"),
+            "management.ssl_port"
+        );
+        // The `[tls]` certificate is reused, or its own.
+        let c = Config::from_toml(
+            "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n[management]\nssl_port = 15671",
+        )
+        .expect("tls.cert reused");
+        let o = c.management.ssl_options(&c.tls);
+        assert_eq!(
+            (o.cert.to_str(), o.key.to_str()),
+            (Some("/c.pem"), Some("/k.pem"))
+        );
+        assert_eq!(o.port, 15671);
+        assert!(!o.verify_peer);
+        let c = Config::from_toml(
+            "[management]\nssl_port = 15671\nssl_cert = \"/m.pem\"\nssl_key = \"/m.key\"",
+        )
+        .expect("own certificate");
+        let o = c.management.ssl_options(&c.tls);
+        assert_eq!(
+            (o.cert.to_str(), o.key.to_str()),
+            (Some("/m.pem"), Some("/m.key"))
+        );
     }
 
     #[test]

@@ -5,11 +5,12 @@
 //! through the metadata path (`Broker::admin`); no lock is held across an await.
 //!
 //! Layout: [`auth`] (HTTP basic against the broker's users, tag rules), [`error`] (RabbitMQ's
-//! error JSON), one module per resource family under `api/`.
+//! error JSON), one module per resource family under `api/`, [`tls`] (the HTTPS listener).
 
 pub mod auth;
 pub mod error;
 pub mod rates;
+pub mod tls;
 pub mod ui;
 
 pub(crate) mod api;
@@ -56,10 +57,43 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let app = router(broker.clone());
+    serve_router(&broker, app, listener, shutdown).await
+}
+
+/// Serves `app` (from [`router`]; one router can serve both listeners) on `listener` until
+/// `shutdown`.
+pub async fn serve_router(
+    broker: &Broker,
+    app: Router,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         broker.add_listener("http", addr);
     }
-    let app = router(broker).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Serves `app` over HTTPS on `listener` (RabbitMQ's `management.ssl.port`) until `shutdown`;
+/// `acceptor` from [`tls::acceptor`].
+pub async fn serve_router_tls(
+    broker: &Broker,
+    app: Router,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    if let Ok(addr) = listener.local_addr() {
+        broker.add_listener("https", addr);
+    }
+    // `tap_io` only so that axum hands the peer's address to the handlers (`ConnectInfo`).
+    let listener = tls::HttpsListener::new(listener, acceptor, shutdown.clone())?.tap_io(|_| {});
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

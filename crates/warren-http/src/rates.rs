@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{json, Value};
 use warren_core::stats::MessageTotals;
 use warren_core::Broker;
 
@@ -97,6 +98,21 @@ struct State {
     samples: u64,
 }
 
+/// The rates at one instant, read without locking per object.
+#[derive(Debug, Clone)]
+pub struct Snapshot(Arc<Computed>);
+
+impl Snapshot {
+    /// A queue's rates.
+    pub fn queue(&self, vhost: &str, name: &str) -> Option<&Rates> {
+        self.0.queues.get(vhost)?.get(name)
+    }
+    /// An exchange's rates.
+    pub fn exchange(&self, vhost: &str, name: &str) -> Option<&Rates> {
+        self.0.exchanges.get(vhost)?.get(name)
+    }
+}
+
 /// The rate table every handler reads.
 #[derive(Debug, Default)]
 pub struct RateTable {
@@ -142,6 +158,11 @@ impl RateTable {
     /// An exchange's rates (for the exchange list handlers).
     pub fn exchange(&self, vhost: &str, name: &str) -> Option<Rates> {
         self.computed().exchanges.get(vhost)?.get(name).cloned()
+    }
+    /// The rates as they are now, for one big listing (one lock for the whole list; see
+    /// [`Snapshot`]).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot(self.computed())
     }
     /// How many samples were taken so far.
     pub fn samples(&self) -> u64 {
@@ -263,30 +284,96 @@ pub fn spawn_sampler(broker: Arc<Broker>, table: &Arc<RateTable>) {
 /// Which counters an object kind reports in `message_stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// The overview, a vhost, a channel, a queue: everything but `publish_in`/`publish_out`.
+    /// The overview, a vhost, a channel: everything but `publish_in`/`publish_out`.
     Messages,
     /// An exchange: `publish_in` and `publish_out`.
     Exchange,
+    /// A queue: as [`Kind::Messages`] without `confirm`, `return_unroutable` and
+    /// `drop_unroutable` (a queue does not count them).
+    Queue,
 }
 
-/// RabbitMQ's `message_stats` object: each counter and its `*_details: {"rate": r}`.
-pub fn message_stats(totals: &MessageTotals, rates: Option<&Rates>, kind: Kind) -> Value {
-    let mut m = Map::new();
-    let mut put = |k: &str, v: u64| {
-        m.insert(k.to_string(), json!(v));
-        let r = rates.map_or(0.0, |r| r.rate(k));
-        m.insert(format!("{k}_details"), json!({ "rate": r }));
-    };
-    for (k, v) in totals.fields() {
-        let exchange_field = matches!(k, "publish_in" | "publish_out");
-        if exchange_field == (kind == Kind::Exchange) {
-            put(k, v);
+impl Kind {
+    fn reports(self, field: &str) -> bool {
+        let exchange_field = matches!(field, "publish_in" | "publish_out");
+        match self {
+            Kind::Exchange => exchange_field,
+            Kind::Messages => !exchange_field,
+            Kind::Queue => {
+                !exchange_field
+                    && !matches!(field, "confirm" | "return_unroutable" | "drop_unroutable")
+            }
         }
     }
-    if kind == Kind::Messages {
-        put("deliver_get", totals.deliver_get());
+}
+
+/// RabbitMQ's `message_stats` object, serialised straight from the counters: each counter
+/// and its `*_details: {"rate": r}` (no JSON tree is built; see [`message_stats`] for one).
+#[derive(Debug, Clone, Copy)]
+pub struct MessageStatsJson<'a> {
+    /// The counters.
+    pub totals: &'a MessageTotals,
+    /// Their rates, if sampled.
+    pub rates: Option<&'a Rates>,
+    /// Which counters the object reports.
+    pub kind: Kind,
+}
+
+impl Serialize for MessageStatsJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        let mut put = |k: &'static str, v: u64| -> Result<(), S::Error> {
+            m.serialize_entry(k, &v)?;
+            m.serialize_entry(&DetailsKey(k), &Details::of(self.rates, k))
+        };
+        for (k, v) in self.totals.fields() {
+            if self.kind.reports(k) {
+                put(k, v)?;
+            }
+        }
+        if self.kind != Kind::Exchange {
+            put("deliver_get", self.totals.deliver_get())?;
+        }
+        m.end()
     }
-    Value::Object(m)
+}
+
+/// `{field}_details` as a map key, written without allocating.
+struct DetailsKey(&'static str);
+
+impl Serialize for DetailsKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}_details", self.0))
+    }
+}
+
+/// `{"rate": r}`.
+#[derive(Debug, Clone, Copy)]
+pub struct Details(pub f64);
+
+impl Details {
+    /// The rate of `field` in `rates` (0.0 when not sampled).
+    pub fn of(rates: Option<&Rates>, field: &str) -> Self {
+        Self(rates.map_or(0.0, |r| r.rate(field)))
+    }
+}
+
+impl Serialize for Details {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("rate", &self.0)?;
+        m.end()
+    }
+}
+
+/// RabbitMQ's `message_stats` object as a JSON tree (for the small answers: overview, vhosts).
+pub fn message_stats(totals: &MessageTotals, rates: Option<&Rates>, kind: Kind) -> Value {
+    serde_json::to_value(MessageStatsJson {
+        totals,
+        rates,
+        kind,
+    })
+    .unwrap_or_default()
 }
 
 /// `{"rate": r}` of `field`.

@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// Port of the management HTTP API and web UI; 0 turns it off (`management.port`).
     #[arg(long, env = "WARREN_MANAGEMENT_PORT", value_name = "N")]
     pub management_port: Option<u16>,
+    /// Port of the management API's HTTPS listener (RabbitMQ's `management.ssl.port`); 0: none
+    /// (`management.ssl_port`; certificate from `management.ssl_cert` or `tls.cert`).
+    #[arg(long, env = "WARREN_MANAGEMENT_SSL_PORT", value_name = "N")]
+    pub management_ssl_port: Option<u16>,
     /// Address of the Prometheus endpoint (`prometheus.bind`).
     #[arg(long, env = "WARREN_PROMETHEUS_BIND", value_name = "ADDR")]
     pub prometheus_bind: Option<String>,
@@ -226,6 +230,9 @@ impl ServeArgs {
         if let Some(port) = self.management_port {
             config.management.port = port;
         }
+        if let Some(port) = self.management_ssl_port {
+            config.management.ssl_port = port;
+        }
         if let Some(bind) = &self.prometheus_bind {
             config.prometheus.bind.clone_from(bind);
         }
@@ -265,6 +272,10 @@ impl ServeArgs {
             "management.bind" => (
                 self.management_bind.is_some(),
                 "--management-bind or WARREN_MANAGEMENT_BIND",
+            ),
+            "management.ssl_port" => (
+                self.management_ssl_port.is_some(),
+                "--management-ssl-port or WARREN_MANAGEMENT_SSL_PORT",
             ),
             "prometheus.bind" => (
                 self.prometheus_bind.is_some(),

@@ -178,6 +178,12 @@ async fn run(config: Config) -> Result<(), String> {
         config.management.port,
     )
     .await?;
+    let management_tls = bind_http(
+        "management (HTTPS)",
+        &config.management.bind,
+        config.management.ssl_port,
+    )
+    .await?;
     let prometheus = bind_http(
         "prometheus",
         &config.prometheus.bind,
@@ -196,13 +202,29 @@ async fn run(config: Config) -> Result<(), String> {
         reload_tls_on_sighup(t.acceptor.clone(), broker.config.tls.clone())
             .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
     }
-    if let Some(l) = management {
-        let (b, s) = (broker.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = warren_http::serve(b, l, s).await {
-                error!(error = %e, "management listener failed");
-            }
-        });
+    let management_tls = match management_tls {
+        Some(l) => Some((l, warren_http::tls::acceptor(&broker.config)?)),
+        None => None,
+    };
+    if management.is_some() || management_tls.is_some() {
+        // One router (and one rate sampler) for both listeners.
+        let app = warren_http::router(broker.clone());
+        if let Some(l) = management {
+            let (b, s, app) = (broker.clone(), shutdown.clone(), app.clone());
+            tokio::spawn(async move {
+                if let Err(e) = warren_http::serve_router(&b, app, l, s).await {
+                    error!(error = %e, "management listener failed");
+                }
+            });
+        }
+        if let Some((l, acceptor)) = management_tls {
+            let (b, s) = (broker.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Err(e) = warren_http::serve_router_tls(&b, app, l, acceptor, s).await {
+                    error!(error = %e, "management HTTPS listener failed");
+                }
+            });
+        }
     }
     if let Some(l) = prometheus {
         let (b, s) = (broker.clone(), shutdown.clone());

@@ -18,6 +18,7 @@ mod flow;
 mod foundation;
 mod http_admin;
 mod http_api;
+mod http_lists;
 mod http_more;
 mod http_node;
 mod http_topology;

@@ -416,3 +416,114 @@ fn unreadable_or_expired_certificates_are_one_line_errors() {
     assert!(e.contains("is not valid now"), "{e}");
     assert!(!e.contains('\n'));
 }
+
+/// One HTTP/1.1 request over `stream`; the status code and the body.
+async fn http_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.expect("request");
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("answer in time");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The management API over HTTPS (`management.ssl_port`, the `[tls]` certificate reused): a
+/// client trusting the test CA lists the node's listeners and declares a queue that lapin then
+/// finds over plain AMQP; a client trusting another CA and plain HTTP get no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_api_over_https() {
+    warren_tests::init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("warren test CA");
+    let (cert, key) = ca.issue("localhost", &["localhost"]);
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write pem");
+        p
+    };
+    let mut config = Config::default();
+    config.tls.cert = write("server.pem", &cert);
+    config.tls.key = write("server.key", &key);
+    config.management.ssl_port = 15671;
+    config.validate().expect("valid");
+    let acceptor = warren_http::tls::acceptor(&config).expect("acceptor");
+    let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let amqp = plain.local_addr().expect("addr");
+    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let https_addr = https.local_addr().expect("addr");
+    let broker = Broker::new(config);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(warren_core::server::run_broker_with(
+        broker.clone(),
+        vec![plain],
+        None,
+        shutdown.clone(),
+    ));
+    let (b, s) = (broker.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let app = warren_http::router(b.clone());
+        warren_http::serve_router_tls(&b, app, https, acceptor, s).await
+    });
+    let trusted = || client_config(&ca.issuer.pem(), None);
+    let tls = tls_connect(https_addr, trusted()).await.expect("handshake");
+    let (status, body) = http_over(tls, "GET", "/api/overview", "").await;
+    assert_eq!(status, 200, "{body}");
+    let overview: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let https_listed = overview["listeners"].as_array().is_some_and(|l| {
+        l.iter()
+            .any(|x| x["protocol"] == "https" && x["port"] == https_addr.port())
+    });
+    assert!(https_listed, "{overview}");
+    let tls = tls_connect(https_addr, trusted()).await.expect("handshake");
+    let (status, body) = http_over(tls, "PUT", "/api/queues/%2F/over.https", "{}").await;
+    assert_eq!(status, 201, "{body}");
+    let c = lapin(&format!("amqp://guest:guest@{amqp}/%2f"))
+        .await
+        .expect("plain AMQP");
+    let ch = c.create_channel().await.expect("channel");
+    ch.queue_declare(
+        "over.https".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("the queue declared over HTTPS exists");
+    // Not trusted: the handshake fails.
+    let other = Ca::new("someone else's CA");
+    assert!(
+        tls_connect(https_addr, client_config(&other.issuer.pem(), None))
+            .await
+            .is_err()
+    );
+    // Plain HTTP on the HTTPS port: no HTTP answer.
+    let tcp = TcpStream::connect(https_addr).await.expect("connect");
+    let (status, _) = http_over(tcp, "GET", "/api/overview", "").await;
+    assert_eq!(status, 0);
+    // And it still serves trusted clients.
+    let tls = tls_connect(https_addr, trusted()).await.expect("handshake");
+    assert_eq!(http_over(tls, "GET", "/api/whoami", "").await.0, 200);
+    shutdown.cancel();
+}

@@ -8,20 +8,21 @@
 //! with arguments differ between the two brokers but each is stable on its own.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use base64::Engine;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Value};
 use warren_core::auth::Perm;
 use warren_core::metadata::{BindingDef, Command};
 use warren_core::vhost::{Pre, VHost};
 
 use crate::api::common::{self, table_json};
-use crate::api::query;
+use crate::api::query::{self, Listing};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
@@ -60,33 +61,66 @@ pub(crate) fn properties_key(routing_key: &str, args: &Value) -> String {
     }
 }
 
-fn binding_json(
-    vhost: &str,
-    source: &str,
-    destination: &str,
-    to_queue: bool,
-    routing_key: &str,
-    arguments: Value,
-) -> Value {
-    json!({
-        "source": source,
-        "vhost": vhost,
-        "destination": destination,
-        "destination_type": if to_queue { "queue" } else { "exchange" },
-        "routing_key": routing_key,
-        "properties_key": properties_key(routing_key, &arguments),
-        "arguments": arguments,
-    })
+/// One binding as RabbitMQ shows it, serialised straight from the view.
+pub(crate) struct BindingJson<'a> {
+    pub(crate) vhost: &'a str,
+    pub(crate) source: Arc<str>,
+    pub(crate) destination: Arc<str>,
+    pub(crate) to_queue: bool,
+    pub(crate) routing_key: String,
+    /// The arguments as JSON (`{}` when none).
+    pub(crate) arguments: Value,
+}
+
+impl BindingJson<'_> {
+    /// RabbitMQ's `properties_key` of this binding.
+    pub(crate) fn properties_key(&self) -> String {
+        properties_key(&self.routing_key, &self.arguments)
+    }
+}
+
+impl Serialize for BindingJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(7))?;
+        m.serialize_entry("source", &*self.source)?;
+        m.serialize_entry("vhost", self.vhost)?;
+        m.serialize_entry("destination", &*self.destination)?;
+        m.serialize_entry(
+            "destination_type",
+            if self.to_queue { "queue" } else { "exchange" },
+        )?;
+        m.serialize_entry("routing_key", &self.routing_key)?;
+        m.serialize_entry("properties_key", &self.properties_key())?;
+        m.serialize_entry("arguments", &self.arguments)?;
+        m.end()
+    }
+}
+
+impl query::Item for BindingJson<'_> {
+    fn name(&self) -> Option<&str> {
+        None
+    }
+    fn vhost(&self) -> Option<&str> {
+        Some(self.vhost)
+    }
 }
 
 /// Every binding of a vhost as RabbitMQ lists them: the default exchange's implicit binding
 /// to each queue first, then the declared ones.
-pub(crate) fn of_vhost(vh: &VHost, vhost: &str) -> Vec<Value> {
-    let mut queues: Vec<String> = vh.queues().iter().map(|q| q.name().to_string()).collect();
+pub(crate) fn of_vhost<'a>(vh: &VHost, vhost: &'a str) -> Vec<BindingJson<'a>> {
+    let mut queues: Vec<Arc<str>> = vh.queues().iter().map(|q| q.name().clone()).collect();
     queues.sort();
-    let mut out: Vec<Value> = queues
-        .iter()
-        .map(|q| binding_json(vhost, "", q, true, q, json!({})))
+    let empty: Arc<str> = Arc::from("");
+    let mut out: Vec<BindingJson<'a>> = queues
+        .into_iter()
+        .map(|q| BindingJson {
+            vhost,
+            source: empty.clone(),
+            routing_key: q.to_string(),
+            destination: q,
+            to_queue: true,
+            arguments: json!({}),
+        })
         .collect();
     let mut declared = vh.bindings();
     declared.sort_by(|a, b| {
@@ -96,15 +130,13 @@ pub(crate) fn of_vhost(vh: &VHost, vhost: &str) -> Vec<Value> {
             &b.routing_key,
         ))
     });
-    out.extend(declared.iter().map(|b| {
-        binding_json(
-            vhost,
-            &b.source,
-            &b.destination,
-            b.to_queue,
-            &b.routing_key,
-            table_json(&b.arguments),
-        )
+    out.extend(declared.into_iter().map(|b| BindingJson {
+        vhost,
+        arguments: table_json(&b.arguments),
+        source: b.source,
+        destination: b.destination,
+        to_queue: b.to_queue,
+        routing_key: b.routing_key,
     }));
     out
 }
@@ -114,14 +146,18 @@ pub async fn list_all(
     State(s): State<AppState>,
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    let mut items = Vec::new();
-    for name in common::visible_vhosts(&s, &caller) {
-        if let Some(vh) = s.broker.vhost(&name) {
-            items.extend(of_vhost(&vh, &name));
+) -> ApiResult<Listing> {
+    let names = common::visible_vhosts(&s, &caller);
+    common::off_loop(move || {
+        let mut items = Vec::new();
+        for name in &names {
+            if let Some(vh) = s.broker.vhost(name) {
+                items.extend(of_vhost(&vh, name));
+            }
         }
-    }
-    query::apply(items, &q).map(Json)
+        query::list(items, &q)
+    })
+    .await
 }
 
 /// `GET /api/bindings/{vhost}`.
@@ -130,9 +166,9 @@ pub async fn list_vhost(
     caller: Caller,
     Path(vhost): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Listing> {
     let vh = common::vhost(&s, &caller, &vhost)?;
-    query::apply(of_vhost(&vh, &vhost), &q).map(Json)
+    common::off_loop(move || query::list(of_vhost(&vh, &vhost), &q)).await
 }
 
 /// `q` or `e` in a binding path.
@@ -145,7 +181,13 @@ fn to_queue(kind: &str) -> ApiResult<bool> {
 }
 
 /// Checks that both ends exist (404 otherwise) and lists the bindings between them.
-fn between(vh: &VHost, vhost: &str, source: &str, dest: &str, to_q: bool) -> ApiResult<Vec<Value>> {
+fn between<'a>(
+    vh: &VHost,
+    vhost: &'a str,
+    source: &str,
+    dest: &str,
+    to_q: bool,
+) -> ApiResult<Vec<BindingJson<'a>>> {
     if vh.exchange_info(source).is_none() {
         return Err(ApiError::not_found());
     }
@@ -159,11 +201,7 @@ fn between(vh: &VHost, vhost: &str, source: &str, dest: &str, to_q: bool) -> Api
     }
     Ok(of_vhost(vh, vhost)
         .into_iter()
-        .filter(|b| {
-            b["source"] == source
-                && b["destination"] == dest
-                && b["destination_type"] == if to_q { "queue" } else { "exchange" }
-        })
+        .filter(|b| *b.source == *source && *b.destination == *dest && b.to_queue == to_q)
         .collect())
 }
 
@@ -173,11 +211,11 @@ pub async fn list_between(
     caller: Caller,
     Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Listing> {
     let to_q = to_queue(&kind)?;
     let vh = common::vhost(&s, &caller, &vhost)?;
     let items = between(&vh, &vhost, common::exchange_name(&source), &dest, to_q)?;
-    query::apply(items, &q).map(Json)
+    query::list(items, &q)
 }
 
 fn check_bind(
@@ -231,17 +269,17 @@ pub async fn create(
     Ok(r)
 }
 
-fn find(
+fn find<'a>(
     vh: &VHost,
-    vhost: &str,
+    vhost: &'a str,
     source: &str,
     dest: &str,
     to_q: bool,
     props: &str,
-) -> ApiResult<Value> {
+) -> ApiResult<BindingJson<'a>> {
     between(vh, vhost, source, dest, to_q)?
         .into_iter()
-        .find(|b| b["properties_key"] == props)
+        .find(|b| b.properties_key() == props)
         .ok_or_else(ApiError::not_found)
 }
 
@@ -250,18 +288,18 @@ pub async fn show(
     State(s): State<AppState>,
     caller: Caller,
     Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Listing> {
     let to_q = to_queue(&kind)?;
     let vh = common::vhost(&s, &caller, &vhost)?;
-    find(
+    let b = find(
         &vh,
         &vhost,
         common::exchange_name(&source),
         &dest,
         to_q,
         &props,
-    )
-    .map(Json)
+    )?;
+    Listing::of(&b)
 }
 
 /// `DELETE /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}`.
@@ -275,8 +313,8 @@ pub async fn delete(
     let source = common::exchange_name(&source).to_string();
     let b = find(&vh, &vhost, &source, &dest, to_q, &props)?;
     check_bind(&s, &caller, &vhost, &source, &dest, to_q)?;
-    let routing_key = b["routing_key"].as_str().unwrap_or_default().to_string();
-    let arguments = match &b["arguments"] {
+    let routing_key = b.routing_key.clone();
+    let arguments = match &b.arguments {
         Value::Object(o) => common::table(o),
         _ => Default::default(),
     };
@@ -289,7 +327,7 @@ pub async fn delete(
                 && *x.destination == *dest
                 && x.to_queue == to_q
                 && x.routing_key == routing_key
-                && table_json(&x.arguments) == b["arguments"]
+                && table_json(&x.arguments) == b.arguments
         })
         .map(|x| x.arguments)
         .unwrap_or(arguments);

@@ -10,56 +10,97 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 use warren_codec::proto::{AMQPProperties, ShortString};
 use warren_core::auth::Perm;
 use warren_core::message::Message;
 use warren_core::metadata::{Command, ExchangeDef};
 use warren_core::queue::Enqueued;
-use warren_core::vhost::{new_store_dir, ExchangeInfo, Pre, VHost};
+use warren_core::vhost::{new_store_dir, ExchangeInfo, Pre};
 
+use crate::api::bindings;
 use crate::api::common::{self, table_json};
-use crate::api::{bindings, query};
+use crate::api::query::{self, Listing};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::rates;
 use crate::AppState;
 
-/// One exchange as RabbitMQ shows it.
-fn exchange_json(s: &AppState, vhost: &str, e: &ExchangeInfo) -> Value {
-    let t = e.stats.totals();
-    let rates = s.rates.exchange(vhost, &e.name);
-    let who = if e.name.is_empty() || e.name.starts_with("amq.") {
-        "rmq-internal"
-    } else {
-        ""
-    };
-    let mut v = json!({
-        "name": &*e.name,
-        "vhost": vhost,
-        "type": e.kind,
-        "durable": e.durable,
-        "auto_delete": e.auto_delete,
-        "internal": e.internal,
-        "arguments": table_json(&e.arguments),
-        "user_who_performed_action": who,
-        "message_stats": rates::message_stats(&t, rates.as_ref(), rates::Kind::Exchange),
-    });
-    // RabbitMQ shows `policy` on an exchange only when one applies.
-    if let (Some(p), Some(m)) = (
-        e.policy.as_ref().and_then(|a| a.policy.clone()),
-        v.as_object_mut(),
-    ) {
-        m.insert("policy".to_string(), json!(&*p));
-    }
-    v
+/// One exchange as RabbitMQ shows it, serialised straight from the view (`stats: false`:
+/// `disable_stats=true`, no `message_stats`).
+pub(crate) struct ExchangeJson<'a> {
+    vhost: &'a str,
+    e: ExchangeInfo,
+    rates: Option<&'a rates::Rates>,
+    stats: bool,
 }
 
-fn exchanges_of(s: &AppState, vh: &VHost, vhost: &str) -> Vec<Value> {
-    vh.exchanges()
-        .iter()
-        .map(|e| exchange_json(s, vhost, e))
-        .collect()
+impl Serialize for ExchangeJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = &self.e;
+        let who = if e.name.is_empty() || e.name.starts_with("amq.") {
+            "rmq-internal"
+        } else {
+            ""
+        };
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("name", &*e.name)?;
+        m.serialize_entry("vhost", self.vhost)?;
+        m.serialize_entry("type", e.kind)?;
+        m.serialize_entry("durable", &e.durable)?;
+        m.serialize_entry("auto_delete", &e.auto_delete)?;
+        m.serialize_entry("internal", &e.internal)?;
+        m.serialize_entry("arguments", &table_json(&e.arguments))?;
+        m.serialize_entry("user_who_performed_action", who)?;
+        if self.stats {
+            let totals = e.stats.totals();
+            let stats = rates::MessageStatsJson {
+                totals: &totals,
+                rates: self.rates,
+                kind: rates::Kind::Exchange,
+            };
+            m.serialize_entry("message_stats", &stats)?;
+        }
+        // RabbitMQ shows `policy` on an exchange only when one applies.
+        if let Some(p) = e.policy.as_ref().and_then(|a| a.policy.as_deref()) {
+            m.serialize_entry("policy", p)?;
+        }
+        m.end()
+    }
+}
+
+impl query::Item for ExchangeJson<'_> {
+    fn name(&self) -> Option<&str> {
+        Some(&self.e.name)
+    }
+    fn vhost(&self) -> Option<&str> {
+        Some(self.vhost)
+    }
+}
+
+fn exchanges_of<'a>(
+    s: &AppState,
+    rates: &'a rates::Snapshot,
+    vhosts: &'a [String],
+    q: &HashMap<String, String>,
+) -> Vec<ExchangeJson<'a>> {
+    let stats = !common::query_flag(q, "disable_stats");
+    let mut items = Vec::new();
+    for vhost in vhosts {
+        if let Some(vh) = s.broker.vhost(vhost) {
+            for e in vh.exchanges() {
+                let r = rates.exchange(vhost, &e.name);
+                items.push(ExchangeJson {
+                    vhost,
+                    e,
+                    rates: r,
+                    stats,
+                });
+            }
+        }
+    }
+    items
 }
 
 /// `GET /api/exchanges`.
@@ -67,14 +108,13 @@ pub async fn list_all(
     State(s): State<AppState>,
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    let mut items = Vec::new();
-    for name in common::visible_vhosts(&s, &caller) {
-        if let Some(vh) = s.broker.vhost(&name) {
-            items.extend(exchanges_of(&s, &vh, &name));
-        }
-    }
-    query::apply(items, &q).map(Json)
+) -> ApiResult<Listing> {
+    let names = common::visible_vhosts(&s, &caller);
+    common::off_loop(move || {
+        let rates = s.rates.snapshot();
+        query::list(exchanges_of(&s, &rates, &names, &q), &q)
+    })
+    .await
 }
 
 /// `GET /api/exchanges/{vhost}`.
@@ -83,9 +123,14 @@ pub async fn list_vhost(
     caller: Caller,
     Path(vhost): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    let vh = common::vhost(&s, &caller, &vhost)?;
-    query::apply(exchanges_of(&s, &vh, &vhost), &q).map(Json)
+) -> ApiResult<Listing> {
+    common::vhost(&s, &caller, &vhost)?;
+    common::off_loop(move || {
+        let rates = s.rates.snapshot();
+        let names = [vhost];
+        query::list(exchanges_of(&s, &rates, &names, &q), &q)
+    })
+    .await
 }
 
 /// `GET /api/exchanges/{vhost}/{name}`.
@@ -93,12 +138,19 @@ pub async fn show(
     State(s): State<AppState>,
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Listing> {
     let vh = common::vhost(&s, &caller, &vhost)?;
     let e = vh
         .exchange_info(common::exchange_name(&name))
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(exchange_json(&s, &vhost, &e)))
+    let rates = s.rates.snapshot();
+    Listing::of(&ExchangeJson {
+        vhost: &vhost,
+        rates: rates.exchange(&vhost, &e.name),
+        e,
+        stats: !common::query_flag(&q, "disable_stats"),
+    })
 }
 
 /// `PUT /api/exchanges/{vhost}/{name}`: 201 when created, 204 when an equivalent one existed.
@@ -178,7 +230,7 @@ pub async fn bindings_source(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Listing> {
     let vh = common::vhost(&s, &caller, &vhost)?;
     let name = common::exchange_name(&name);
     if vh.exchange_info(name).is_none() {
@@ -186,9 +238,9 @@ pub async fn bindings_source(
     }
     let items = bindings::of_vhost(&vh, &vhost)
         .into_iter()
-        .filter(|b| b["source"] == name)
+        .filter(|b| *b.source == *name)
         .collect();
-    query::apply(items, &q).map(Json)
+    query::list(items, &q)
 }
 
 /// `GET /api/exchanges/{vhost}/{name}/bindings/destination`.
@@ -197,7 +249,7 @@ pub async fn bindings_destination(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Listing> {
     let vh = common::vhost(&s, &caller, &vhost)?;
     let name = common::exchange_name(&name);
     if vh.exchange_info(name).is_none() {
@@ -205,9 +257,9 @@ pub async fn bindings_destination(
     }
     let items = bindings::of_vhost(&vh, &vhost)
         .into_iter()
-        .filter(|b| b["destination_type"] == "exchange" && b["destination"] == name)
+        .filter(|b| !b.to_queue && *b.destination == *name)
         .collect();
-    query::apply(items, &q).map(Json)
+    query::list(items, &q)
 }
 
 /// Message properties from the API's JSON (`delivery_mode`, `headers`, ...).

@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 use warren_core::auth::Perm;
@@ -18,11 +19,12 @@ use warren_core::metadata::{Command, QueueDef};
 use warren_core::queue::{Delivery, Got, QueueRef, Settle, Sink, Waiter};
 use warren_core::vhost::{new_store_dir, Pre, VHost};
 
+use crate::api::bindings;
 use crate::api::common::{self, table_json};
-use crate::api::{bindings, query};
+use crate::api::query::{self, Listing};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::rates::{self, Rates};
+use crate::rates::{self, Details, Rates};
 use crate::AppState;
 
 /// The node name every object reports (one node).
@@ -31,114 +33,185 @@ pub(crate) const NODE: &str = "warren@localhost";
 /// How long a get or purge waits for paged messages before giving up.
 const PAGER_WAIT: Duration = Duration::from_secs(10);
 
-/// One queue as RabbitMQ shows it. Warren does not track unacknowledged bytes, idle time or
-/// consumer utilisation over time: `message_bytes_unacknowledged` is 0, `idle_since` is left
-/// out, `consumer_utilisation` is 1.0 while there are consumers (they are never blocked by
-/// the queue) and 0 otherwise.
-fn queue_json(s: &AppState, vhost: &str, q: &QueueRef) -> Value {
-    let info = q.info();
-    let rates = s.rates.queue(vhost, q.name());
-    let rates = rates.as_ref();
-    let applied = q.policy();
-    let t = info.stats.totals();
-    let ready = u64::from(q.message_count());
-    let unacked = q.unacked_count();
-    let ready_bytes = q.ready_bytes();
-    let consumers = q.consumer_count();
-    let utilisation = if consumers > 0 { 1.0 } else { 0.0 };
-    let consumer_details: Vec<Value> = q
-        .consumers()
-        .iter()
-        .map(|c| {
-            json!({
-                "consumer_tag": &*c.tag,
-                "channel_details": {"number": c.channel, "connection_name": c.conn_id.to_string()},
-                "ack_required": c.ack_required,
-                "exclusive": c.exclusive,
-                "prefetch_count": c.prefetch_count,
-                "arguments": table_json(&c.arguments),
-                "active": true,
-                "activity_status": "up",
-            })
-        })
-        .collect();
-    json!({
-        "name": &**q.name(),
-        "vhost": vhost,
-        "durable": info.options.durable,
-        "auto_delete": info.options.auto_delete,
-        "exclusive": info.options.exclusive_owner.is_some(),
-        "arguments": table_json(&info.options.arguments),
-        "type": info.args.kind.as_str(),
-        "state": "running",
-        "node": NODE,
-        "messages": ready + unacked,
-        "messages_details": rates::details(rates, "messages"),
-        "messages_ready": ready,
-        "messages_ready_details": rates::details(rates, "messages_ready"),
-        "messages_unacknowledged": unacked,
-        "messages_unacknowledged_details": rates::details(rates, "messages_unacknowledged"),
-        "message_bytes": ready_bytes,
-        "message_bytes_ready": ready_bytes,
-        "message_bytes_unacknowledged": 0,
-        "consumers": consumers,
-        "consumer_utilisation": utilisation,
-        "consumer_capacity": utilisation,
-        "consumer_details": consumer_details,
-        "policy": applied.policy.as_deref(),
-        "operator_policy": applied.operator_policy.as_deref(),
-        "effective_policy_definition": Value::Object(applied.definition.clone()),
-        "exclusive_consumer_tag": Value::Null,
-        "single_active_consumer_tag": Value::Null,
-        "head_message_timestamp": Value::Null,
-        "message_stats": message_stats(&t, rates),
-    })
+/// How much of a queue a list shows (RabbitMQ's `disable_stats` and `enable_queue_totals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detail {
+    /// Everything, with statistics.
+    Full,
+    /// `disable_stats=true`: the queue's definition, state and node (and `policy` when one
+    /// applies), as RabbitMQ's `rabbit_mgmt_format:queue/1`.
+    Basic,
+    /// `disable_stats=true&enable_queue_totals=true`: that with `policy` (`""` when none) and
+    /// the three message counts, as RabbitMQ's `queue_info` with `totals`.
+    Totals,
 }
 
-/// A queue's counters with RabbitMQ's names, each with its `_details: {"rate": r}`.
-fn message_stats(t: &warren_core::stats::MessageTotals, rates: Option<&Rates>) -> Value {
-    let mut m = Map::new();
-    let mut put = |k: &str, v: u64| {
-        m.insert(k.to_string(), json!(v));
-        m.insert(format!("{k}_details"), rates::details(rates, k));
-    };
-    for (k, v) in t.fields() {
-        if !matches!(
-            k,
-            "publish_in" | "publish_out" | "confirm" | "return_unroutable" | "drop_unroutable"
+impl Detail {
+    fn of(q: &HashMap<String, String>) -> Self {
+        match (
+            common::query_flag(q, "disable_stats"),
+            common::query_flag(q, "enable_queue_totals"),
         ) {
-            put(k, v);
+            (false, _) => Detail::Full,
+            (true, false) => Detail::Basic,
+            (true, true) => Detail::Totals,
         }
     }
-    put("deliver_get", t.deliver_get());
-    Value::Object(m)
 }
 
-fn queues_of(s: &AppState, vh: &VHost, vhost: &str) -> Vec<Value> {
-    vh.queues()
-        .iter()
-        .map(|q| queue_json(s, vhost, q))
-        .collect()
+/// One queue as RabbitMQ shows it, serialised straight from the queue (the one place queue
+/// JSON is made). Warren does not track unacknowledged bytes, idle time or consumer
+/// utilisation over time: `message_bytes_unacknowledged` is 0, `idle_since` is left out,
+/// `consumer_utilisation` is 1.0 while there are consumers (they are never blocked by the
+/// queue) and 0 otherwise.
+pub(crate) struct QueueJson<'a> {
+    q: QueueRef,
+    rates: Option<&'a Rates>,
+    detail: Detail,
 }
 
-/// `GET /api/queues`.
+impl QueueJson<'_> {
+    fn consumer_details(&self) -> Vec<Value> {
+        self.q
+            .consumers()
+            .iter()
+            .map(|c| {
+                json!({
+                    "consumer_tag": &*c.tag,
+                    "channel_details": {"number": c.channel, "connection_name": c.conn_id.to_string()},
+                    "ack_required": c.ack_required,
+                    "exclusive": c.exclusive,
+                    "prefetch_count": c.prefetch_count,
+                    "arguments": table_json(&c.arguments),
+                    "active": true,
+                    "activity_status": "up",
+                })
+            })
+            .collect()
+    }
+}
+
+impl Serialize for QueueJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let q = &self.q;
+        let info = q.info();
+        let applied = q.policy();
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("name", &**q.name())?;
+        m.serialize_entry("vhost", &*info.vhost)?;
+        m.serialize_entry("durable", &info.options.durable)?;
+        m.serialize_entry("auto_delete", &info.options.auto_delete)?;
+        m.serialize_entry("exclusive", &info.options.exclusive_owner.is_some())?;
+        m.serialize_entry("arguments", &table_json(&info.options.arguments))?;
+        m.serialize_entry("type", info.args.kind.as_str())?;
+        m.serialize_entry("state", "running")?;
+        m.serialize_entry("node", NODE)?;
+        let ready = u64::from(q.message_count());
+        let unacked = q.unacked_count();
+        match self.detail {
+            Detail::Basic => {
+                if let Some(p) = applied.policy.as_deref() {
+                    m.serialize_entry("policy", p)?;
+                }
+                return m.end();
+            }
+            Detail::Totals => {
+                m.serialize_entry("policy", applied.policy.as_deref().unwrap_or(""))?;
+                m.serialize_entry("messages", &(ready + unacked))?;
+                m.serialize_entry("messages_ready", &ready)?;
+                m.serialize_entry("messages_unacknowledged", &unacked)?;
+                return m.end();
+            }
+            Detail::Full => {}
+        }
+        let rates = self.rates;
+        let ready_bytes = q.ready_bytes();
+        let consumers = q.consumer_count();
+        let utilisation = if consumers > 0 { 1.0 } else { 0.0 };
+        m.serialize_entry("messages", &(ready + unacked))?;
+        m.serialize_entry("messages_details", &Details::of(rates, "messages"))?;
+        m.serialize_entry("messages_ready", &ready)?;
+        m.serialize_entry(
+            "messages_ready_details",
+            &Details::of(rates, "messages_ready"),
+        )?;
+        m.serialize_entry("messages_unacknowledged", &unacked)?;
+        m.serialize_entry(
+            "messages_unacknowledged_details",
+            &Details::of(rates, "messages_unacknowledged"),
+        )?;
+        m.serialize_entry("message_bytes", &ready_bytes)?;
+        m.serialize_entry("message_bytes_ready", &ready_bytes)?;
+        m.serialize_entry("message_bytes_unacknowledged", &0)?;
+        m.serialize_entry("consumers", &consumers)?;
+        m.serialize_entry("consumer_utilisation", &utilisation)?;
+        m.serialize_entry("consumer_capacity", &utilisation)?;
+        if consumers > 0 {
+            m.serialize_entry("consumer_details", &self.consumer_details())?;
+        } else {
+            m.serialize_entry("consumer_details", &[(); 0])?;
+        }
+        m.serialize_entry("policy", &applied.policy.as_deref())?;
+        m.serialize_entry("operator_policy", &applied.operator_policy.as_deref())?;
+        m.serialize_entry("effective_policy_definition", &applied.definition)?;
+        m.serialize_entry("exclusive_consumer_tag", &())?;
+        m.serialize_entry("single_active_consumer_tag", &())?;
+        m.serialize_entry("head_message_timestamp", &())?;
+        let totals = info.stats.totals();
+        let stats = rates::MessageStatsJson {
+            totals: &totals,
+            rates,
+            kind: rates::Kind::Queue,
+        };
+        m.serialize_entry("message_stats", &stats)?;
+        m.end()
+    }
+}
+
+impl query::Item for QueueJson<'_> {
+    fn name(&self) -> Option<&str> {
+        Some(self.q.name())
+    }
+    fn vhost(&self) -> Option<&str> {
+        Some(&self.q.info().vhost)
+    }
+}
+
+/// The queues of `vhosts` (those the caller may see), as list items.
+fn queues_of<'a>(
+    s: &AppState,
+    rates: &'a rates::Snapshot,
+    vhosts: &[String],
+    detail: Detail,
+) -> Vec<QueueJson<'a>> {
+    let mut items = Vec::new();
+    for name in vhosts {
+        if let Some(vh) = s.broker.vhost(name) {
+            for q in vh.queues() {
+                let r = rates.queue(name, q.name());
+                items.push(QueueJson {
+                    q,
+                    rates: r,
+                    detail,
+                });
+            }
+        }
+    }
+    items
+}
+
+/// `GET /api/queues`: built, sorted and written out on the blocking pool.
 pub async fn list_all(
     State(s): State<AppState>,
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Listing> {
     let names = common::visible_vhosts(&s, &caller);
     common::off_loop(move || {
-        let mut items = Vec::new();
-        for name in names {
-            if let Some(vh) = s.broker.vhost(&name) {
-                items.extend(queues_of(&s, &vh, &name));
-            }
-        }
-        query::apply(items, &q)
+        let rates = s.rates.snapshot();
+        query::list(queues_of(&s, &rates, &names, Detail::of(&q)), &q)
     })
     .await
-    .map(Json)
 }
 
 /// `GET /api/queues/{vhost}`.
@@ -147,25 +220,33 @@ pub async fn list_vhost(
     caller: Caller,
     Path(vhost): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    let vh = common::vhost(&s, &caller, &vhost)?;
-    common::off_loop(move || query::apply(queues_of(&s, &vh, &vhost), &q))
-        .await
-        .map(Json)
+) -> ApiResult<Listing> {
+    common::vhost(&s, &caller, &vhost)?;
+    common::off_loop(move || {
+        let rates = s.rates.snapshot();
+        query::list(queues_of(&s, &rates, &[vhost], Detail::of(&q)), &q)
+    })
+    .await
 }
 
 fn find(vh: &VHost, name: &str) -> ApiResult<QueueRef> {
     vh.queue(name).ok_or_else(ApiError::not_found)
 }
 
-/// `GET /api/queues/{vhost}/{name}`.
+/// `GET /api/queues/{vhost}/{name}` (`disable_stats` and `enable_queue_totals` as for lists).
 pub async fn show(
     State(s): State<AppState>,
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Listing> {
     let vh = common::vhost(&s, &caller, &vhost)?;
-    Ok(Json(queue_json(&s, &vhost, &find(&vh, &name)?)))
+    let rates = s.rates.snapshot();
+    Listing::of(&QueueJson {
+        q: find(&vh, &name)?,
+        rates: rates.queue(&vhost, &name),
+        detail: Detail::of(&q),
+    })
 }
 
 /// `PUT /api/queues/{vhost}/{name}`: 201 when created, 204 when an equivalent one existed.
@@ -232,14 +313,14 @@ pub async fn bindings(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Listing> {
     let vh = common::vhost(&s, &caller, &vhost)?;
     find(&vh, &name)?;
     let items = bindings::of_vhost(&vh, &vhost)
         .into_iter()
-        .filter(|b| b["destination_type"] == "queue" && b["destination"] == name.as_str())
+        .filter(|b| b.to_queue && *b.destination == *name)
         .collect();
-    query::apply(items, &q).map(Json)
+    query::list(items, &q)
 }
 
 /// Where the pager's wake-up for a get or purge on behalf of the API goes.

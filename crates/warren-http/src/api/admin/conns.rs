@@ -12,9 +12,11 @@ use warren_core::broker::{ChannelInfo, ConnInfo};
 use warren_core::Broker;
 
 use super::{require_vhost, require_vhost_access, sees_vhost, table_json};
+use crate::api::query::{self, Item, Listing};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
+use serde::Serialize;
 
 /// RabbitMQ's node name for this broker.
 pub(crate) const NODE: &str = "warren@localhost";
@@ -59,50 +61,104 @@ fn message_stats(t: &warren_core::stats::MessageTotals) -> Value {
     Value::Object(m)
 }
 
-fn conn_json(c: &ConnInfo) -> Value {
-    let (host, port) = match c.local {
-        Some(l) => (json!(l.ip().to_string()), json!(l.port())),
-        None => (Value::Null, Value::Null),
-    };
-    let state = if c.blocked.load(std::sync::atomic::Ordering::Relaxed) {
-        "blocked"
-    } else {
-        "running"
-    };
-    json!({
-        "name": c.name,
-        "node": NODE,
-        "type": "network",
-        "user": c.user,
-        "user_who_performed_action": c.user,
-        "vhost": c.vhost,
-        "host": host,
-        "port": port,
-        "peer_host": c.peer.ip().to_string(),
-        "peer_port": c.peer.port(),
-        "protocol": "AMQP 0-9-1",
-        "auth_mechanism": c.auth_mechanism,
-        "ssl": c.tls,
-        "ssl_protocol": null,
-        "ssl_key_exchange": null,
-        "ssl_cipher": null,
-        "ssl_hash": null,
-        "peer_cert_subject": null,
-        "peer_cert_issuer": null,
-        "peer_cert_validity": null,
-        "channels": c.channels().len(),
-        "channel_max": c.channel_max,
-        "frame_max": c.frame_max,
-        "timeout": c.heartbeat,
-        "client_properties": table_json(&c.client_properties),
-        "recv_oct": c.io.recv_oct.get(),
-        "recv_cnt": c.io.recv_cnt.get(),
-        "send_oct": c.io.send_oct.get(),
-        "send_cnt": c.io.send_cnt.get(),
-        "send_pend": 0,
-        "state": state,
-        "connected_at": c.connected_at,
+/// One connection as RabbitMQ shows it, serialised straight from the view.
+#[derive(Serialize)]
+struct ConnJson<'a> {
+    name: &'a str,
+    node: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    user: &'a str,
+    user_who_performed_action: &'a str,
+    vhost: &'a str,
+    host: Option<String>,
+    port: Option<u16>,
+    peer_host: String,
+    peer_port: u16,
+    protocol: &'static str,
+    auth_mechanism: &'a str,
+    ssl: bool,
+    ssl_protocol: (),
+    ssl_key_exchange: (),
+    ssl_cipher: (),
+    ssl_hash: (),
+    peer_cert_subject: (),
+    peer_cert_issuer: (),
+    peer_cert_validity: (),
+    channels: usize,
+    channel_max: u16,
+    frame_max: u32,
+    timeout: u16,
+    client_properties: Value,
+    recv_oct: u64,
+    recv_cnt: u64,
+    send_oct: u64,
+    send_cnt: u64,
+    send_pend: u64,
+    state: &'static str,
+    connected_at: u64,
+}
+
+impl<'a> ConnJson<'a> {
+    fn of(c: &'a ConnInfo) -> Self {
+        let state = if c.blocked.load(std::sync::atomic::Ordering::Relaxed) {
+            "blocked"
+        } else {
+            "running"
+        };
+        Self {
+            name: &c.name,
+            node: NODE,
+            kind: "network",
+            user: &c.user,
+            user_who_performed_action: &c.user,
+            vhost: &c.vhost,
+            host: c.local.map(|l| l.ip().to_string()),
+            port: c.local.map(|l| l.port()),
+            peer_host: c.peer.ip().to_string(),
+            peer_port: c.peer.port(),
+            protocol: "AMQP 0-9-1",
+            auth_mechanism: &c.auth_mechanism,
+            ssl: c.tls,
+            ssl_protocol: (),
+            ssl_key_exchange: (),
+            ssl_cipher: (),
+            ssl_hash: (),
+            peer_cert_subject: (),
+            peer_cert_issuer: (),
+            peer_cert_validity: (),
+            channels: c.channels().len(),
+            channel_max: c.channel_max,
+            frame_max: c.frame_max,
+            timeout: c.heartbeat,
+            client_properties: table_json(&c.client_properties),
+            recv_oct: c.io.recv_oct.get(),
+            recv_cnt: c.io.recv_cnt.get(),
+            send_oct: c.io.send_oct.get(),
+            send_cnt: c.io.send_cnt.get(),
+            send_pend: 0,
+            state,
+            connected_at: c.connected_at,
+        }
+    }
+}
+
+impl Item for ConnJson<'_> {
+    fn name(&self) -> Option<&str> {
+        Some(self.name)
+    }
+    fn vhost(&self) -> Option<&str> {
+        Some(self.vhost)
+    }
+}
+
+/// The connections of `conns` as a list answer (on the blocking pool: 10,000 connections are
+/// a big list).
+async fn conn_list(conns: Vec<Arc<ConnInfo>>, q: HashMap<String, String>) -> ApiResult<Listing> {
+    crate::api::common::off_loop(move || {
+        query::list(conns.iter().map(|c| ConnJson::of(c)).collect(), &q)
     })
+    .await
 }
 
 fn conn_details(c: &ConnInfo) -> Value {
@@ -159,12 +215,8 @@ async fn list_connections(
     State(s): State<AppState>,
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
-    let v: Vec<Value> = visible(&s.broker, &caller, None)
-        .iter()
-        .map(|c| conn_json(c))
-        .collect();
-    super::listed(v, &q)
+) -> ApiResult<Listing> {
+    conn_list(visible(&s.broker, &caller, None), q).await
 }
 
 async fn vhost_connections(
@@ -172,23 +224,19 @@ async fn vhost_connections(
     caller: Caller,
     Path(vhost): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Listing> {
     require_vhost_access(&s.broker, &caller, &vhost)?;
     require_vhost(&s.broker, &vhost)?;
-    let v: Vec<Value> = visible(&s.broker, &caller, Some(&vhost))
-        .iter()
-        .map(|c| conn_json(c))
-        .collect();
-    super::listed(v, &q)
+    conn_list(visible(&s.broker, &caller, Some(&vhost)), q).await
 }
 
 async fn get_connection(
     State(s): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Listing> {
     let c = find_conn(&s.broker, &caller, &name)?;
-    Ok(Json(conn_json(&c)))
+    Listing::of(&ConnJson::of(&c))
 }
 
 /// RabbitMQ's default reason for a connection closed over HTTP.
