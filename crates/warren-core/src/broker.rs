@@ -6,6 +6,7 @@ mod conns;
 mod control;
 pub mod definitions;
 mod events;
+pub(crate) use events::AuthAttempt;
 mod inspect;
 pub use inspect::{ChannelInfo, ConnInfo, IoStats};
 

@@ -118,7 +118,11 @@ async fn topology_and_consumer_operations_publish_the_plugin_events() {
     let got: Vec<_> = events(&ev, "events")
         .await
         .into_iter()
-        .filter(|(n, _)| !n.starts_with("connection.") && !n.starts_with("channel."))
+        .filter(|(n, _)| {
+            !n.starts_with("connection.")
+                && !n.starts_with("channel.")
+                && !n.starts_with("user.authentication.")
+        })
         .collect();
     let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
@@ -257,7 +261,10 @@ async fn connection_channel_and_admin_operations_publish_the_plugin_events() {
     let ch2 = c2.create_channel().await.expect("channel");
     ch2.close(200, "bye".into()).await.expect("channel close");
     c2.close(200, "bye".into()).await.expect("connection close");
-    let got = wait_events(&b, &ev, "events", 4).await;
+    let got = wait_events(&b, &ev, "events", 5).await;
+    // The login comes first (its headers: `logins_publish_authentication_success_and_failure`).
+    assert_eq!(got[0].0, "user.authentication.success");
+    let got = got[1..].to_vec();
     let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -407,5 +414,94 @@ async fn connection_channel_and_admin_operations_publish_the_plugin_events() {
     );
     assert_eq!(get(find(&got, "policy.cleared"), "name"), &s("evp"));
     assert_eq!(get(find(&got, "vhost.deleted"), "name"), &s("evv"));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn logins_publish_authentication_success_and_failure() {
+    let b = TestBroker::start().await;
+    let (_c, ev) = b.channel().await;
+    ev.queue_declare(
+        "auth".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    ev.queue_bind(
+        "auth".into(),
+        "amq.rabbitmq.event".into(),
+        "user.authentication.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind");
+
+    let bad = format!("amqp://guest:wrong@{}/%2f", b.addr);
+    assert!(
+        lapin::Connection::connect(&bad, lapin::ConnectionProperties::default())
+            .await
+            .is_err(),
+        "a wrong password is refused"
+    );
+    let nobody = format!("amqp://nobody:pw@{}/%2f", b.addr);
+    assert!(
+        lapin::Connection::connect(&nobody, lapin::ConnectionProperties::default())
+            .await
+            .is_err(),
+        "an unknown user is refused"
+    );
+    let good = b.connect().await;
+
+    let got = wait_events(&b, &ev, "auth", 3).await;
+    let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "user.authentication.failure",
+            "user.authentication.failure",
+            "user.authentication.success"
+        ]
+    );
+    for (n, h) in &got {
+        assert_eq!(get(h, "connection_type"), &s("network"), "{n}");
+        assert_eq!(get(h, "auth_mechanism"), &s("PLAIN"), "{n}");
+        assert_eq!(get(h, "protocol"), &s("{0,9,1}"), "{n}");
+        assert_eq!(get(h, "ssl"), &AMQPValue::Boolean(false), "{n}");
+        assert_eq!(get(h, "peer_host"), &s("{127,0,0,1}"), "{n}");
+        assert_eq!(get(h, "host"), &s("{127,0,0,1}"), "{n}");
+        assert!(matches!(get(h, "peer_port"), AMQPValue::LongLongInt(p) if *p > 0));
+        let AMQPValue::LongString(cn) = get(h, "connection_name") else {
+            panic!("connection_name")
+        };
+        assert!(cn.to_string().ends_with(&format!(" -> {}", b.addr)), "{cn}");
+        assert!(matches!(
+            get(h, "timestamp_in_ms"),
+            AMQPValue::LongLongInt(_)
+        ));
+        // As rabbit_reader:notify_auth_result/4: no vhost, no acting user, no empty TLS keys.
+        for k in [
+            "vhost",
+            "user_who_performed_action",
+            "ssl_protocol",
+            "peer_cert_subject",
+        ] {
+            assert!(h.inner().get(k).is_none(), "{n} has no {k}");
+        }
+    }
+    assert_eq!(get(&got[0].1, "name"), &s("guest"));
+    assert_eq!(
+        get(&got[0].1, "error"),
+        &s("user 'guest' - invalid credentials")
+    );
+    assert_eq!(get(&got[1].1, "name"), &s("nobody"));
+    assert_eq!(
+        get(&got[1].1, "error"),
+        &s("user 'nobody' - invalid credentials")
+    );
+    assert_eq!(get(&got[2].1, "name"), &s("guest"));
+    assert!(got[2].1.inner().get("error").is_none());
+    good.close(200, "bye".into()).await.expect("close");
     b.stop().await;
 }

@@ -254,3 +254,63 @@ pub(crate) fn connection_closed(
     }
     e
 }
+
+/// What `user.authentication.success/failure` says about the connection that tried to log in.
+pub(crate) struct AuthAttempt<'a> {
+    /// The user name given (`None`: none could be read from the response).
+    pub(crate) user: Option<&'a str>,
+    /// The mechanism, e.g. `PLAIN`.
+    pub(crate) mechanism: &'a str,
+    /// The client's address.
+    pub(crate) peer: std::net::SocketAddr,
+    /// The broker's address of the connection.
+    pub(crate) local: Option<std::net::SocketAddr>,
+    /// Whether it came over TLS.
+    pub(crate) tls: bool,
+}
+
+impl Broker {
+    /// Publishes `user.authentication.success` (`error` `None`) or
+    /// `user.authentication.failure` with `error` (RabbitMQ's text of the refusal).
+    pub(crate) fn auth_event(&self, attempt: &AuthAttempt<'_>, error: Option<&str>) {
+        let Some(vh) = self.event_sink() else { return };
+        vh.emit_event(auth_event(attempt, error), self.clock.now());
+    }
+}
+
+/// The event of a login, with the keys `rabbit_reader:notify_auth_result/4` sends in 3.10.8
+/// (`connection_type`, `name`, then `?AUTH_NOTIFICATION_INFO_KEYS`, then `error`; keys whose
+/// value is `''`, such as the TLS details of a plain connection, are left out as it does).
+pub(crate) fn auth_event(a: &AuthAttempt<'_>, error: Option<&str>) -> Event {
+    let name = if error.is_some() {
+        "user.authentication.failure"
+    } else {
+        "user.authentication.success"
+    };
+    let mut e = Event {
+        name,
+        headers: FieldTable::default(),
+    }
+    .str("connection_type", "network");
+    if let Some(u) = a.user.filter(|u| !u.is_empty()) {
+        e = e.str("name", u);
+    }
+    let connection_name = match a.local {
+        Some(l) => format!("{} -> {l}", a.peer),
+        None => a.peer.to_string(),
+    };
+    if let Some(l) = a.local {
+        e = e.str("host", &erlang_ip(l.ip()));
+    }
+    e = e
+        .str("connection_name", &connection_name)
+        .str("peer_host", &erlang_ip(a.peer.ip()))
+        .int("peer_port", i64::from(a.peer.port()))
+        .str("protocol", "{0,9,1}")
+        .str("auth_mechanism", a.mechanism)
+        .bool("ssl", a.tls);
+    if let Some(err) = error {
+        e = e.str("error", err);
+    }
+    e
+}

@@ -108,6 +108,17 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
     }
 }
 
+/// A response as Erlang prints a binary (`<<"...">>`, `~tp` of `response ~tp invalid`).
+fn erlang_binary(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(t) if t.chars().all(|c| !c.is_control()) => format!("<<\"{t}\">>"),
+        _ => {
+            let bytes: Vec<String> = b.iter().map(u8::to_string).collect();
+            format!("<<{}>>", bytes.join(","))
+        }
+    }
+}
+
 pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), AmqpError> {
     let ids = warren_codec::method::ids(&method);
     let unexpected = |state: State| {
@@ -151,8 +162,22 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
                 Some(cn) if external => Some((cn.clone(), None)),
                 _ => credentials(mechanism, s.response.as_bytes()).map(|(u, p)| (u, Some(p))),
             };
+            let anonymous = crate::broker::AuthAttempt {
+                user: None,
+                mechanism,
+                peer: conn.ctx.peer,
+                local: conn.ctx.local,
+                tls: conn.ctx.tls,
+            };
             let Some((user, pass)) = creds else {
                 conn.ctx.broker.count_failed_login();
+                conn.ctx.broker.auth_event(
+                    &anonymous,
+                    Some(&format!(
+                        "response {} invalid",
+                        erlang_binary(s.response.as_bytes())
+                    )),
+                );
                 warn!(peer = %conn.ctx.peer, mechanism, "login refused: malformed response");
                 return refused(format!(
                     "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
@@ -161,8 +186,21 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
             };
             let peer = conn.ctx.peer;
             match conn.ctx.broker.authenticate(&user, pass.as_deref(), peer) {
-                Ok(()) => {}
+                Ok(()) => conn.ctx.broker.auth_event(
+                    &crate::broker::AuthAttempt {
+                        user: Some(&user),
+                        ..anonymous
+                    },
+                    None,
+                ),
                 Err(AuthFailure::BadCredentials | AuthFailure::NoPassword) => {
+                    conn.ctx.broker.auth_event(
+                        &crate::broker::AuthAttempt {
+                            user: Some(&user),
+                            ..anonymous
+                        },
+                        Some(&format!("user '{user}' - invalid credentials")),
+                    );
                     warn!(%peer, user = %user, mechanism, "login refused: invalid credentials");
                     return refused(format!(
                         "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
@@ -170,6 +208,13 @@ pub(super) fn handle(conn: &mut Connection, method: AMQPClass) -> Result<(), Amq
                     .or_else(|e| conn.auth_failed(e));
                 }
                 Err(AuthFailure::LoopbackOnly(u)) => {
+                    conn.ctx.broker.auth_event(
+                        &crate::broker::AuthAttempt {
+                            user: Some(&user),
+                            ..anonymous
+                        },
+                        Some(&format!("user '{u}' can only connect via localhost")),
+                    );
                     warn!(%peer, user = %u, "login refused: user may only connect via localhost");
                     return refused(format!("user '{u}' can only connect via localhost"))
                         .or_else(|e| conn.auth_failed(e));
