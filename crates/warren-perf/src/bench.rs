@@ -47,23 +47,52 @@ struct LatPair {
     total: Histogram<u64>,
 }
 
-struct Shared {
-    base: Instant,
+pub(crate) struct Shared {
+    pub(crate) base: Instant,
     stop: AtomicBool,
     sent: Vec<AtomicU64>,
     confirmed: AtomicU64,
     nacked: AtomicU64,
-    received: AtomicU64,
+    pub(crate) received: AtomicU64,
     lat: Vec<Mutex<LatPair>>,
     failed: AtomicBool,
+    /// Per consumer, ns since `base` (0 = not yet): when its `basic.consume` was sent, when
+    /// its first message arrived, when it had all it was to receive (replay mode's limit).
+    pub(crate) consume_ns: Vec<AtomicU64>,
+    pub(crate) first_ns: Vec<AtomicU64>,
+    pub(crate) done_ns: Vec<AtomicU64>,
 }
 
 impl Shared {
+    pub(crate) fn new(producers: usize, consumers: usize) -> Shared {
+        let per_consumer = || (0..consumers).map(|_| AtomicU64::new(0)).collect();
+        Shared {
+            base: Instant::now(),
+            stop: AtomicBool::new(false),
+            sent: (0..producers).map(|_| AtomicU64::new(0)).collect(),
+            confirmed: AtomicU64::new(0),
+            nacked: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            lat: (0..consumers)
+                .map(|_| {
+                    Mutex::new(LatPair {
+                        interval: new_histogram(),
+                        total: new_histogram(),
+                    })
+                })
+                .collect(),
+            failed: AtomicBool::new(false),
+            consume_ns: per_consumer(),
+            first_ns: per_consumer(),
+            done_ns: per_consumer(),
+        }
+    }
     fn sent_total(&self) -> u64 {
         self.sent.iter().map(|s| s.load(Relaxed)).sum()
     }
-    fn now_ns(&self) -> u64 {
-        self.base.elapsed().as_nanos() as u64
+    pub(crate) fn now_ns(&self) -> u64 {
+        // At least 1: 0 means "not yet" in the per-consumer instants.
+        (self.base.elapsed().as_nanos() as u64).max(1)
     }
 }
 
@@ -457,6 +486,13 @@ async fn consumer(
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<Tracker> {
     let mut tracker = Tracker::new(opts.producers);
+    // Replay mode: each consumer stops once it has `-C` messages.
+    let limit = if opts.mode == Mode::Replay {
+        opts.pmessages.unwrap_or(u64::MAX)
+    } else {
+        u64::MAX
+    };
+    let mut total = 0u64;
     let ack_every = if opts.autoack {
         0
     } else {
@@ -558,12 +594,19 @@ async fn consumer(
             if complete {
                 got += 1;
                 ack_when_due(&mut conn.wbuf, &mut unacked, ack_every, tag);
+                if total + got >= limit {
+                    break;
+                }
             }
         }
         if !conn.wbuf.is_empty() {
             conn.flush().await?;
         }
         if got > 0 {
+            if total == 0 {
+                shared.first_ns[idx].store(now, Relaxed);
+            }
+            total += got;
             shared.received.fetch_add(got, Relaxed);
         }
         if !lats.is_empty() {
@@ -575,6 +618,10 @@ async fn consumer(
                 }
             }
             lats.clear();
+        }
+        if total >= limit {
+            shared.done_ns[idx].store(shared.now_ns(), Relaxed);
+            break;
         }
         if conn.rbuf.capacity() - conn.rbuf.len() < read_room / 4 {
             conn.rbuf.reserve(read_room);
@@ -752,7 +799,7 @@ async fn write_chunks(wr: &mut crate::tls::WriteHalf, chunks: &mut Vec<Bytes>) -
 }
 
 /// Connects, subscribes and starts the consumer tasks.
-async fn start_consumers(
+pub(crate) async fn start_consumers(
     uri: &AmqpUri,
     opts: &Arc<Options>,
     plan: &Plan,
@@ -763,6 +810,7 @@ async fn start_consumers(
     for c in 0..opts.consumers {
         let uri = uri.clone();
         let opts = opts.clone();
+        let shared = shared.clone();
         let queue = plan.queues[plan.consumer_queue[c]].clone();
         setups.push(tokio::spawn(async move {
             let mut conn = Conn::connect(&uri, &format!("warren-perf consumer {c}")).await?;
@@ -770,6 +818,7 @@ async fn start_consumers(
                 conn.qos(opts.qos).await?;
             }
             let args = crate::field_table(&opts.consumer_args);
+            shared.consume_ns[c].store(shared.now_ns(), Relaxed);
             conn.consume(&queue, &format!("warren-perf-{c}"), opts.autoack, args)
                 .await?;
             Ok::<Conn, io::Error>(conn)
@@ -796,23 +845,7 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
     let plan = plan(&opts);
     let mut admin = Conn::connect(&uri, "warren-perf setup").await?;
     setup(&mut admin, &opts, &plan).await?;
-    let shared = Arc::new(Shared {
-        base: Instant::now(),
-        stop: AtomicBool::new(false),
-        sent: (0..opts.producers).map(|_| AtomicU64::new(0)).collect(),
-        confirmed: AtomicU64::new(0),
-        nacked: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        lat: (0..opts.consumers)
-            .map(|_| {
-                Mutex::new(LatPair {
-                    interval: new_histogram(),
-                    total: new_histogram(),
-                })
-            })
-            .collect(),
-        failed: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(opts.producers, opts.consumers));
 
     // Consumers first, all subscribed before any producer starts (in drain mode: only once
     // every producer has finished, so that they drain a standing backlog).

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod conn;
 pub mod connect;
 pub mod hold;
+pub mod replay;
 pub mod rtt;
 pub mod stats;
 pub mod tls;
@@ -47,6 +48,14 @@ pub enum Mode {
     /// AMQP handshake and one `channel.open`), close it and open the next, for `-z`
     /// seconds. Reports completed handshakes per second and the latency of each open.
     Connect,
+    /// Consumers only, on a queue that holds messages already (a stream filled by an earlier
+    /// run with `--keep-queues`): `-y` consumers attach with the `--consumer-arg`s (e.g.
+    /// `x-stream-offset=first` or `=N`), each on its own connection, and each reads until it
+    /// has `-C` messages (or `-z` is up, or nothing arrives for `--drain` seconds). Reports
+    /// the time from `basic.consume` to the first delivery and the replay rate, and checks
+    /// that every consumer got a contiguous run of sequence numbers. Declares and deletes
+    /// nothing; `-x` is how many producers filled the queue (their stamps are expected).
+    Replay,
 }
 
 /// Command-line options, modelled on PerfTest's.
@@ -59,7 +68,8 @@ pub enum Mode {
 pub struct Options {
     /// Mode: run (producers/consumers), rtt (request-reply latency), hold (idle connections),
     /// drain (publish a backlog first, then drain it), topology (declare, bind and delete
-    /// durable queues one at a time).
+    /// durable queues one at a time), connect (connection churn), replay (consumers only, on
+    /// a stream filled already).
     #[arg(value_enum, default_value_t = Mode::Run)]
     pub mode: Mode,
     /// Broker URI.
@@ -107,7 +117,7 @@ pub struct Options {
     /// Duration in seconds.
     #[arg(short = 'z', long = "time", default_value_t = 10.0)]
     pub time: f64,
-    /// Stop each producer after N messages.
+    /// Stop each producer after N messages (replay mode: each consumer).
     #[arg(short = 'C', long = "pmessages")]
     pub pmessages: Option<u64>,
     /// Number of queues; producer i publishes to queue i mod N, consumer j consumes queue j mod N
@@ -337,6 +347,12 @@ pub struct Summary {
     pub handshake_rate: f64,
     /// Opens that failed (connect mode).
     pub handshake_errors: u64,
+    /// Replay mode: time from each consumer's `basic.consume` to its first delivery.
+    pub attach: Latency,
+    /// Replay mode: the lowest and highest stamp sequence number any consumer received.
+    pub first_seq: u64,
+    /// See `first_seq`.
+    pub last_seq: u64,
 }
 
 /// CPU seconds (utime + stime) of this process, from `/proc/self/stat` (USER_HZ = 100).
@@ -384,6 +400,7 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send)) -> io::Result<Sum
         Mode::Hold => hold::run(opts, out).await,
         Mode::Topology => topology::run(opts, out).await,
         Mode::Connect => connect::run(opts, out).await,
+        Mode::Replay => replay::run(opts, out).await,
     }
 }
 
@@ -405,6 +422,25 @@ pub fn write_summary(s: &Summary, out: &mut dyn Write) -> io::Result<()> {
                 l.p50_us, l.p95_us, l.p99_us, l.max_us
             )?;
             return Ok(());
+        }
+        Mode::Replay => {
+            let a = &s.attach;
+            writeln!(
+                out,
+                "consumers {}, body {} B: received {} in {:.2} s ({:.0} msg/s, {:.2} MB/s), sequence numbers {} ..= {}",
+                s.consumers, s.size, s.received_total, s.duration_s, s.receive_rate, s.receive_mb_s,
+                s.first_seq, s.last_seq
+            )?;
+            writeln!(
+                out,
+                "basic.consume to first delivery: p50 {} us, max {} us, mean {:.1} us ({} consumers)",
+                a.p50_us, a.max_us, a.mean_us, a.count
+            )?;
+            writeln!(
+                out,
+                "verification (per consumer): duplicates {}, out-of-order {}, missing {}, foreign {}",
+                s.duplicates, s.out_of_order, s.missing, s.foreign
+            )?;
         }
         Mode::Rtt => {
             writeln!(

@@ -393,3 +393,85 @@ async fn run_over_tls_loses_nothing() {
     token.cancel();
     let _ = task.await;
 }
+
+fn run_blocking(opts: warren_perf::Options) -> warren_perf::Summary {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut out = Vec::new();
+        rt.block_on(warren_perf::run(&opts, &mut out))
+    })
+    .join()
+    .expect("client thread")
+    .expect("run succeeds")
+}
+
+/// Replay mode: a stream filled with confirms by one run (kept), then three consumers replay
+/// it from `first` at once, each getting all 5,000 messages in order; then one attaches at
+/// offset 2,500 and gets 2,500.. (the stamps' sequence numbers are the offsets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_mode_reads_a_kept_stream_from_first_and_from_an_offset() {
+    let (uri, token, task) = broker().await;
+    let args = |extra: &[&str]| {
+        let mut a = vec!["warren-perf", "--uri", uri.as_str(), "-u", "perf-replay"];
+        a.extend_from_slice(extra);
+        warren_perf::Options::from_args(a).expect("flags parse")
+    };
+    let fill = run_blocking(args(&[
+        "-y",
+        "0",
+        "-f",
+        "persistent",
+        "--queue-arg",
+        "x-queue-type=stream",
+        "-C",
+        "5000",
+        "-c",
+        "500",
+        "-z",
+        "60",
+        "--keep-queues",
+    ]));
+    assert_eq!((fill.sent, fill.confirmed), (5000, 5000), "{fill:?}");
+
+    let all = run_blocking(args(&[
+        "replay",
+        "-y",
+        "3",
+        "-q",
+        "500",
+        "-A",
+        "50",
+        "-C",
+        "5000",
+        "--consumer-arg",
+        "x-stream-offset=first",
+        "-z",
+        "60",
+    ]));
+    assert_eq!(all.received_total, 15_000, "{all:?}");
+    assert_eq!((all.first_seq, all.last_seq), (0, 4999), "{all:?}");
+    assert_eq!(
+        (all.missing, all.duplicates, all.out_of_order, all.foreign),
+        (0, 0, 0, 0),
+        "{all:?}"
+    );
+    assert_eq!(all.attach.count, 3, "{all:?}");
+
+    let mid = run_blocking(args(&[
+        "replay",
+        "-q",
+        "10",
+        "-C",
+        "10",
+        "--consumer-arg",
+        "x-stream-offset=2500",
+    ]));
+    assert_eq!(mid.received_total, 10, "{mid:?}");
+    assert_eq!((mid.first_seq, mid.last_seq), (2500, 2509), "{mid:?}");
+    assert_eq!((mid.missing, mid.duplicates), (0, 0), "{mid:?}");
+    token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
