@@ -155,7 +155,8 @@ ok "pika: 100 persistent messages published with confirms and consumed in order"
 code=$(curl -s -o /dev/null -w '%{http_code}' -u app:build-test-pw \
     "http://127.0.0.1:$((PORT + 1))/api/overview") || true
 [ "$code" = 200 ] || die "management API: GET /api/overview answered $code"
-curl -sf "http://127.0.0.1:$((PORT + 2))/metrics" | grep -q '^# TYPE' || die "no metrics"
+curl -sf -o "$WORK/metrics.txt" "http://127.0.0.1:$((PORT + 2))/metrics" \
+    && grep -q '^# TYPE' "$WORK/metrics.txt" || die "no metrics"
 ok "management API and metrics answer"
 eng stop -t 30 "$NAME" >/dev/null 2>&1
 exit_code=$(eng inspect "$NAME" --format '{{.State.ExitCode}}')

@@ -113,7 +113,10 @@ python3 -c 'import pika' 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 client() { timeout 120 python3 "$ROOT/docker/clients.py" "$1" --port "$PORT" \
     --user "$USER_NAME" --password "$USER_PASS" "${@:2}"; }
-has_feature() { "$BIN" --help | grep -q -- "$1"; }
+# Capture first, then match: with pipefail, `cmd | grep -q` fails whenever grep exits before
+# cmd has written everything (cmd dies of SIGPIPE).
+HELP_TEXT=""
+has_feature() { [ -n "$HELP_TEXT" ] || HELP_TEXT=$("$BIN" --help); [[ $HELP_TEXT == *"$1"* ]]; }
 
 # ---------------------------------------------------------------------------------------------
 step "compose files"
@@ -242,7 +245,8 @@ info=$(client info) || die "pika cannot connect as $USER_NAME (RABBITMQ_DEFAULT_
 [[ $info == *'"channel_max": 99'* ]] || die "channel_max from the mounted file not in effect: $info"
 [[ $info == *'"warren_version": "'[0-9]* ]] || die "not Warren: $info"
 ok "pika connects on $PORT ($NETWORK; $C_PORT in the file) as $USER_NAME (RABBITMQ_DEFAULT_USER/PASS); channel_max 99 (file)"
-eng logs "$NAME" 2>&1 | grep '"listening"' | grep -q '^{' || die "logs are not JSON (WARREN_LOG_FORMAT)"
+eng logs "$NAME" >"$WORK/logs.txt" 2>&1 || true
+grep '"listening"' "$WORK/logs.txt" | grep -q '^{' || die "logs are not JSON (WARREN_LOG_FORMAT)"
 ok "logs are JSON: WARREN_LOG_FORMAT beats the file's text"
 
 perf=$("$PERF" drain --uri "amqp://$USER_NAME:$USER_PASS@127.0.0.1:$PORT/%2f" -C 2000 \
@@ -270,7 +274,8 @@ else
     skip "management API: this warren has no WARREN_MANAGEMENT_PORT yet (issue 14)"
 fi
 if has_feature WARREN_PROMETHEUS_PORT; then
-    curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^# TYPE' \
+    curl -sf -o "$WORK/metrics.txt" "http://127.0.0.1:$METRICS_PORT/metrics" \
+        && grep -q '^# TYPE' "$WORK/metrics.txt" \
         || die "metrics: no Prometheus text on $METRICS_PORT/metrics"
     ok "Prometheus metrics answer on $METRICS_PORT"
 else
