@@ -27,6 +27,8 @@ pub struct ExchangeInfo {
     pub stats: Arc<crate::stats::MessageStats>,
     /// The policy it runs with (`policy`, `effective_policy_definition`), if one matches.
     pub policy: Option<Arc<crate::policy::Applied>>,
+    /// Messages a delayed-message exchange holds (`None`: not a delayed exchange).
+    pub delayed: Option<usize>,
 }
 
 /// A binding as the management API shows it.
@@ -55,6 +57,7 @@ impl ExchangeInfo {
             arguments: x.arguments.clone(),
             stats: x.stats.clone(),
             policy: x.policy.clone(),
+            delayed: x.delayed().map(|d| d.len()),
         }
     }
 }

@@ -62,6 +62,10 @@ impl Serialize for ExchangeJson<'_> {
             };
             m.serialize_entry("message_stats", &stats)?;
         }
+        // The delayed-message plugin's info item: what the exchange holds until due.
+        if let Some(n) = e.delayed {
+            m.serialize_entry("messages_delayed", &n)?;
+        }
         // RabbitMQ shows `policy` on an exchange only when one applies.
         if let Some(p) = e.policy.as_ref().and_then(|a| a.policy.as_deref()) {
             m.serialize_entry("policy", p)?;
