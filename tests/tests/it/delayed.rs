@@ -148,7 +148,11 @@ async fn messages_wait_for_their_delay_and_come_out_in_due_order() {
     assert_eq!(x.status, 200, "{}", x.text);
     assert_eq!(x.json["messages_delayed"], 4, "{}", x.text);
     let direct = b.api().get("/api/exchanges/%2F/amq.direct").await;
-    assert!(direct.json.get("messages_delayed").is_none(), "{}", direct.text);
+    assert!(
+        direct.json.get("messages_delayed").is_none(),
+        "{}",
+        direct.text
+    );
     b.advance(Duration::from_millis(999)).await;
     assert_eq!(depth(&b, "q"), 2);
     b.advance(Duration::from_millis(1)).await;
@@ -157,8 +161,16 @@ async fn messages_wait_for_their_delay_and_come_out_in_due_order() {
     assert_eq!(depth(&b, "q"), 5);
     assert_eq!(held(&b, "dx"), Some(0));
     let list = b.api().get("/api/exchanges/%2F").await;
-    let dx = list.json.as_array().and_then(|a| a.iter().find(|x| x["name"] == "dx"));
-    assert_eq!(dx.map(|x| x["messages_delayed"].clone()), Some(0.into()), "{}", list.text);
+    let dx = list
+        .json
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == "dx"));
+    assert_eq!(
+        dx.map(|x| x["messages_delayed"].clone()),
+        Some(0.into()),
+        "{}",
+        list.text
+    );
     let got = get_all(&ch, "q").await;
     assert_eq!(
         got,
