@@ -90,11 +90,15 @@ reply_codes! {
 }
 
 impl ReplyCode {
-    /// Formats a reply text the way RabbitMQ does: `"NAME - explanation"`, cut to 255 bytes on a
-    /// character boundary (the text travels as a short string).
+    /// Formats a reply text the way RabbitMQ does: `"NAME - explanation"`; a text over 255
+    /// bytes (the limit of a short string) is cut to 252 bytes on a character boundary and ends
+    /// in `...`, as `rabbit_binary_generator:amqp_exception_explanation` does.
     pub fn text(self, explanation: &str) -> String {
         let mut s = format!("{} - {}", self.name(), explanation);
-        truncate_to(&mut s, 255);
+        if s.len() > 255 {
+            truncate_to(&mut s, 252);
+            s.push_str("...");
+        }
         s
     }
 }
@@ -137,5 +141,14 @@ mod tests {
         let t = ReplyCode::PreconditionFailed.text(&long);
         assert!(t.len() <= 255);
         assert!(t.starts_with("PRECONDITION_FAILED - "));
+        assert!(t.ends_with("..."));
+        // Checked against RabbitMQ 3.10.8: a passive declare of a 250-byte queue name gets a
+        // 255-byte text, the first 252 bytes of the full text and `...`.
+        let t = ReplyCode::NotFound.text(&format!("no queue '{}' in vhost '/'", "q".repeat(250)));
+        assert_eq!(t.len(), 255);
+        assert!(t.ends_with(&format!("{}...", "q".repeat(17))));
+        let exact = "x".repeat(255 - "NOT_FOUND - ".len());
+        assert_eq!(ReplyCode::NotFound.text(&exact).len(), 255);
+        assert!(!ReplyCode::NotFound.text(&exact).ends_with("..."));
     }
 }

@@ -317,7 +317,8 @@ pub struct AmqpConfig {
     pub channel_max: u16,
     /// Heartbeat interval offered in `connection.tune`, seconds (0 disables).
     pub heartbeat: u16,
-    /// Largest message body accepted, bytes (RabbitMQ 3.10.8: 128 MiB).
+    /// Largest message body accepted, bytes; 0 (the default) is the `compat` release's default:
+    /// 128 MiB for 3.10, 16 MiB for 4.
     pub max_message_size: u64,
     /// Seconds a client has to finish the handshake (RabbitMQ: 10).
     pub handshake_timeout: u64,
@@ -337,9 +338,15 @@ pub struct AmqpConfig {
 }
 
 /// The RabbitMQ release whose defaults Warren follows where RabbitMQ 4.x changed them
-/// (`amqp.compat`). What `"4"` changes today: a quorum queue declared without
-/// `x-delivery-limit` (and no `delivery-limit` policy) gets RabbitMQ 4.0's default limit of
-/// [`Compat::QUORUM_DELIVERY_LIMIT_4`].
+/// (`amqp.compat`). What `"4"` changes (each as RabbitMQ 4.0-4.3 does by default):
+/// - a quorum queue declared without `x-delivery-limit` (and no `delivery-limit` policy) gets
+///   the limit [`Compat::QUORUM_DELIVERY_LIMIT_4`] (4.0);
+/// - `amqp.max_message_size = 0` (the default) means 16 MiB instead of 128 MiB (4.0);
+/// - `basic.qos` with `global = true` sets the per-consumer prefetch (4.3, deprecated feature
+///   `global_qos` denied);
+/// - declaring a new non-durable, non-exclusive queue fails with 541 (4.3, deprecated feature
+///   `transient_nonexcl_queues` denied);
+/// - a passive `exchange.declare` or `queue.declare` needs `configure` permission (4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Compat {
     /// RabbitMQ 3.10.8 (the default).
@@ -361,6 +368,38 @@ impl Compat {
             Compat::V3_10 => None,
             Compat::V4 => Some(Self::QUORUM_DELIVERY_LIMIT_4),
         }
+    }
+
+    /// RabbitMQ 3.10's default `max_message_size` (128 MiB).
+    pub const MAX_MESSAGE_SIZE_3_10: u64 = 134_217_728;
+    /// RabbitMQ 4.0's default `max_message_size` (16 MiB).
+    pub const MAX_MESSAGE_SIZE_4: u64 = 16_777_216;
+
+    /// The largest message body accepted, given `amqp.max_message_size` (0: this release's
+    /// default).
+    pub fn max_message_size(self, configured: u64) -> u64 {
+        match (configured, self) {
+            (0, Compat::V3_10) => Self::MAX_MESSAGE_SIZE_3_10,
+            (0, Compat::V4) => Self::MAX_MESSAGE_SIZE_4,
+            (n, _) => n,
+        }
+    }
+
+    /// Whether `basic.qos(global = true)` limits the whole channel (3.10) or is taken as
+    /// per-consumer (4.3 denies the deprecated feature `global_qos`).
+    pub fn global_qos(self) -> bool {
+        self == Compat::V3_10
+    }
+
+    /// Whether a new non-durable, non-exclusive queue may be declared (4.3 denies the
+    /// deprecated feature `transient_nonexcl_queues`).
+    pub fn transient_nonexclusive_queues(self) -> bool {
+        self == Compat::V3_10
+    }
+
+    /// Whether passive declares check `configure` permission (4.3 does).
+    pub fn passive_declare_needs_configure(self) -> bool {
+        self == Compat::V4
     }
 }
 
@@ -419,7 +458,7 @@ impl Default for AmqpConfig {
             frame_max: 131_072,
             channel_max: 2047,
             heartbeat: 60,
-            max_message_size: 134_217_728,
+            max_message_size: 0,
             handshake_timeout: 10,
             consumer_timeout: 1_800_000,
             product: "RabbitMQ".into(),
@@ -572,12 +611,12 @@ impl AmqpConfig {
             return Err(invalid("amqp.channel_max", "must be between 1 and 65535"));
         }
         // `heartbeat`: every u16 is fine; 0 disables heartbeats.
-        // RabbitMQ refuses a `max_message_size` above its hard cap, 512 MiB.
+        // RabbitMQ refuses a `max_message_size` above its hard cap, 512 MiB; 0 is the default.
         let cap = warren_codec::MAX_BODY_SIZE;
-        if self.max_message_size == 0 || self.max_message_size > cap {
+        if self.max_message_size > cap {
             return Err(invalid(
                 "amqp.max_message_size",
-                format!("must be between 1 and {cap} bytes (512 MiB)"),
+                format!("must be between 0 (the default) and {cap} bytes (512 MiB)"),
             ));
         }
         if self.handshake_timeout == 0 || self.handshake_timeout > HANDSHAKE_TIMEOUT_MAX {
@@ -960,10 +999,16 @@ mod tests {
 
     #[test]
     fn max_message_size_is_bounded() {
+        let zero = Config::from_toml("amqp.max_message_size = 0").expect("0");
         assert_eq!(
-            invalid_key("amqp.max_message_size = 0"),
-            "amqp.max_message_size"
+            zero.amqp
+                .compat
+                .max_message_size(zero.amqp.max_message_size),
+            134_217_728
         );
+        let v4 = Config::from_toml("amqp.max_message_size = 0\namqp.compat = \"4\"").expect("4");
+        assert_eq!(v4.amqp.compat.max_message_size(0), 16_777_216);
+        assert_eq!(v4.amqp.compat.max_message_size(1000), 1000);
         assert_eq!(
             invalid_key("amqp.max_message_size = 536870913"),
             "amqp.max_message_size"

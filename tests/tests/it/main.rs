@@ -31,6 +31,7 @@ mod paging;
 mod policies;
 mod queue_features;
 mod quorum;
+mod rabbitmq4;
 mod smoke;
 mod stats;
 mod streams;

@@ -24,6 +24,17 @@ use crate::queue::{
 };
 use crate::vhost::arg_display;
 
+/// What RabbitMQ 4.3 answers (541, connection closed) to a new non-durable, non-exclusive queue:
+/// `rabbit_deprecated_features`' text for a feature denied by default (the reply text is cut to
+/// 255 bytes as RabbitMQ cuts it).
+const TRANSIENT_NONEXCL_DENIED: &str = "Feature `transient_nonexcl_queues` is deprecated.\n\
+    By default, this feature is not permitted anymore.\n\
+    The feature will be removed from a future major RabbitMQ version, regardless of the \
+    configuration; actual version to be determined.\n\
+    To continue using this feature when it is not permitted by default, set the following \
+    parameter in your configuration:\n    \
+    \"deprecated_features.permit.transient_nonexcl_queues = true\"";
+
 fn declared(q: &QueueRef) -> DeclaredQueue {
     DeclaredQueue {
         queue: q.clone(),
@@ -219,6 +230,13 @@ impl VHost {
         }
         if args.kind != QueueKind::Classic {
             check_replicated_properties(d, &self.name)?;
+        }
+        if !d.durable
+            && d.exclusive_owner.is_none()
+            && !origin.internal
+            && !self.services.compat.transient_nonexclusive_queues()
+        {
+            return Err(AmqpError::internal(TRANSIENT_NONEXCL_DENIED));
         }
         if let Some(max) = self.limits().max_queues {
             if topo.queues.len() as u64 >= max {

@@ -117,7 +117,9 @@ impl Channel {
         let now = ctx.now;
         match m {
             basic::AMQPMethod::Qos(q) => {
-                if q.global {
+                // RabbitMQ 4.3 denies the deprecated feature `global_qos`: a global prefetch
+                // is accepted and taken as per-consumer.
+                if q.global && ctx.broker.config.amqp.compat.global_qos() {
                     self.channel_credit.set_limit(q.prefetch_count);
                     self.info
                         .global_prefetch_count

@@ -88,7 +88,8 @@ impl Channel {
             return Err(AmqpError::not_implemented("immediate=true"));
         }
         ctx.published = true;
-        let max = ctx.broker.config.amqp.max_message_size;
+        let amqp = &ctx.broker.config.amqp;
+        let max = amqp.compat.max_message_size(amqp.max_message_size);
         if body.len() as u64 > max {
             return Err(AmqpError::precondition_failed(format!(
                 "message size {} is larger than configured max size {}",

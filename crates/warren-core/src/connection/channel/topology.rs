@@ -107,6 +107,15 @@ impl Channel {
                 if d.exchange.as_str().is_empty() {
                     return Err(AmqpError::default_exchange_refused());
                 }
+                if ctx
+                    .broker
+                    .config
+                    .amqp
+                    .compat
+                    .passive_declare_needs_configure()
+                {
+                    permit_exchange(ctx, Perm::Configure, d.exchange.as_str())?;
+                }
                 if !vh.has_exchange(d.exchange.as_str()) {
                     return Err(AmqpError::no_exchange(d.exchange.as_str(), &vh.name));
                 }
@@ -201,6 +210,15 @@ impl Channel {
             }
             queue::AMQPMethod::Declare(d) if d.passive => {
                 let name = self.queue_name(d.queue.as_str())?;
+                if ctx
+                    .broker
+                    .config
+                    .amqp
+                    .compat
+                    .passive_declare_needs_configure()
+                {
+                    permit_queue(ctx, Perm::Configure, &name)?;
+                }
                 let q = vh
                     .queue(&name)
                     .ok_or_else(|| AmqpError::no_queue(&name, &vh.name))?;
