@@ -25,6 +25,7 @@ pub mod clock;
 pub mod config;
 mod connection;
 pub mod datadir;
+pub mod dedup;
 pub mod disk_monitor;
 pub mod error;
 pub mod events;

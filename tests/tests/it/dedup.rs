@@ -267,3 +267,212 @@ async fn bad_arguments_get_the_plugin_errors() {
     }
     b.stop().await;
 }
+
+async fn dedup_queue(ch: &Channel, q: &str, durable: bool, extra: &[(&str, AMQPValue)]) {
+    let mut args = vec![("x-message-deduplication", AMQPValue::Boolean(true))];
+    args.extend_from_slice(extra);
+    ch.queue_declare(
+        q.into(),
+        QueueDeclareOptions {
+            durable,
+            ..Default::default()
+        },
+        table(&args),
+    )
+    .await
+    .expect("queue.declare");
+}
+
+async fn persistent(ch: &Channel, q: &str, key: &str) {
+    publish(ch, "", q, keyed(key).with_delivery_mode(2)).await;
+}
+
+async fn get(ch: &Channel, q: &str, no_ack: bool) -> lapin::message::BasicGetMessage {
+    ch.basic_get(q.into(), BasicGetOptions { no_ack })
+        .await
+        .expect("basic.get")
+        .expect("a message")
+}
+
+/// The plugin's queue mode: a message is not enqueued while one with the same
+/// `x-deduplication-header` is in the queue, ready or unacknowledged (it is still confirmed);
+/// the key is free again once that message is acked, taken without ack, dead-lettered or
+/// purged; a nack with requeue keeps it.
+#[tokio::test]
+async fn queue_refuses_a_key_while_a_message_with_it_is_queued() {
+    let b = TestBroker::start_manual().await;
+    let (_c, ch) = confirm_channel(&b).await;
+    dedup_queue(&ch, "dq", false, &[]).await;
+    publish(&ch, "", "dq", keyed("a")).await;
+    publish(&ch, "", "dq", keyed("a")).await;
+    publish(&ch, "", "dq", keyed("b")).await;
+    publish(&ch, "", "dq", BasicProperties::default()).await;
+    publish(&ch, "", "dq", BasicProperties::default()).await;
+    assert_eq!(depth(&b, "dq"), 4, "a, b and the two unkeyed");
+
+    // Unacknowledged still counts; a requeue keeps the key; the ack frees it.
+    let m = get(&ch, "dq", false).await;
+    assert_eq!(header(&m, "x-deduplication-header"), Some(s("a")));
+    publish(&ch, "", "dq", keyed("a")).await;
+    assert_eq!(depth(&b, "dq"), 3, "a is unacked, the copy is dropped");
+    ch.basic_nack(
+        m.delivery.delivery_tag,
+        BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        },
+    )
+    .await
+    .expect("nack");
+    publish(&ch, "", "dq", keyed("a")).await;
+    assert_eq!(depth(&b, "dq"), 4, "requeued a still holds the key");
+    let m = get(&ch, "dq", false).await;
+    assert_eq!(header(&m, "x-deduplication-header"), Some(s("a")));
+    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .expect("ack");
+    publish(&ch, "", "dq", keyed("a")).await;
+    assert_eq!(depth(&b, "dq"), 4, "after the ack a is enqueued again");
+
+    // Taken without ack (b is next), the key is free at once.
+    let m = get(&ch, "dq", true).await;
+    assert_eq!(header(&m, "x-deduplication-header"), Some(s("b")));
+    publish(&ch, "", "dq", keyed("b")).await;
+    assert_eq!(depth(&b, "dq"), 4);
+
+    // A purge frees every key.
+    ch.queue_purge("dq".into(), QueuePurgeOptions::default())
+        .await
+        .expect("purge");
+    publish(&ch, "", "dq", keyed("a")).await;
+    publish(&ch, "", "dq", keyed("b")).await;
+    assert_eq!(depth(&b, "dq"), 2);
+
+    // Rejected without requeue (no DLX: dropped) frees it too; so does a message TTL.
+    let m = get(&ch, "dq", false).await;
+    ch.basic_reject(
+        m.delivery.delivery_tag,
+        BasicRejectOptions { requeue: false },
+    )
+    .await
+    .expect("reject");
+    publish(&ch, "", "dq", keyed("a")).await;
+    assert_eq!(depth(&b, "dq"), 2, "a again, after b");
+    dedup_queue(
+        &ch,
+        "dq-ttl",
+        false,
+        &[("x-message-ttl", AMQPValue::LongInt(100))],
+    )
+    .await;
+    publish(&ch, "", "dq-ttl", keyed("t")).await;
+    b.advance(Duration::from_millis(100)).await;
+    publish(&ch, "", "dq-ttl", keyed("t")).await;
+    assert_eq!(
+        depth(&b, "dq-ttl"),
+        1,
+        "the first expired; the second is queued"
+    );
+
+    // LavinMQ's x-deduplication-header argument names another header.
+    dedup_queue(
+        &ch,
+        "dq-named",
+        false,
+        &[("x-deduplication-header", s("order"))],
+    )
+    .await;
+    let order = |v: &str| BasicProperties::default().with_headers(table(&[("order", s(v))]));
+    publish(&ch, "", "dq-named", order("1")).await;
+    publish(&ch, "", "dq-named", order("1")).await;
+    publish(&ch, "", "dq-named", keyed("1")).await;
+    assert_eq!(depth(&b, "dq-named"), 2);
+    // A plain queue does not deduplicate.
+    ch.queue_declare(
+        "plain".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    publish(&ch, "", "plain", keyed("a")).await;
+    publish(&ch, "", "plain", keyed("a")).await;
+    assert_eq!(depth(&b, "plain"), 2);
+    b.stop().await;
+}
+
+fn header(m: &lapin::message::BasicGetMessage, key: &str) -> Option<AMQPValue> {
+    m.delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(key).cloned())
+}
+
+/// A durable deduplicating queue's persistent messages hold their keys across a restart.
+#[tokio::test]
+async fn queue_keys_survive_a_restart_with_their_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let b = TestBroker::start_durable_manual(dir.path()).await;
+        let (_c, ch) = confirm_channel(&b).await;
+        dedup_queue(&ch, "ddq", true, &[]).await;
+        persistent(&ch, "ddq", "a").await;
+        persistent(&ch, "ddq", "b").await;
+        persistent(&ch, "ddq", "a").await;
+        assert_eq!(depth(&b, "ddq"), 2);
+        b.stop().await;
+    }
+    let b = TestBroker::start_durable_manual(dir.path()).await;
+    let (_c, ch) = confirm_channel(&b).await;
+    assert_eq!(depth(&b, "ddq"), 2, "recovered");
+    persistent(&ch, "ddq", "a").await;
+    assert_eq!(depth(&b, "ddq"), 2, "a is still queued after the restart");
+    let m = get(&ch, "ddq", true).await;
+    assert_eq!(header(&m, "x-deduplication-header"), Some(s("a")));
+    persistent(&ch, "ddq", "a").await;
+    assert_eq!(depth(&b, "ddq"), 2, "b and the new a");
+    b.stop().await;
+}
+
+/// Bad queue arguments get the plugin's texts (LavinMQ's form of the arguments).
+#[tokio::test]
+async fn queue_dedup_bad_arguments_are_refused() {
+    let b = TestBroker::start().await;
+    let (c, _ch) = b.channel().await;
+    for (args, text) in [
+        (
+            vec![
+                ("x-message-deduplication", AMQPValue::Boolean(true)),
+                ("x-cache-size", AMQPValue::LongInt(0)),
+            ],
+            "PRECONDITION_FAILED - Invalid argument, 'x-cache-size' must be an integer greater than 0",
+        ),
+        (
+            vec![
+                ("x-message-deduplication", AMQPValue::Boolean(true)),
+                ("x-deduplication-header", AMQPValue::LongInt(1)),
+            ],
+            "PRECONDITION_FAILED - Invalid argument, 'x-deduplication-header' must be a string",
+        ),
+    ] {
+        let ch = c.create_channel().await.expect("channel");
+        let e = ch
+            .queue_declare("bad".into(), QueueDeclareOptions::default(), table(&args))
+            .await
+            .expect_err("refused");
+        assert_eq!(amqp(&e), (406, text.to_string()));
+    }
+    let ch = c
+        .create_channel()
+        .await
+        .expect("the connection still works");
+    ch.queue_declare(
+        "good".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    b.stop().await;
+}

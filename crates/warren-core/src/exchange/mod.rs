@@ -9,7 +9,7 @@
 //! (`crate::vhost`), which is read on every publish and written only by declare/bind/delete.
 
 pub mod consistent_hash;
-pub mod dedup;
+pub use crate::dedup;
 pub mod delayed;
 mod direct;
 mod fanout;

@@ -80,6 +80,9 @@ pub struct QueueArgs {
     pub max_age: Option<u64>,
     /// `x-stream-max-segment-size-bytes` (streams).
     pub stream_max_segment_size: Option<u64>,
+    /// `x-message-deduplication: true` (with `x-deduplication-header` naming the key's header):
+    /// a message is not enqueued while one with the same key is in the queue.
+    pub dedup: Option<crate::dedup::DedupArgs>,
 }
 
 /// Declare arguments RabbitMQ knows but a stream does not support (3.10.8 refuses them with
@@ -186,6 +189,7 @@ impl QueueArgs {
             dead_letter_routing_key: text("x-dead-letter-routing-key")?,
             ..QueueArgs::default()
         };
+        a.dedup = crate::dedup::parse_flag_args(args)?;
         if let Some(p) = int("x-max-priority", 0)? {
             if p > 255 {
                 // rabbit_amqqueue:check_max_priority_arg/2.

@@ -29,11 +29,13 @@ use super::{
     QueueRef, Reason, Services, Settle, Waiter,
 };
 use crate::clock::Millis;
+use crate::dedup::Present;
 use crate::error::{AmqpError, AmqpResult};
-use crate::message::{Message, QueuedMessage};
+use crate::message::{amq_props, Message, QueuedMessage};
 use crate::store::StoreRef;
 use paging::Tail;
 use ready::Ready;
+use warren_codec::proto::FieldTable;
 
 /// A message leaving the queue for a dead-letter exchange (or for nowhere, without one).
 #[derive(Debug)]
@@ -74,6 +76,8 @@ pub struct ClassicQueue {
     /// Where persistent messages of a durable queue are stored (none: not persisted).
     store: Option<StoreRef>,
     services: Services,
+    /// The keys of its messages, when it deduplicates (`x-message-deduplication`).
+    dedup: Option<Present>,
     /// The vhost, for dead-lettering and self-deletion (`x-expires`).
     owner: OnceLock<Weak<dyn QueueOwner>>,
     me: Weak<ClassicQueue>,
@@ -104,9 +108,13 @@ impl ClassicQueue {
             tail: Tail::default(),
             waiters: Vec::new(),
         };
+        let dedup = info.args.dedup.as_ref().map(Present::of);
         if let Some(s) = &store {
             st.next_seq = s.next_id();
             for r in s.take_recovered() {
+                if let Some(d) = &dedup {
+                    d.hold(headers(&r.message).as_ref());
+                }
                 st.next_seq = st.next_seq.max(r.id + 1);
                 st.ready_bytes += r.message.size() as u64;
                 let m = limits::recovered_message(&st.args, r, &services.clock);
@@ -120,6 +128,7 @@ impl ClassicQueue {
             info,
             store,
             services: services.clone(),
+            dedup,
             owner: OnceLock::new(),
             me: me.clone(),
             state: Mutex::new(st),
@@ -150,11 +159,16 @@ impl ClassicQueue {
         st.ready_bytes + st.tail.bytes
     }
 
-    /// Forgets settled messages in the store.
+    /// Forgets messages that left the queue for good, in the store and the dedup keys.
     fn store_ack(&self, msgs: &[QueuedMessage]) {
         for m in msgs {
             if let Some(s) = self.store_for(m) {
                 s.ack(m.seq);
+            }
+        }
+        if let Some(d) = &self.dedup {
+            for m in msgs {
+                d.release(headers(&m.msg).as_ref());
             }
         }
     }
@@ -194,6 +208,8 @@ impl ClassicQueue {
             }
             if d.stored {
                 self.store_ack(std::slice::from_ref(&d.message));
+            } else if let Some(dd) = &self.dedup {
+                dd.release(headers(&d.message.msg).as_ref());
             }
         }
     }
@@ -270,6 +286,13 @@ impl Queue for ClassicQueue {
                 return Enqueued::Gone;
             }
             self.expire_head(&mut st, now, &mut dead);
+            let keyed = self.dedup.as_ref().map(|d| (d, headers(&msg)));
+            if keyed.as_ref().is_some_and(|(d, h)| !d.admit(h.as_ref())) {
+                // A duplicate of a queued message: dropped, and confirmed as the plugin does.
+                drop(st);
+                self.dead_letter(dead, now);
+                return Enqueued::Yes(0);
+            }
             let size = msg.size() as u64;
             let overflow = st.args.overflow;
             let full = st
@@ -282,11 +305,14 @@ impl Queue for ClassicQueue {
                     .is_some_and(|m| Self::total_bytes(&st) + size > m);
             if full && overflow != Overflow::DropHead {
                 if overflow == Overflow::RejectPublishDlx {
+                    // Its dedup key is released when it is dead-lettered.
                     dead.push(Dead {
                         message: QueuedMessage::new(0, msg, 0),
                         reason: Reason::Maxlen,
                         stored: false,
                     });
+                } else if let Some((d, h)) = &keyed {
+                    d.release(h.as_ref());
                 }
                 Enqueued::Rejected
             } else {
@@ -529,6 +555,10 @@ impl Queue for ClassicQueue {
         let purged = st.ready.drain();
         st.ready_bytes = 0;
         self.store_ack(&purged);
+        if let Some(d) = &self.dedup {
+            // Paged messages are dropped unread: no key survives a purge.
+            d.clear();
+        }
         let n = purged.len() as u64 + st.tail.count;
         let wait = self.drop_tail(&mut st, waiter);
         (u32::try_from(n).unwrap_or(u32::MAX), wait)
@@ -581,6 +611,11 @@ impl Queue for ClassicQueue {
     fn is_deleted(&self) -> bool {
         self.state.lock().deleted
     }
+}
+
+/// A message's headers (decoded only for deduplicating queues).
+fn headers(m: &Message) -> Option<FieldTable> {
+    amq_props(&m.raw_properties).and_then(|p| p.headers().clone())
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Exchange-level message deduplication, in two dialects:
+//! Message deduplication. On exchanges ([`Dedup`]), in two dialects:
 //!
 //! - the community `rabbitmq-message-deduplication` plugin's exchange type
 //!   `x-message-deduplication` (routes as fanout; `x-cache-size` required, `x-cache-ttl`,
@@ -10,14 +10,19 @@
 //! exchange names) was seen within the cache is routed nowhere; a message without it is not
 //! checked. A per-message `x-cache-ttl` header overrides the exchange's TTL. When the cache is
 //! full the oldest entry makes room. Time is the caller's `now`.
+//!
+//! On queues ([`Present`]), as the plugin's queue mode: a queue declared with
+//! `x-message-deduplication: true` does not enqueue a message whose key is carried by a message
+//! already in it (ready or unacknowledged); the key is free again once that message has left
+//! (acknowledged, delivered without ack, dropped, expired, dead-lettered, purged).
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 
-use super::proto::{AMQPValue, FieldTable};
 use crate::clock::Millis;
 use crate::error::{AmqpError, AmqpResult};
 use crate::value::{int_value, str_value};
+use warren_codec::proto::{AMQPValue, FieldTable};
 
 /// The header that holds the key (and, by default, the one LavinMQ reads).
 pub const DEDUP_HEADER: &str = "x-deduplication-header";
@@ -216,6 +221,75 @@ impl Dedup {
     }
 }
 
+/// The keys of the messages in one deduplicating queue.
+#[derive(Debug)]
+pub struct Present {
+    header: String,
+    /// Key -> messages in the queue carrying it (1 but for a restart's recovered duplicates).
+    keys: Mutex<HashMap<String, u32>>,
+}
+
+impl Present {
+    /// The queue's set, when its arguments ask for deduplication.
+    pub fn of(args: &DedupArgs) -> Self {
+        Self {
+            header: args.header.clone(),
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(&self, headers: Option<&FieldTable>) -> Option<String> {
+        headers?.inner().get(self.header.as_str()).map(key_of)
+    }
+
+    /// Whether a message with `headers` may be enqueued (its key, if any, is then held).
+    pub fn admit(&self, headers: Option<&FieldTable>) -> bool {
+        let Some(key) = self.key(headers) else {
+            return true;
+        };
+        let mut keys = self.keys.lock();
+        if keys.contains_key(&key) {
+            return false;
+        }
+        keys.insert(key, 1);
+        true
+    }
+
+    /// Holds the key of a message already in the queue (recovered after a restart).
+    pub fn hold(&self, headers: Option<&FieldTable>) {
+        if let Some(key) = self.key(headers) {
+            *self.keys.lock().entry(key).or_insert(0) += 1;
+        }
+    }
+
+    /// A message with `headers` has left the queue.
+    pub fn release(&self, headers: Option<&FieldTable>) {
+        let Some(key) = self.key(headers) else { return };
+        let mut keys = self.keys.lock();
+        if let Some(n) = keys.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                keys.remove(&key);
+            }
+        }
+    }
+
+    /// Every message has left (purge).
+    pub fn clear(&self) {
+        self.keys.lock().clear();
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.keys.lock().len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +318,26 @@ mod tests {
         long.insert("x-cache-ttl".into(), AMQPValue::LongInt(1000));
         assert!(!d.is_duplicate(Some(&long), 200));
         assert!(d.is_duplicate(Some(&h("z")), 900));
+    }
+
+    #[test]
+    fn present_keys_are_held_while_queued() {
+        let p = Present::of(&DedupArgs {
+            size: DEFAULT_CACHE_SIZE,
+            ttl: None,
+            header: DEDUP_HEADER.into(),
+        });
+        assert!(p.admit(Some(&h("a"))));
+        assert!(!p.admit(Some(&h("a"))), "a is queued");
+        assert!(p.admit(Some(&h("b"))));
+        assert!(p.admit(None), "no key: not checked");
+        p.release(Some(&h("a")));
+        assert!(p.admit(Some(&h("a"))), "a left");
+        p.hold(Some(&h("a")));
+        p.release(Some(&h("a")));
+        assert!(!p.admit(Some(&h("a"))), "one of two recovered copies left");
+        p.clear();
+        assert!(p.is_empty());
     }
 
     #[test]
