@@ -8,6 +8,7 @@
 //! error JSON), one module per resource family under `api/`, [`tls`] (the HTTPS listener).
 
 pub mod auth;
+mod background;
 pub mod error;
 pub mod rates;
 pub mod tls;

@@ -292,4 +292,30 @@ async fn keda_regex_query_and_sorts() {
     // Reverse by name.
     let r = api.get("/api/queues?sort=name&sort_reverse=true").await;
     assert_eq!(names(&r.json), ["work.c", "work.b", "other", "Work.a"]);
+    // A page sorted on a statistics field: whole items, in that order (ties by vhost, name).
+    let r = api
+        .get("/api/queues?page=1&page_size=3&sort=messages&sort_reverse=true")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(names(&r.json["items"]), ["work.b", "work.c", "Work.a"]);
+    assert_eq!(r.json["items"][0]["messages_ready"], json!(3));
+    assert!(r.json["items"][0]["message_stats"].is_object());
+    assert_eq!(
+        (r.json["page_count"].clone(), r.json["item_count"].clone()),
+        (json!(2), json!(3))
+    );
+    let r = api
+        .get("/api/queues?sort=messages&page=2&page_size=3")
+        .await;
+    assert_eq!(names(&r.json["items"]), ["work.b"]);
+    // A dotted sort key, and a column that no item has.
+    let r = api
+        .get("/api/queues?sort=message_stats.publish&columns=name,nope")
+        .await;
+    assert_eq!(
+        r.json,
+        json!([{"name": "other"}, {"name": "Work.a"}, {"name": "work.c"}, {"name": "work.b"}]),
+        "{}",
+        r.text
+    );
 }

@@ -5,6 +5,7 @@ mod bindings;
 mod common;
 mod exchanges;
 mod overview;
+mod pick;
 pub(crate) mod query;
 mod queues;
 

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use super::pick;
 use crate::error::{ApiError, ApiResult};
 
 /// One object of a list.
@@ -58,13 +59,22 @@ pub(crate) struct Listing(pub Vec<u8>);
 impl Listing {
     /// `v` written out.
     pub(crate) fn of<T: Serialize + ?Sized>(v: &T) -> ApiResult<Self> {
-        serde_json::to_vec(v).map(Listing).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                format!("JSON encoding failed: {e}"),
-            )
-        })
+        Self::sized(v, 128)
+    }
+
+    /// `v` written out into a buffer of `capacity` bytes to begin with (a big list grows it
+    /// once or not at all, instead of a doubling per power of two).
+    pub(crate) fn sized<T: Serialize + ?Sized>(v: &T, capacity: usize) -> ApiResult<Self> {
+        let mut out = Vec::with_capacity(capacity);
+        serde_json::to_writer(&mut out, v)
+            .map(|()| Listing(out))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    format!("JSON encoding failed: {e}"),
+                )
+            })
     }
 }
 
@@ -166,6 +176,32 @@ fn without_stats(item: Value) -> Value {
 enum Shaped<U> {
     List(Vec<U>),
     Page(Page<U>),
+}
+
+impl<U> Shaped<U> {
+    /// The same answer with each item mapped.
+    fn map<V>(self, f: impl FnMut(U) -> V) -> Shaped<V> {
+        match self {
+            Shaped::List(v) => Shaped::List(v.into_iter().map(f).collect()),
+            Shaped::Page(p) => Shaped::Page(Page {
+                filtered_count: p.filtered_count,
+                item_count: p.item_count,
+                items: p.items.into_iter().map(f).collect(),
+                page: p.page,
+                page_count: p.page_count,
+                page_size: p.page_size,
+                total_count: p.total_count,
+            }),
+        }
+    }
+
+    /// Items in the answer.
+    fn len(&self) -> usize {
+        match self {
+            Shaped::List(v) => v.len(),
+            Shaped::Page(p) => p.items.len(),
+        }
+    }
 }
 
 /// RabbitMQ's paginated answer (fields in the order the `Value` answers had them).
@@ -338,18 +374,68 @@ fn engine<T: Item>(mut items: Vec<T>, q: &HashMap<String, String>) -> ApiResult<
     let columns = q.get("columns").filter(|c| !c.is_empty());
     let reverse = truthy(q, "sort_reverse");
     let basic = basic_sort(q);
-    if let (Some(by_name), None, false) = (basic, columns, strip) {
-        let mut items = sorted_basic(items, by_name);
-        if reverse {
-            items.reverse();
-        }
-        return Ok(Out::Items(paginate(items, total_count, q)?));
+    if strip {
+        return trees_engine(items, q, basic, columns, reverse, total_count);
     }
+    let mut items = match basic {
+        Some(by_name) => sorted_basic(items, by_name),
+        None => {
+            // One key per item, picked out without building the item's tree.
+            let key = q.get("sort").map_or("", String::as_str);
+            sorted_by(
+                items,
+                |i| {
+                    let mut v = pick::pick(i, &[key, "vhost", "name"]).into_iter();
+                    [v.next().flatten(), v.next().flatten(), v.next().flatten()]
+                },
+                cmp3,
+            )
+        }
+    };
+    if reverse {
+        items.reverse();
+    }
+    let page = paginate(items, total_count, q)?;
+    Ok(match columns {
+        None => Out::Items(page),
+        Some(cols) => {
+            // Only the page's items, and only their columns, become trees.
+            let cols: Vec<&str> = cols.split(',').map(str::trim).collect();
+            Out::Trees(page.map(|i| {
+                let mut out = Map::new();
+                for (c, v) in cols.iter().zip(pick::pick(&i, &cols)) {
+                    if let Some(v) = v {
+                        let parts: Vec<&str> = c.split('.').collect();
+                        insert_path(&mut out, &parts, v);
+                    }
+                }
+                Value::Object(out)
+            }))
+        }
+    })
+}
+
+fn cmp3(a: &[Option<Value>; 3], b: &[Option<Value>; 3]) -> Ordering {
+    cmp(a[0].as_ref(), b[0].as_ref())
+        .then_with(|| cmp(a[1].as_ref(), b[1].as_ref()))
+        .then_with(|| cmp(a[2].as_ref(), b[2].as_ref()))
+}
+
+/// `disable_stats=true` on trees (the small lists built as `Value`s): sorted, then every
+/// item's tree is stripped of its statistics and trimmed to `columns`.
+fn trees_engine<T: Item>(
+    items: Vec<T>,
+    q: &HashMap<String, String>,
+    basic: Option<bool>,
+    columns: Option<&String>,
+    reverse: bool,
+    total_count: usize,
+) -> ApiResult<Out<T>> {
     let trees: Vec<Value> = items.into_iter().map(Item::into_tree).collect();
-    let mut trees = match (basic, q.get("sort")) {
-        (Some(by_name), _) => sorted_basic(trees, by_name),
-        (None, key) => {
-            let key = key.map_or("", String::as_str);
+    let mut trees = match basic {
+        Some(by_name) => sorted_basic(trees, by_name),
+        None => {
+            let key = q.get("sort").map_or("", String::as_str);
             sorted_by(
                 trees,
                 |i| {
@@ -359,20 +445,14 @@ fn engine<T: Item>(mut items: Vec<T>, q: &HashMap<String, String>) -> ApiResult<
                         i.get("name").cloned(),
                     ]
                 },
-                |a, b| {
-                    cmp(a[0].as_ref(), b[0].as_ref())
-                        .then_with(|| cmp(a[1].as_ref(), b[1].as_ref()))
-                        .then_with(|| cmp(a[2].as_ref(), b[2].as_ref()))
-                },
+                cmp3,
             )
         }
     };
     if reverse {
         trees.reverse();
     }
-    if strip {
-        trees = trees.into_iter().map(without_stats).collect();
-    }
+    trees = trees.into_iter().map(without_stats).collect();
     if let Some(cols) = columns {
         let cols: Vec<&str> = cols.split(',').map(str::trim).collect();
         trees = trees.iter().map(|i| keep_columns(i, &cols)).collect();
@@ -383,9 +463,11 @@ fn engine<T: Item>(mut items: Vec<T>, q: &HashMap<String, String>) -> ApiResult<
 /// The list answer for `items`, written out (call it on the blocking pool for a big list:
 /// see `common::off_loop`).
 pub(crate) fn list<T: Item>(items: Vec<T>, q: &HashMap<String, String>) -> ApiResult<Listing> {
+    // About a queue's JSON with statistics (1.1 KB); smaller items waste a little room.
+    const ITEM_BYTES: usize = 1200;
     match engine(items, q)? {
-        Out::Items(s) => Listing::of(&s),
-        Out::Trees(s) => Listing::of(&s),
+        Out::Items(s) => Listing::sized(&s, s.len() * ITEM_BYTES + 128),
+        Out::Trees(s) => Listing::sized(&s, s.len() * ITEM_BYTES + 128),
     }
 }
 
