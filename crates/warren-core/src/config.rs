@@ -61,21 +61,52 @@ impl ManagementConfig {
     /// The certificate options of the HTTPS listener: `ssl_cert`/`ssl_key`, or those of
     /// `[tls]` when they are not set (client certificates are not asked for).
     pub fn ssl_options(&self, tls: &TlsConfig) -> TlsConfig {
-        let (cert, key) = if self.ssl_cert.as_os_str().is_empty() {
-            (tls.cert.clone(), tls.key.clone())
-        } else {
-            (self.ssl_cert.clone(), self.ssl_key.clone())
-        };
-        TlsConfig {
-            bind: self.bind.clone(),
-            port: self.ssl_port,
-            cert,
-            key,
-            verify_peer: false,
-            fail_if_no_peer_cert: false,
-            ..tls.clone()
-        }
+        https_options(
+            &self.bind,
+            self.ssl_port,
+            &self.ssl_cert,
+            &self.ssl_key,
+            tls,
+        )
     }
+}
+
+/// An HTTPS listener's TLS options: its own certificate and key, or `[tls]`'s when `cert` is
+/// empty; no client certificates asked for.
+fn https_options(
+    bind: &str,
+    port: u16,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    tls: &TlsConfig,
+) -> TlsConfig {
+    let (cert, key) = if cert.as_os_str().is_empty() {
+        (tls.cert.clone(), tls.key.clone())
+    } else {
+        (cert.to_path_buf(), key.to_path_buf())
+    };
+    TlsConfig {
+        bind: bind.to_string(),
+        port,
+        cert,
+        key,
+        verify_peer: false,
+        fail_if_no_peer_cert: false,
+        ..tls.clone()
+    }
+}
+
+/// Checks that an HTTPS listener (`key` its port's config key) has a certificate and key.
+fn check_https(key: &'static str, o: &TlsConfig, own: &str) -> Result<(), ConfigError> {
+    if o.cert.as_os_str().is_empty() || o.key.as_os_str().is_empty() {
+        return Err(invalid(
+            key,
+            format!(
+                "needs a certificate and key: {own}_cert and {own}_key, or tls.cert and tls.key"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Default for ManagementConfig {
@@ -100,6 +131,27 @@ pub struct PrometheusConfig {
     pub bind: String,
     /// Port (RabbitMQ's 15692); 0 turns the listener off.
     pub port: u16,
+    /// Port of an HTTPS listener of the same endpoint on `bind` (RabbitMQ's
+    /// `prometheus.ssl.port`, conventionally 15691); 0 (the default): none.
+    pub ssl_port: u16,
+    /// PEM certificate chain of the HTTPS listener (`prometheus.ssl.certfile`); empty: the
+    /// `[tls]` listener's `tls.cert`.
+    pub ssl_cert: PathBuf,
+    /// Its PEM private key (`prometheus.ssl.keyfile`); empty: `tls.key`.
+    pub ssl_key: PathBuf,
+}
+
+impl PrometheusConfig {
+    /// The certificate options of the HTTPS listener, as for the management API's.
+    pub fn ssl_options(&self, tls: &TlsConfig) -> TlsConfig {
+        https_options(
+            &self.bind,
+            self.ssl_port,
+            &self.ssl_cert,
+            &self.ssl_key,
+            tls,
+        )
+    }
 }
 
 impl Default for PrometheusConfig {
@@ -107,6 +159,9 @@ impl Default for PrometheusConfig {
         Self {
             bind: "0.0.0.0".into(),
             port: 15692,
+            ssl_port: 0,
+            ssl_cert: PathBuf::new(),
+            ssl_key: PathBuf::new(),
         }
     }
 }
@@ -569,15 +624,13 @@ impl Config {
         }
         if self.management.ssl_port != 0 {
             let o = self.management.ssl_options(&self.tls);
-            if o.cert.as_os_str().is_empty() || o.key.as_os_str().is_empty() {
-                return Err(invalid(
-                    "management.ssl_port",
-                    "needs a certificate and key: management.ssl_cert and management.ssl_key, \
-                     or tls.cert and tls.key",
-                ));
-            }
+            check_https("management.ssl_port", &o, "management.ssl")?;
         }
         check_bind(&self.prometheus.bind).map_err(|r| invalid("prometheus.bind", r))?;
+        if self.prometheus.ssl_port != 0 {
+            let o = self.prometheus.ssl_options(&self.tls);
+            check_https("prometheus.ssl_port", &o, "prometheus.ssl")?;
+        }
         self.log.validate()
     }
 }
@@ -1027,6 +1080,29 @@ mod tests {
             "amqp.handshake_timeout"
         );
         Config::from_toml("amqp.handshake_timeout = 1").expect("1 s");
+    }
+
+    #[test]
+    fn prometheus_https_needs_a_certificate() {
+        assert_eq!(
+            invalid_key("[prometheus]\nssl_port = 15691"),
+            "prometheus.ssl_port"
+        );
+        let c = Config::from_toml(
+            "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n[prometheus]\nssl_port = 15691",
+        )
+        .expect("tls.cert reused");
+        let o = c.prometheus.ssl_options(&c.tls);
+        assert_eq!((o.cert.to_str(), o.port), (Some("/c.pem"), 15691));
+        let c = Config::from_toml(
+            "[prometheus]\nssl_port = 15691\nssl_cert = \"/p.pem\"\nssl_key = \"/p.key\"",
+        )
+        .expect("its own certificate");
+        let o = c.prometheus.ssl_options(&c.tls);
+        assert_eq!(
+            (o.cert.to_str(), o.key.to_str()),
+            (Some("/p.pem"), Some("/p.key"))
+        );
     }
 
     #[test]

@@ -88,9 +88,22 @@ pub async fn serve_router_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_https(broker, "https", app, listener, acceptor, shutdown).await
+}
+
+/// Serves any `app` over HTTPS on `listener` until `shutdown`, listed in the broker's
+/// listeners as `protocol` (`https` for the management API, `https/prometheus` for metrics).
+pub async fn serve_https(
+    broker: &Broker,
+    protocol: &'static str,
+    app: Router,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     if let Ok(addr) = listener.local_addr() {
-        broker.add_listener("https", addr);
+        broker.add_listener(protocol, addr);
     }
     // `tap_io` only so that axum hands the peer's address to the handlers (`ConnectInfo`).
     let listener = tls::HttpsListener::new(listener, acceptor, shutdown.clone())?.tap_io(|_| {});

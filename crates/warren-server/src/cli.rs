@@ -123,6 +123,10 @@ pub struct ServeArgs {
     /// Port of the Prometheus endpoint; 0 turns it off (`prometheus.port`).
     #[arg(long, env = "WARREN_PROMETHEUS_PORT", value_name = "N")]
     pub prometheus_port: Option<u16>,
+    /// Port of the Prometheus endpoint's HTTPS listener (RabbitMQ's `prometheus.ssl.port`); 0:
+    /// none (`prometheus.ssl_port`; certificate from `prometheus.ssl_cert` or `tls.cert`).
+    #[arg(long, env = "WARREN_PROMETHEUS_SSL_PORT", value_name = "N")]
+    pub prometheus_ssl_port: Option<u16>,
     /// Print a documented configuration file holding the defaults, and exit.
     #[arg(long)]
     pub print_default_config: bool,
@@ -236,6 +240,9 @@ impl ServeArgs {
         if let Some(bind) = &self.prometheus_bind {
             config.prometheus.bind.clone_from(bind);
         }
+        if let Some(port) = self.prometheus_ssl_port {
+            config.prometheus.ssl_port = port;
+        }
         if let Some(port) = self.prometheus_port {
             config.prometheus.port = port;
         }
@@ -280,6 +287,10 @@ impl ServeArgs {
             "prometheus.bind" => (
                 self.prometheus_bind.is_some(),
                 "--prometheus-bind or WARREN_PROMETHEUS_BIND",
+            ),
+            "prometheus.ssl_port" => (
+                self.prometheus_ssl_port.is_some(),
+                "--prometheus-ssl-port or WARREN_PROMETHEUS_SSL_PORT",
             ),
             "disk.free_limit_relative" => (
                 self.disk_free_limit.is_some(),

@@ -190,6 +190,12 @@ async fn run(config: Config) -> Result<(), String> {
         config.prometheus.port,
     )
     .await?;
+    let prometheus_tls = bind_http(
+        "prometheus (HTTPS)",
+        &config.prometheus.bind,
+        config.prometheus.ssl_port,
+    )
+    .await?;
     let broker = tokio::task::spawn_blocking(move || warren_core::Broker::open(config))
         .await
         .map_err(|e| format!("broker failed: {e}"))?
@@ -231,6 +237,19 @@ async fn run(config: Config) -> Result<(), String> {
         tokio::spawn(async move {
             if let Err(e) = warren_metrics::serve(b, l, s).await {
                 error!(error = %e, "prometheus listener failed");
+            }
+        });
+    }
+    if let Some(l) = prometheus_tls {
+        let c = &broker.config;
+        let acceptor = warren_core::tls::acceptor(&c.prometheus.ssl_options(&c.tls))?;
+        let (b, s) = (broker.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let app = warren_metrics::router(b.clone());
+            if let Err(e) =
+                warren_http::serve_https(&b, "https/prometheus", app, l, acceptor, s).await
+            {
+                error!(error = %e, "prometheus HTTPS listener failed");
             }
         });
     }

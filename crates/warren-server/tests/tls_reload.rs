@@ -147,3 +147,104 @@ async fn sighup_reloads_the_certificate_for_new_connections_only() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `GET path` over a TLS stream (HTTP/1.1, connection closed after), as guest: status line and
+/// body.
+async fn https_get(port: u16, ca: &str, path: &str) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut s = loop {
+        match tls_connect(port, ca).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("TLS connect to {port}: {e}"),
+        }
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("request");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// `--prometheus-ssl-port` (RabbitMQ's `prometheus.ssl.port`) serves the metrics over HTTPS
+/// with the `[tls]` certificate, beside the plain endpoint, and the management API lists it
+/// as `https/prometheus`.
+#[tokio::test]
+async fn prometheus_over_https_from_the_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "metrics CA");
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
+    let ca_pem = ca.pem();
+    let (cert, key) = issue(&ca, "localhost");
+    write(dir.path(), "cert.pem", &cert);
+    write(dir.path(), "key.pem", &key);
+    let [port, tls_port, mgmt_tls, prom, prom_tls] = [(); 5].map(|()| free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .env("WARREN_MANAGEMENT_PORT", "0")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--tls-port", &tls_port.to_string(), "--log-level", "warn"])
+        .args(["--management-bind", "127.0.0.1"])
+        .args(["--management-ssl-port", &mgmt_tls.to_string()])
+        .args(["--prometheus-bind", "127.0.0.1"])
+        .args(["--prometheus-port", &prom.to_string()])
+        .args(["--prometheus-ssl-port", &prom_tls.to_string()])
+        .arg("--tls-cert")
+        .arg(dir.path().join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.path().join("key.pem"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn warren");
+    let (status, body) = https_get(prom_tls, &ca_pem, "/metrics").await;
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(
+        body.contains("# TYPE rabbitmq_"),
+        "Prometheus text: {body:.200}"
+    );
+    let (status, body) = https_get(prom_tls, &ca_pem, "/metrics/per-object").await;
+    assert!(
+        status.contains(" 200 ") && body.contains("# TYPE"),
+        "{status}"
+    );
+    let (status, _) = https_get(prom_tls, &ca_pem, "/nope").await;
+    assert!(status.contains(" 404 "), "{status}");
+    // The plain endpoint is still there.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", prom))
+        .await
+        .expect("plain metrics");
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut out = Vec::new();
+    let _ = plain.read_to_end(&mut out).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    // Both HTTPS listeners are listed.
+    let (status, body) = https_get(mgmt_tls, &ca_pem, "/api/overview").await;
+    assert!(status.contains(" 200 "), "{status} {body}");
+    let overview: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let listed = |proto: &str, port: u16| {
+        overview["listeners"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|x| x["protocol"] == proto && x["port"] == port)
+        })
+    };
+    assert!(listed("https/prometheus", prom_tls), "{overview}");
+    assert!(listed("http/prometheus", prom), "{overview}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
