@@ -843,3 +843,68 @@ async fn timestamps_are_unix_time_on_the_system_clock() {
     quiet(&mut later).await;
     b.stop().await;
 }
+
+/// The management API shows a stream as RabbitMQ 3.10 does (`type`, `members`, `online`,
+/// `leader`, `readers`) plus its log (segments, bytes, first and last offset) and each
+/// consumer's `offset` (the next it will be sent) and `offset_lag`.
+#[tokio::test]
+async fn management_shows_a_streams_log_and_its_consumers_offsets() {
+    let b = TestBroker::start().await;
+    let api = b.api();
+    let (_c, ch) = confirm_channel(&b).await;
+    declare_stream(&ch, "ms", &[]).await;
+    let r = api.get("/api/queues/%2F/ms").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["type"], "stream");
+    assert_eq!(r.json["first_offset"], 0);
+    assert!(r.json["last_offset"].is_null(), "empty: {}", r.text);
+    publish_confirmed(&ch, "ms", "m", 5).await;
+    let (_c1, ch1) = b.channel().await;
+    ch1.basic_qos(2, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut k = consume_at(&ch1, "ms", "reader1", Some(s("first"))).await;
+    assert_eq!(offsets(&take(&mut k, 2, false).await), vec![0, 1]);
+    let r = api.get("/api/queues/%2F/ms").await;
+    let q = &r.json;
+    assert_eq!(q["type"], "stream", "{}", r.text);
+    assert_eq!(q["members"], serde_json::json!([q["node"].clone()]));
+    assert_eq!(q["online"], q["members"]);
+    assert_eq!(q["leader"], q["node"]);
+    assert_eq!(q["readers"][q["node"].as_str().expect("node")], 1);
+    assert_eq!(
+        (q["first_offset"].clone(), q["last_offset"].clone()),
+        (0.into(), 4.into())
+    );
+    assert!(q["segments"].as_u64().is_some_and(|n| n >= 1), "{}", r.text);
+    assert!(
+        q["stream_bytes"].as_u64().is_some_and(|n| n > 0),
+        "{}",
+        r.text
+    );
+    let c = &q["consumer_details"][0];
+    assert_eq!(c["consumer_tag"], "reader1");
+    assert_eq!(
+        (c["offset"].clone(), c["offset_lag"].clone()),
+        (2.into(), 3.into())
+    );
+    // The same fields in the list; a classic queue has none of them.
+    let (_c2, ch2) = b.channel().await;
+    ch2.queue_declare(
+        "plain".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let r = api
+        .get("/api/queues/%2F?columns=name,last_offset,segments")
+        .await;
+    assert_eq!(
+        r.json,
+        serde_json::json!([{"name": "ms", "last_offset": 4, "segments": q["segments"].clone()}, {"name": "plain"}]),
+        "{}",
+        r.text
+    );
+    b.stop().await;
+}

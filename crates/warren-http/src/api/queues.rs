@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use warren_core::auth::Perm;
 use warren_core::message::{amq_props, QueuedMessage};
 use warren_core::metadata::{Command, QueueDef};
+use warren_core::queue::stream::StreamStats;
 use warren_core::queue::{Delivery, Got, QueueRef, Settle, Sink, Waiter};
 use warren_core::vhost::{new_store_dir, Pre, VHost};
 
@@ -71,12 +72,12 @@ pub(crate) struct QueueJson<'a> {
 }
 
 impl QueueJson<'_> {
-    fn consumer_details(&self) -> Vec<Value> {
+    fn consumer_details(&self, stream: Option<&StreamStats>) -> Vec<Value> {
         self.q
             .consumers()
             .iter()
             .map(|c| {
-                json!({
+                let mut v = json!({
                     "consumer_tag": &*c.tag,
                     "channel_details": {"number": c.channel, "connection_name": c.conn_id.to_string()},
                     "ack_required": c.ack_required,
@@ -85,10 +86,35 @@ impl QueueJson<'_> {
                     "arguments": table_json(&c.arguments),
                     "active": true,
                     "activity_status": "up",
-                })
+                });
+                // A stream consumer's position, as RabbitMQ's stream plugin lists its
+                // consumers: the next offset it will be sent, and how far behind the end.
+                if let Some(st) = stream {
+                    if let Some((_, at)) = st.consumers.iter().find(|(t, _)| **t == *c.tag) {
+                        v["offset"] = json!(at);
+                        v["offset_lag"] = json!(st.log.next_offset.saturating_sub(*at));
+                    }
+                }
+                v
             })
             .collect()
     }
+}
+
+/// What a stream adds to its queue JSON: RabbitMQ 3.10's `members`, `online`, `leader` and
+/// `readers` (one node), and Warren's view of the log (size, segments, offsets).
+fn stream_entries<M: SerializeMap>(m: &mut M, st: &StreamStats) -> Result<(), M::Error> {
+    m.serialize_entry("leader", NODE)?;
+    m.serialize_entry("members", &[NODE])?;
+    m.serialize_entry("online", &[NODE])?;
+    m.serialize_entry("readers", &json!({ NODE: st.consumers.len() }))?;
+    m.serialize_entry("segments", &st.log.segments)?;
+    m.serialize_entry("stream_bytes", &st.log.bytes)?;
+    m.serialize_entry("first_offset", &st.log.first_offset)?;
+    // The last message's offset; null while the stream is empty.
+    let last = (st.log.next_offset > st.log.first_offset).then(|| st.log.next_offset - 1);
+    m.serialize_entry("last_offset", &last)?;
+    Ok(())
 }
 
 impl Serialize for QueueJson<'_> {
@@ -146,8 +172,12 @@ impl Serialize for QueueJson<'_> {
         m.serialize_entry("consumers", &consumers)?;
         m.serialize_entry("consumer_utilisation", &utilisation)?;
         m.serialize_entry("consumer_capacity", &utilisation)?;
+        let stream = q.stream_stats();
+        if let Some(st) = &stream {
+            stream_entries(&mut m, st)?;
+        }
         if consumers > 0 {
-            m.serialize_entry("consumer_details", &self.consumer_details())?;
+            m.serialize_entry("consumer_details", &self.consumer_details(stream.as_ref()))?;
         } else {
             m.serialize_entry("consumer_details", &[(); 0])?;
         }
