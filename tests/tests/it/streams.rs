@@ -908,3 +908,79 @@ async fn management_shows_a_streams_log_and_its_consumers_offsets() {
     );
     b.stop().await;
 }
+
+/// Policies `max-length-bytes` and `max-age` apply to streams (RabbitMQ's stream retention
+/// policies): set after the messages are in, they delete whole segments from the head at once
+/// (size) or when the head is old enough (age), and the API shows the policy.
+#[tokio::test]
+async fn retention_policies_apply_to_streams() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = TestBroker::start_durable_manual(dir.path()).await;
+    let api = b.api();
+    let (_c, ch) = confirm_channel(&b).await;
+    let seg = ("x-stream-max-segment-size-bytes", AMQPValue::LongInt(1000));
+    declare_stream(&ch, "pol.size", &[seg.clone()]).await;
+    declare_stream(&ch, "pol.age", &[seg]).await;
+    publish_confirmed(&ch, "pol.size", "m", 100).await;
+    publish_confirmed(&ch, "pol.age", "m", 100).await;
+    let log = |name: &str| {
+        b.broker
+            .vhost("/")
+            .expect("vhost")
+            .usable_queue(0, name)
+            .expect("queue")
+            .stream_stats()
+            .expect("stream")
+            .log
+    };
+    assert_eq!(log("pol.size").first_offset, 0, "no retention yet");
+    let r = api
+        .put(
+            "/api/policies/%2F/by-size",
+            &serde_json::json!({"pattern": "^pol\\.size$", "definition": {"max-length-bytes": 3000}, "apply-to": "queues"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(
+        eventually(WAIT, || log("pol.size").bytes <= 3000).await,
+        "{:?}",
+        log("pol.size")
+    );
+    let size = log("pol.size");
+    assert!(
+        size.first_offset > 50 && size.next_offset == 100,
+        "{size:?}"
+    );
+    let r = api.get("/api/queues/%2F/pol.size").await;
+    assert_eq!(r.json["policy"], "by-size", "{}", r.text);
+
+    let r = api
+        .put(
+            "/api/policies/%2F/by-age",
+            &serde_json::json!({"pattern": "^pol\\.age$", "definition": {"max-age": "10s"}, "apply-to": "queues"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(log("pol.age").first_offset, 0, "nothing is 10 s old yet");
+    b.advance(Duration::from_secs(11)).await;
+    assert!(
+        eventually(WAIT, || log("pol.age").segments == 1).await,
+        "{:?}",
+        log("pol.age")
+    );
+    assert_eq!(log("pol.age").next_offset, 100);
+
+    // `stream-max-segment-size-bytes` from a policy sizes the segments of a stream declared
+    // after it (the default, 500 MB, would keep these 100 messages in one).
+    let r = api
+        .put(
+            "/api/policies/%2F/seg",
+            &serde_json::json!({"pattern": "^seg\\.", "definition": {"stream-max-segment-size-bytes": 1000}, "apply-to": "queues"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    declare_stream(&ch, "seg.s", &[]).await;
+    publish_confirmed(&ch, "seg.s", "m", 100).await;
+    assert!(log("seg.s").segments > 2, "{:?}", log("seg.s"));
+    b.stop().await;
+}

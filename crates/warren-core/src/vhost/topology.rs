@@ -508,8 +508,11 @@ impl VHost {
         if args.kind != QueueKind::Classic {
             check_replicated_properties(d, &self.name)?;
         }
+        let applied = crate::policy::Applied::for_queue(&self.policies(), &d.name, &args);
         let backing = if durable && !d.store_dir.is_empty() {
-            self.backing_for(&d.store_dir, &args)
+            // The effective arguments: a stream's segment size may come from its policy
+            // (`stream-max-segment-size-bytes`), as it is set when the stream is made.
+            self.backing_for(&d.store_dir, &applied.args)
                 .map_err(|e| AmqpError::internal(format!("cannot open queue store: {e}")))?
         } else {
             Backing::None
@@ -525,11 +528,7 @@ impl VHost {
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
             },
-            policy: crate::queue::PolicyCell::new(crate::policy::Applied::for_queue(
-                &self.policies(),
-                &d.name,
-                &args,
-            )),
+            policy: crate::queue::PolicyCell::new(applied),
             args,
             store_dir: on_disk.then(|| d.store_dir.clone()),
             stats: Default::default(),

@@ -123,7 +123,10 @@ impl StreamQueue {
     /// Deletes what retention says must go, and asks for a wake-up when the head segment
     /// will be too old.
     fn retain(&self, st: &mut State, now: Millis) {
-        let a = &self.info.args;
+        // The effective arguments: the declared ones merged with the stream's policy
+        // (`max-length-bytes`, `max-age`).
+        let applied = self.info.policy.get();
+        let a = &applied.args;
         if a.max_length_bytes.is_none() && a.max_age.is_none() {
             return;
         }
@@ -278,6 +281,15 @@ impl Queue for StreamQueue {
     fn kick(&self, _now: Millis) {
         let mut st = self.state.lock();
         self.dispatch(&mut st);
+    }
+
+    fn set_policy(&self, p: crate::policy::Applied, now: Millis) {
+        self.info.policy.set(Arc::new(p));
+        let mut st = self.state.lock();
+        if !st.deleted {
+            // A policy's retention applies at once, as a declare argument would.
+            self.retain(&mut st, now);
+        }
     }
 
     fn on_timer(&self, now: Millis) {
