@@ -919,7 +919,7 @@ async fn retention_policies_apply_to_streams() {
     let api = b.api();
     let (_c, ch) = confirm_channel(&b).await;
     let seg = ("x-stream-max-segment-size-bytes", AMQPValue::LongInt(1000));
-    declare_stream(&ch, "pol.size", &[seg.clone()]).await;
+    declare_stream(&ch, "pol.size", std::slice::from_ref(&seg)).await;
     declare_stream(&ch, "pol.age", &[seg]).await;
     publish_confirmed(&ch, "pol.size", "m", 100).await;
     publish_confirmed(&ch, "pol.age", "m", 100).await;
