@@ -86,6 +86,32 @@ fn hup(pid: u32) {
     assert!(ok, "kill -HUP");
 }
 
+/// A self-signed test CA.
+fn test_ca(cn: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, cn);
+    CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA")
+}
+
+/// The `warren` binary on loopback with AMQP on `port`, AMQPS on `tls_port` with `dir`'s
+/// `cert.pem`/`key.pem`, data in `dir/data`, plain management off; more flags may follow.
+fn warren_tls(dir: &Path, port: u16, tls_port: u16) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.env("WARREN_MANAGEMENT_PORT", "0")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--tls-port", &tls_port.to_string(), "--log-level", "warn"])
+        .arg("--tls-cert")
+        .arg(dir.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("key.pem"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    c
+}
+
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).expect("write pem");
 }
@@ -93,29 +119,15 @@ fn write(dir: &Path, name: &str, text: &str) {
 #[tokio::test]
 async fn sighup_reloads_the_certificate_for_new_connections_only() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, "reload CA");
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
+    let ca = test_ca("reload CA");
     let ca_pem = ca.pem();
     let (first, first_key) = issue(&ca, "first");
     let (second, second_key) = issue(&ca, "second");
     write(dir.path(), "cert.pem", &first);
     write(dir.path(), "key.pem", &first_key);
     let (port, tls_port) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .env("WARREN_MANAGEMENT_PORT", "0")
+    let mut child = warren_tls(dir.path(), port, tls_port)
         .env("WARREN_PROMETHEUS_PORT", "0")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--tls-port", &tls_port.to_string(), "--log-level", "warn"])
-        .arg("--tls-cert")
-        .arg(dir.path().join("cert.pem"))
-        .arg("--tls-key")
-        .arg(dir.path().join("key.pem"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .spawn()
         .expect("spawn warren");
     assert_eq!(served_cert(tls_port, &ca_pem).await, der(&first));
@@ -181,32 +193,18 @@ async fn https_get(port: u16, ca: &str, path: &str) -> (String, String) {
 #[tokio::test]
 async fn prometheus_over_https_from_the_binary() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, "metrics CA");
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA");
+    let ca = test_ca("metrics CA");
     let ca_pem = ca.pem();
     let (cert, key) = issue(&ca, "localhost");
     write(dir.path(), "cert.pem", &cert);
     write(dir.path(), "key.pem", &key);
     let [port, tls_port, mgmt_tls, prom, prom_tls] = [(); 5].map(|()| free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .env("WARREN_MANAGEMENT_PORT", "0")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--tls-port", &tls_port.to_string(), "--log-level", "warn"])
+    let mut child = warren_tls(dir.path(), port, tls_port)
         .args(["--management-bind", "127.0.0.1"])
         .args(["--management-ssl-port", &mgmt_tls.to_string()])
         .args(["--prometheus-bind", "127.0.0.1"])
         .args(["--prometheus-port", &prom.to_string()])
         .args(["--prometheus-ssl-port", &prom_tls.to_string()])
-        .arg("--tls-cert")
-        .arg(dir.path().join("cert.pem"))
-        .arg("--tls-key")
-        .arg(dir.path().join("key.pem"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .spawn()
         .expect("spawn warren");
     let (status, body) = https_get(prom_tls, &ca_pem, "/metrics").await;
