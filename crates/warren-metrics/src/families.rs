@@ -690,7 +690,28 @@ pub fn standard(s: &Snapshot, scope: Scope, version: &str) -> Vec<MetricFamily> 
     let mut fams = o.fams;
     identity(&mut fams, version);
     global(&mut fams, s);
+    fams.extend(warren_own(s, scope));
     fams
+}
+
+/// Families RabbitMQ has no counterpart for, under Warren's own prefix: the messages held by
+/// delayed-message exchanges (the plugin shows them only as an exchange info item).
+fn warren_own(s: &Snapshot, scope: Scope) -> Vec<MetricFamily> {
+    let mut o = Out {
+        scope,
+        prefix: "warren_",
+        vhosts: None,
+        fams: Vec::new(),
+    };
+    o.per(
+        "exchange_messages_delayed",
+        "Messages held by a delayed-message exchange until their x-delay is up",
+        G,
+        &s.delayed,
+        |d| vec![("vhost", d.vhost.clone()), ("exchange", d.name.to_string())],
+        |d| d.messages,
+    );
+    o.fams
 }
 
 /// The families of `/metrics/detailed` for `groups` (unknown names are ignored, as RabbitMQ

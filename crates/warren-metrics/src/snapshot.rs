@@ -104,6 +104,17 @@ pub struct ChurnRow {
     pub queues_deleted: u64,
 }
 
+/// A delayed-message exchange (`x-delayed-message`) and the messages it holds.
+#[derive(Debug, Clone)]
+pub struct DelayedRow {
+    /// Its vhost.
+    pub vhost: String,
+    /// Its name.
+    pub name: Arc<str>,
+    /// Messages waiting for their delay.
+    pub messages: u64,
+}
+
 /// What one scrape reports.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -117,6 +128,8 @@ pub struct Snapshot {
     pub connections: Vec<ConnectionRow>,
     /// Exchanges (read only when a family needs them).
     pub exchanges: Vec<ExchangeRow>,
+    /// Delayed-message exchanges and how many messages each holds (always read).
+    pub delayed: Vec<DelayedRow>,
     /// Broker-wide channel counters (monotonic).
     pub totals: MessageTotals,
     /// Churn.
@@ -138,6 +151,7 @@ pub fn take(broker: &Broker, want: Want) -> Snapshot {
     let vhosts = broker.vhost_names();
     let mut queues = Vec::new();
     let mut exchanges = Vec::new();
+    let mut delayed = Vec::new();
     for name in &vhosts {
         let Some(vh) = broker.vhost(name) else {
             continue;
@@ -154,6 +168,15 @@ pub fn take(broker: &Broker, want: Want) -> Snapshot {
                 ready_bytes: q.ready_bytes(),
                 stats: info.stats.totals(),
             });
+        }
+        for e in vh.exchanges() {
+            if let Some(n) = e.delayed {
+                delayed.push(DelayedRow {
+                    vhost: name.clone(),
+                    name: e.name.clone(),
+                    messages: n as u64,
+                });
+            }
         }
         if want.exchanges {
             let mut bindings: HashMap<Arc<str>, u64> = HashMap::new();
@@ -203,6 +226,7 @@ pub fn take(broker: &Broker, want: Want) -> Snapshot {
         channels,
         connections,
         exchanges,
+        delayed,
         totals: broker.message_totals(),
         churn: ChurnRow {
             connections_opened: ch.connections_opened.get(),

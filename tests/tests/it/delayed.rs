@@ -153,6 +153,30 @@ async fn messages_wait_for_their_delay_and_come_out_in_due_order() {
         "{}",
         direct.text
     );
+    // And Prometheus, under Warren's own name: per exchange on /metrics/per-object, summed on
+    // /metrics.
+    let metrics = warren_tests::api::Api::new(b.metrics, "guest", Some("guest"));
+    let per = metrics.get("/metrics/per-object").await;
+    assert!(
+        per.text
+            .contains("warren_exchange_messages_delayed{vhost=\"/\",exchange=\"dx\"} 4"),
+        "{}",
+        per.text
+    );
+    assert!(
+        per.text
+            .contains("# TYPE warren_exchange_messages_delayed gauge"),
+        "{}",
+        per.text
+    );
+    let agg = metrics.get("/metrics").await;
+    assert!(
+        agg.text
+            .lines()
+            .any(|l| l == "warren_exchange_messages_delayed 4"),
+        "{}",
+        agg.text
+    );
     b.advance(Duration::from_millis(999)).await;
     assert_eq!(depth(&b, "q"), 2);
     b.advance(Duration::from_millis(1)).await;
