@@ -101,8 +101,9 @@ impl QueueJson<'_> {
     }
 }
 
-/// What a stream adds to its queue JSON: RabbitMQ 3.10's `members`, `online`, `leader` and
-/// `readers` (one node), and Warren's view of the log (size, segments, offsets).
+/// What a stream adds to its queue JSON: `members`, `online` and `readers` as RabbitMQ 3.10.8
+/// shows them (one node), `leader` (not in 3.10.8's answer), and Warren's view of the log
+/// (size, segments, offsets).
 fn stream_entries<M: SerializeMap>(m: &mut M, st: &StreamStats) -> Result<(), M::Error> {
     m.serialize_entry("leader", NODE)?;
     m.serialize_entry("members", &[NODE])?;
