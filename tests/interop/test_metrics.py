@@ -83,6 +83,9 @@ def test_names_types_and_help_match_rabbitmq(metrics_url, traffic, path, fixture
     theirs.update(rabbitmq("rabbitmq-3.10.8-detailed-exchange_names.txt"))
     assert ours, text
     for name, fam in ours.items():
+        if name.startswith("warren_"):
+            # Warren's own families (docs/METRICS.md), for what RabbitMQ has no metric for.
+            continue
         assert name in theirs, f"{name} is not a RabbitMQ 3.10.8 family ({path})"
         assert fam.type == theirs[name].type, name
         assert fam.documentation == theirs[name].documentation, name
