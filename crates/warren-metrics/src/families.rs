@@ -695,7 +695,8 @@ pub fn standard(s: &Snapshot, scope: Scope, version: &str) -> Vec<MetricFamily> 
 }
 
 /// Families RabbitMQ has no counterpart for, under Warren's own prefix: the messages held by
-/// delayed-message exchanges (the plugin shows them only as an exchange info item).
+/// delayed-message exchanges (the plugin shows them only as an exchange info item) and the
+/// size, segments and offsets of streams.
 fn warren_own(s: &Snapshot, scope: Scope) -> Vec<MetricFamily> {
     let mut o = Out {
         scope,
@@ -711,6 +712,47 @@ fn warren_own(s: &Snapshot, scope: Scope) -> Vec<MetricFamily> {
         |d| vec![("vhost", d.vhost.clone()), ("exchange", d.name.to_string())],
         |d| d.messages,
     );
+    let streams: Vec<_> = s
+        .queues
+        .iter()
+        .filter_map(|q| q.stream.as_ref().map(|l| (q, l)))
+        .collect();
+    let labels = |(q, _): &(&crate::snapshot::QueueRow, _)| queue_labels(q);
+    o.per(
+        "stream_segments",
+        "Segment files of a stream",
+        G,
+        &streams,
+        labels,
+        |(_, l)| l.segments as u64,
+    );
+    o.per(
+        "stream_bytes",
+        "Bytes a stream keeps on disk (or in memory)",
+        G,
+        &streams,
+        labels,
+        |(_, l)| l.bytes,
+    );
+    // Offsets do not add up across streams: per object only.
+    if scope == Scope::PerObject {
+        o.per(
+            "stream_first_offset",
+            "Offset of the oldest message still in a stream",
+            G,
+            &streams,
+            labels,
+            |(_, l)| l.first_offset,
+        );
+        o.per(
+            "stream_next_offset",
+            "Offset the next message published to a stream will get",
+            G,
+            &streams,
+            labels,
+            |(_, l)| l.next_offset,
+        );
+    }
     o.fams
 }
 

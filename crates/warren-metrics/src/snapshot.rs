@@ -32,6 +32,8 @@ pub struct QueueRow {
     pub ready_bytes: u64,
     /// The queue's own counters (`publish`, `deliver`, `get`, `ack`...).
     pub stats: MessageTotals,
+    /// A stream's log (size, segments, offsets); `None` for other types.
+    pub stream: Option<warren_core::store::stream::LogStats>,
 }
 
 /// A channel's gauges and counters.
@@ -167,6 +169,7 @@ pub fn take(broker: &Broker, want: Want) -> Snapshot {
                 consumers: u64::from(q.consumer_count()),
                 ready_bytes: q.ready_bytes(),
                 stats: info.stats.totals(),
+                stream: q.stream_stats().map(|st| st.log),
             });
         }
         for e in vh.exchanges() {

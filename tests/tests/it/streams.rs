@@ -888,6 +888,26 @@ async fn management_shows_a_streams_log_and_its_consumers_offsets() {
         (c["offset"].clone(), c["offset_lag"].clone()),
         (2.into(), 3.into())
     );
+    // Prometheus, under Warren's own names: per stream on /metrics/per-object; sizes summed on
+    // /metrics, offsets not there (they do not add up).
+    let metrics = warren_tests::api::Api::new(b.metrics, "guest", Some("guest"));
+    let per = metrics.get("/metrics/per-object").await.text;
+    let labels = "{vhost=\"/\",queue=\"ms\"}";
+    for line in [
+        format!("warren_stream_segments{labels} {}", q["segments"]),
+        format!("warren_stream_bytes{labels} {}", q["stream_bytes"]),
+        format!("warren_stream_first_offset{labels} 0"),
+        format!("warren_stream_next_offset{labels} 5"),
+    ] {
+        assert!(per.lines().any(|l| l == line), "{line} in\n{per}");
+    }
+    let agg = metrics.get("/metrics").await.text;
+    assert!(
+        agg.lines()
+            .any(|l| l == format!("warren_stream_bytes {}", q["stream_bytes"])),
+        "{agg}"
+    );
+    assert!(!agg.contains("warren_stream_first_offset"), "{agg}");
     // The same fields in the list; a classic queue has none of them.
     let (_c2, ch2) = b.channel().await;
     ch2.queue_declare(
