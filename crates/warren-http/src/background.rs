@@ -11,7 +11,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use tokio::sync::oneshot;
 
@@ -21,8 +21,8 @@ type Job = Box<dyn FnOnce() + Send>;
 /// tenth of a busy core's share when it competes with a worker at nice 0).
 const NICE: i32 = 10;
 
-fn sender() -> Option<mpsc::Sender<Job>> {
-    static TX: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+fn sender() -> Option<&'static mpsc::Sender<Job>> {
+    static TX: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
     TX.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -38,10 +38,9 @@ fn sender() -> Option<mpsc::Sender<Job>> {
             })
             .map_err(|e| tracing::warn!(error = %e, "cannot start the management thread"))
             .ok()
-            .map(|_| Mutex::new(tx))
+            .map(|_| tx)
     })
     .as_ref()
-    .and_then(|m| m.lock().ok().map(|tx| tx.clone()))
 }
 
 /// Runs `f` on the management thread and waits for its result; `None` if the thread is not

@@ -172,6 +172,16 @@ pub fn take(broker: &Broker, want: Want) -> Snapshot {
                 stream: q.stream_stats().map(|st| st.log),
             });
         }
+        let bindings: HashMap<Arc<str>, u64> = if want.exchanges {
+            let mut n: HashMap<Arc<str>, u64> = HashMap::new();
+            for b in vh.bindings() {
+                *n.entry(b.source.clone()).or_default() += 1;
+            }
+            n
+        } else {
+            HashMap::new()
+        };
+        // One pass: delayed counts always, the exchange rows when a family needs them.
         for e in vh.exchanges() {
             if let Some(n) = e.delayed {
                 delayed.push(DelayedRow {
@@ -180,19 +190,12 @@ pub fn take(broker: &Broker, want: Want) -> Snapshot {
                     messages: n as u64,
                 });
             }
-        }
-        if want.exchanges {
-            let mut bindings: HashMap<Arc<str>, u64> = HashMap::new();
-            for b in vh.bindings() {
-                *bindings.entry(b.source.clone()).or_default() += 1;
-            }
-            for e in vh.exchanges() {
-                let n = bindings.get(&e.name).copied().unwrap_or(0);
+            if want.exchanges {
                 exchanges.push(ExchangeRow {
                     vhost: name.clone(),
-                    name: e.name.clone(),
+                    bindings: bindings.get(&e.name).copied().unwrap_or(0),
+                    name: e.name,
                     kind: e.kind,
-                    bindings: n,
                 });
             }
         }

@@ -9,7 +9,6 @@
 //! (`crate::vhost`), which is read on every publish and written only by declare/bind/delete.
 
 pub mod consistent_hash;
-pub use crate::dedup;
 pub mod delayed;
 mod direct;
 mod fanout;
@@ -18,6 +17,7 @@ pub mod topic;
 
 pub(crate) use warren_codec::proto;
 
+use crate::dedup;
 use proto::{AMQPProperties, AMQPValue, FieldTable};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -71,6 +71,13 @@ struct State {
     /// The earliest retention wake-up already asked of the timer service.
     timer_at: Option<Millis>,
     read_errors: u64,
+    /// Retention (`max-length-bytes`, `max-age`) from the effective arguments: the declared
+    /// ones merged with the policy, kept here so a publish reads no policy.
+    retention: (Option<u64>, Option<u64>),
+}
+
+fn retention(a: &crate::queue::QueueArgs) -> (Option<u64>, Option<u64>) {
+    (a.max_length_bytes, a.max_age)
 }
 
 /// A stream queue.
@@ -92,13 +99,17 @@ impl StreamQueue {
         services: &Services,
         now: Millis,
     ) -> QueueRef {
+        let info_retention = retention(&info.policy.get().args);
         let q = Arc::new_cyclic(|me: &Weak<StreamQueue>| Self {
             info,
             log,
             services: services.clone(),
             owner: OnceLock::new(),
             me: me.clone(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                retention: info_retention,
+                ..State::default()
+            }),
         });
         let listener: Weak<dyn CommitListener> = q.me.clone();
         q.log.set_listener(listener);
@@ -123,16 +134,11 @@ impl StreamQueue {
     /// Deletes what retention says must go, and asks for a wake-up when the head segment
     /// will be too old.
     fn retain(&self, st: &mut State, now: Millis) {
-        // The effective arguments: the declared ones merged with the stream's policy
-        // (`max-length-bytes`, `max-age`).
-        let applied = self.info.policy.get();
-        let a = &applied.args;
-        if a.max_length_bytes.is_none() && a.max_age.is_none() {
+        let (max_bytes, max_age) = st.retention;
+        if max_bytes.is_none() && max_age.is_none() {
             return;
         }
-        let (_, due) = self
-            .log
-            .retain(a.max_length_bytes, a.max_age, self.unix(now));
+        let (_, due) = self.log.retain(max_bytes, max_age, self.unix(now));
         // A head that is due but could not go yet (the next segment is not committed) goes at
         // the commit (`committed` runs retention too).
         let due = due.map(|at| at.saturating_sub(self.services.clock.epoch_offset()));
@@ -284,8 +290,10 @@ impl Queue for StreamQueue {
     }
 
     fn set_policy(&self, p: crate::policy::Applied, now: Millis) {
+        let r = retention(&p.args);
         self.info.policy.set(Arc::new(p));
         let mut st = self.state.lock();
+        st.retention = r;
         if !st.deleted {
             // A policy's retention applies at once, as a declare argument would.
             self.retain(&mut st, now);
