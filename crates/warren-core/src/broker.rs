@@ -176,6 +176,7 @@ impl Broker {
             clock: clock.clone(),
             compat: config.amqp.compat,
         };
+        let full_syncer = syncer.clone();
         let b = Self::assemble(
             config,
             clock,
@@ -186,6 +187,13 @@ impl Broker {
             timers,
             services,
         );
+        // A store write that fails (a full disk) raises the disk alarm until writes succeed.
+        let weak = Arc::downgrade(&b);
+        full_syncer.on_full(move |on| {
+            if let Some(b) = weak.upgrade() {
+                b.disk_alarm.send_replace(on);
+            }
+        });
         // A log without vhost commands comes from a first start or from before vhosts were
         // logged: its default vhost existed implicitly.
         let knows_vhosts = replay

@@ -98,8 +98,23 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
     })();
     // Remove the probe even when the write failed half-way; report the first error.
     let removed = std::fs::remove_file(&probe);
-    written?;
+    match written {
+        // A full disk is writable: the broker starts, serves consumers (acks free space) and
+        // holds publishers behind the disk alarm.
+        Err(e) if is_full(&e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "the data directory's filesystem is full");
+        }
+        r => r?,
+    }
     removed
+}
+
+/// `e` says the filesystem is full (or the quota is used up).
+pub fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Takes the exclusive lock on `<dir>/.lock` and records this process id in it.

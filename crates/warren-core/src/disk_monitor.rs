@@ -46,7 +46,10 @@ pub fn spawn(broker: Arc<Broker>, limit: u64, shutdown: CancellationToken) {
                             info!(free_mb = free / 1_000_000, "disk alarm cleared");
                         }
                         // Only changes are published, so a test can also set the alarm by hand.
-                        if last.is_some() || on {
+                        // Store writes that fail (a full disk: `Syncer::is_full`) keep the
+                        // alarm up whatever statvfs says; the syncer clears it.
+                        let store_full = broker.syncer.as_ref().is_some_and(|s| s.is_full());
+                        if (last.is_some() || on) && !store_full {
                             broker.disk_alarm.send_replace(on);
                         }
                         last = Some(on);

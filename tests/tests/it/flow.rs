@@ -170,7 +170,7 @@ async fn a_client_that_does_not_read_is_not_buffered_without_bound() {
 
 /// Mounts a tmpfs of `mib` MiB on a fresh directory (the tests run as root in CI); `None` when
 /// this machine does not allow it.
-fn mount_tmpfs(mib: u64) -> Option<(tempfile::TempDir, TmpfsGuard)> {
+pub(crate) fn mount_tmpfs(mib: u64) -> Option<(tempfile::TempDir, TmpfsGuard)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let ok = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
@@ -183,7 +183,7 @@ fn mount_tmpfs(mib: u64) -> Option<(tempfile::TempDir, TmpfsGuard)> {
     })
 }
 
-fn running_as_root() -> bool {
+pub(crate) fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
             .find(|l| l.starts_with("Uid:"))
@@ -193,7 +193,7 @@ fn running_as_root() -> bool {
 }
 
 /// Unmounts the tmpfs when the test ends (also when it fails).
-struct TmpfsGuard(std::path::PathBuf);
+pub(crate) struct TmpfsGuard(std::path::PathBuf);
 
 impl Drop for TmpfsGuard {
     fn drop(&mut self) {

@@ -10,6 +10,7 @@ mod ctl;
 mod dedup;
 mod delayed;
 mod direct_reply_to;
+mod disk_full;
 mod drain;
 mod durability;
 mod errors;

@@ -204,7 +204,14 @@ impl FileLog {
             return Ok(());
         };
         let cmds = source();
-        write_snapshot(&self.dir, files.written_seq, &cmds)?;
+        if let Err(e) = write_snapshot(&self.dir, files.written_seq, &cmds) {
+            // A full disk: the log stands as it is (compaction only saves space). Try again
+            // once the log has grown by as much again.
+            let _ = fs::remove_file(self.dir.join("snapshot.tmp"));
+            warn!(error = %e, "metadata log: writing a snapshot failed; the log is kept");
+            files.snapshot_records = files.log_records;
+            return Ok(());
+        }
         files.log.set_len(0)?;
         files.log.sync_all()?;
         info!(

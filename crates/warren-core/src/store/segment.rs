@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 use tracing::{info, warn};
 
 use super::record::{self, kind};
-use super::sync::{Flush, Syncer};
+use super::sync::{is_write_refused, write_refused, Flush, Syncer};
 use super::{decode_id, decode_message, encode_message, MessageStore, Recovered, TailCursor};
 use crate::message::Message;
 
@@ -363,9 +363,16 @@ impl SegmentStore {
         };
         let (msgs_tmp, acks_tmp) = (tmp(&msgs_path), tmp(&acks_path));
         for (path, bytes) in [(&msgs_tmp, &new_msgs), (&acks_tmp, &new_acks)] {
-            let mut f = File::create(path)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
+            let written = File::create(path).and_then(|mut f| f.write_all(bytes).map(|()| f));
+            match written {
+                Ok(f) => f.sync_all()?,
+                Err(e) => {
+                    // Nothing was renamed: the old files stand.
+                    let _ = fs::remove_file(&msgs_tmp);
+                    let _ = fs::remove_file(&acks_tmp);
+                    return Err(write_refused(e));
+                }
+            }
         }
         files.remove(&(seg, FileKind::Msgs));
         files.remove(&(seg, FileKind::Acks));
@@ -374,6 +381,40 @@ impl SegmentStore {
         File::open(&self.dir)?.sync_all()?;
         self.inner.lock().records.insert(seg, kept);
         info!(dir = %self.dir.display(), segment = seg, before, kept, "compacted a segment");
+        Ok(())
+    }
+
+    /// Puts a batch whose write failed back in front of what was appended since, for the
+    /// syncer's retry.
+    fn keep_for_retry(&self, batch: Vec<(u32, FileKind, Vec<u8>)>, to_compact: Vec<u32>) {
+        let mut inner = self.inner.lock();
+        if inner.destroyed {
+            return;
+        }
+        let newer = std::mem::replace(&mut inner.pending, batch);
+        inner.pending.extend(newer);
+        for seg in to_compact {
+            if !inner.to_compact.contains(&seg) {
+                inner.to_compact.push(seg);
+            }
+        }
+    }
+
+    /// Deletes the files of fully acked segments.
+    fn delete_segments(
+        &self,
+        files: &mut HashMap<(u32, FileKind), File>,
+        segs: &[u32],
+    ) -> std::io::Result<()> {
+        for seg in segs {
+            for k in [FileKind::Msgs, FileKind::Acks] {
+                files.remove(&(*seg, k));
+                match fs::remove_file(self.dir.join(file_name(*seg, k))) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
         Ok(())
     }
 
@@ -635,28 +676,69 @@ impl Flush for SegmentStore {
             };
         }
         if !dir_exists && !pending.is_empty() {
-            fs::create_dir_all(&self.dir)?;
-            if let Some(parent) = self.dir.parent() {
-                File::open(parent)?.sync_all()?;
+            let made = fs::create_dir_all(&self.dir).and_then(|()| match self.dir.parent() {
+                Some(parent) => File::open(parent)?.sync_all(),
+                None => Ok(()),
+            });
+            if let Err(e) = made {
+                self.inner.lock().dir_exists = false;
+                self.keep_for_retry(pending, to_compact);
+                self.delete_segments(&mut files, &to_delete)?;
+                return Err(write_refused(e));
             }
         }
-        let mut touched: Vec<(u32, FileKind)> = Vec::new();
+        // Length of each file before this batch, to cut a failed batch off again.
+        let mut touched: Vec<((u32, FileKind), u64)> = Vec::new();
         let mut created = false;
-        for (seg, k, bytes) in pending {
-            let key = (seg, k);
+        let mut failure = None;
+        for (seg, k, bytes) in &pending {
+            let key = (*seg, *k);
             let f = match files.entry(key) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    let path = self.dir.join(file_name(seg, k));
+                    let path = self.dir.join(file_name(*seg, *k));
                     created |= !path.exists();
-                    e.insert(OpenOptions::new().create(true).append(true).open(path)?)
+                    match OpenOptions::new().create(true).append(true).open(path) {
+                        Ok(f) => e.insert(f),
+                        Err(err) => {
+                            failure = Some(err);
+                            break;
+                        }
+                    }
                 }
             };
-            f.write_all(&bytes)?;
-            if !touched.contains(&key) {
-                touched.push(key);
+            if !touched.iter().any(|(t, _)| *t == key) {
+                match f.metadata() {
+                    Ok(m) => touched.push((key, m.len())),
+                    Err(err) => {
+                        failure = Some(err);
+                        break;
+                    }
+                }
+            }
+            if let Err(err) = f.write_all(bytes) {
+                failure = Some(err);
+                break;
             }
         }
+        if let Some(e) = failure {
+            // A full disk (or another failed write): cut off what reached the files and keep
+            // the batch for the syncer's retry. Fully acked segments are still deleted (that
+            // is what frees space); their records in the batch are dropped with them.
+            for (key, len) in &touched {
+                if let Some(f) = files.get(key) {
+                    f.set_len(*len)?;
+                }
+            }
+            let pending = pending
+                .into_iter()
+                .filter(|(seg, _, _)| !to_delete.contains(seg))
+                .collect();
+            self.keep_for_retry(pending, to_compact);
+            self.delete_segments(&mut files, &to_delete)?;
+            return Err(write_refused(e));
+        }
+        let touched: Vec<(u32, FileKind)> = touched.into_iter().map(|(k, _)| k).collect();
         for key in &touched {
             if let Some(f) = files.get(key) {
                 f.sync_data()?;
@@ -669,18 +751,17 @@ impl Flush for SegmentStore {
             // Everything pending for it was written above; skip it if it was retired meanwhile.
             let still_live = self.inner.lock().live.get(&seg).is_some_and(|n| *n > 0);
             if still_live && !to_delete.contains(&seg) {
-                self.compact(&mut files, seg)?;
-            }
-        }
-        for seg in to_delete {
-            for k in [FileKind::Msgs, FileKind::Acks] {
-                files.remove(&(seg, k));
-                match fs::remove_file(self.dir.join(file_name(seg, k))) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
+                match self.compact(&mut files, seg) {
+                    Err(e) if is_write_refused(&e) => {
+                        // Compaction only saves space; the segment stays as it was.
+                        warn!(dir = %self.dir.display(), segment = seg, error = %e,
+                            "compacting a segment failed; it is kept as it is");
+                    }
+                    r => r?,
                 }
             }
         }
+        self.delete_segments(&mut files, &to_delete)?;
         Ok(())
     }
 }

@@ -11,6 +11,13 @@
 //! `queue.delete`) has made the delete record durable first, and a message confirmed in a
 //! round has its queue's declaration durable too (it was appended no later).
 //!
+//! A full disk (or any failed *write*, as opposed to a failed fsync) is not fatal: the flusher
+//! rolls its batch back (nothing of it stays in the files) and keeps it, and the round is
+//! retried every [`RETRY_EVERY`] until it succeeds. Until then the round is not durable, so no
+//! publish in it is confirmed; the full-disk hook raises the disk alarm (publishers are
+//! blocked, consumers go on, acks are recorded in memory and free whole segments) and clears it
+//! when writes succeed again. A failed fsync still stops the broker (see `run`).
+//!
 //! Who waits implements [`SyncWaiter`] (the AMQP connection does); this module knows nothing
 //! of connections.
 
@@ -18,11 +25,42 @@ use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use tracing::error;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+/// How often a round whose writes failed (a full disk) is tried again.
+pub const RETRY_EVERY: Duration = Duration::from_millis(200);
+
+/// The error a [`Flush`] returns when a *write* failed and it rolled the batch back: nothing
+/// of the batch is in its files and all of it is kept for the next flush. The syncer retries;
+/// any other error is fatal.
+#[derive(Debug)]
+pub struct WriteRefused(pub std::io::Error);
+
+impl std::fmt::Display for WriteRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "write failed (batch kept for a retry): {}", self.0)
+    }
+}
+
+impl std::error::Error for WriteRefused {}
+
+/// Wraps `e` as a [`WriteRefused`].
+pub fn write_refused(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), WriteRefused(e))
+}
+
+/// `e` is a [`WriteRefused`].
+pub fn is_write_refused(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<WriteRefused>())
+}
+
+type FullHook = Box<dyn Fn(bool) + Send + Sync>;
 
 /// Something the syncer flushes: write pending bytes, fsync, delete what is garbage.
 pub trait Flush: Send + Sync {
-    /// Writes and fsyncs pending data.
+    /// Writes and fsyncs pending data. A failed write that was rolled back returns
+    /// [`write_refused`]; every other error is fatal.
     fn flush(&self) -> std::io::Result<()>;
 }
 
@@ -48,6 +86,10 @@ pub struct Syncer {
     cv: Condvar,
     durable: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Called with `true` when a round's writes start failing, `false` when they succeed again.
+    full_hook: Mutex<Option<FullHook>>,
+    /// Writes are failing (a round is being retried).
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Syncer {
@@ -70,6 +112,8 @@ impl Syncer {
             cv: Condvar::new(),
             durable: AtomicU64::new(0),
             thread: Mutex::new(None),
+            full_hook: Mutex::new(None),
+            full: std::sync::atomic::AtomicBool::new(false),
         });
         let me = s.clone();
         let handle = std::thread::Builder::new()
@@ -77,6 +121,24 @@ impl Syncer {
             .spawn(move || me.run())?;
         *s.thread.lock() = Some(handle);
         Ok(s)
+    }
+
+    /// Sets what is called when store writes start failing (`true`) and succeed again
+    /// (`false`): the broker raises and clears its disk alarm.
+    pub fn on_full(&self, hook: impl Fn(bool) + Send + Sync + 'static) {
+        *self.full_hook.lock() = Some(Box::new(hook));
+    }
+
+    /// Store writes are failing (the disk is full): rounds are being retried.
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Acquire)
+    }
+
+    fn set_full(&self, on: bool) {
+        self.full.store(on, Ordering::Release);
+        if let Some(h) = &*self.full_hook.lock() {
+            h(on);
+        }
     }
 
     /// The highest round whose data is on disk.
@@ -170,14 +232,53 @@ impl Syncer {
                     std::mem::take(&mut st.dirty),
                 )
             };
-            for s in first.iter().chain(&dirty) {
-                if let Err(e) = s.flush() {
-                    // A confirm is a promise that the message is on disk. After a failed write
-                    // or fsync we can no longer tell what is (PostgreSQL's "fsyncgate"), so
-                    // like PostgreSQL we stop rather than confirm something we may have lost.
-                    error!(error = %e, "writing or fsyncing a message store failed: stopping");
-                    std::process::abort();
+            let mut todo: Vec<Arc<dyn Flush>> = first.into_iter().chain(dirty).collect();
+            loop {
+                let mut failed = Vec::new();
+                for s in todo {
+                    match s.flush() {
+                        Ok(()) => {}
+                        Err(e) if is_write_refused(&e) => {
+                            if !self.is_full() && failed.is_empty() {
+                                error!(error = %e, "writing a message store failed (disk full?): \
+                                    nothing of the round is confirmed, retrying; publishers blocked");
+                            }
+                            failed.push(s);
+                        }
+                        Err(e) => {
+                            // A confirm is a promise that the message is on disk. After a
+                            // failed fsync we can no longer tell what is (PostgreSQL's
+                            // "fsyncgate"), so like PostgreSQL we stop rather than confirm
+                            // something we may have lost.
+                            error!(error = %e, "fsyncing a message store failed: stopping");
+                            std::process::abort();
+                        }
+                    }
                 }
+                if failed.is_empty() {
+                    break;
+                }
+                if !self.is_full() {
+                    self.set_full(true);
+                }
+                let mut st = self.state.lock();
+                if !st.stop {
+                    self.cv.wait_for(&mut st, RETRY_EVERY);
+                }
+                if st.stop {
+                    // Nothing of this round was confirmed: its publishes stay unconfirmed.
+                    warn!(
+                        stores = failed.len(),
+                        "stopping with unwritten messages (disk full): \
+                        their publishes were never confirmed"
+                    );
+                    return;
+                }
+                todo = failed;
+            }
+            if self.is_full() {
+                info!("message store writes succeed again: disk alarm cleared");
+                self.set_full(false);
             }
             self.durable.store(round, Ordering::Release);
             let waiters = std::mem::take(&mut self.state.lock().waiters);

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 use super::record::{self, kind};
-use super::sync::{Flush, Syncer};
+use super::sync::{write_refused, Flush, Syncer};
 use crate::clock::Millis;
 use crate::message::Message;
 
@@ -431,31 +431,62 @@ impl Flush for StreamLog {
                 _ => Ok(()),
             };
         }
-        if !dir_exists && !pending.is_empty() {
-            fs::create_dir_all(dir)?;
-            if let Some(parent) = dir.parent() {
-                File::open(parent)?.sync_all()?;
-            }
-        }
+        // Lengths of the files before this batch, to cut a failed batch off again.
+        let mut before: Vec<(u64, u64, u64)> = Vec::new();
         let mut created = false;
         let mut written: Vec<(u64, u64)> = Vec::new();
-        for p in &pending {
-            let (seg, idx) = match files.open.entry(p.seg) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let open = |name: String| {
-                        OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(dir.join(name))
-                    };
-                    created |= !dir.join(seg_name(p.seg)).exists();
-                    e.insert((open(seg_name(p.seg))?, open(idx_name(p.seg))?))
+        let mut write = || -> std::io::Result<()> {
+            if !dir_exists && !pending.is_empty() {
+                fs::create_dir_all(dir)?;
+                if let Some(parent) = dir.parent() {
+                    File::open(parent)?.sync_all()?;
                 }
-            };
-            seg.write_all(&p.data)?;
-            idx.write_all(&p.index)?;
-            written.push((p.seg, p.data.len() as u64));
+            }
+            for p in &pending {
+                let (seg, idx) = match files.open.entry(p.seg) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let open = |name: String| {
+                            OpenOptions::new()
+                                .create(true)
+                                .append(true)
+                                .open(dir.join(name))
+                        };
+                        created |= !dir.join(seg_name(p.seg)).exists();
+                        e.insert((open(seg_name(p.seg))?, open(idx_name(p.seg))?))
+                    }
+                };
+                if !before.iter().any(|(s, _, _)| *s == p.seg) {
+                    before.push((p.seg, seg.metadata()?.len(), idx.metadata()?.len()));
+                }
+                seg.write_all(&p.data)?;
+                idx.write_all(&p.index)?;
+                written.push((p.seg, p.data.len() as u64));
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            // A full disk (or another failed write): cut off what reached the files, keep the
+            // batch in front of what was appended since, for the syncer's retry.
+            for (seg, seg_len, idx_len) in &before {
+                if let Some((s, i)) = files.open.get(seg) {
+                    s.set_len(*seg_len)?;
+                    i.set_len(*idx_len)?;
+                }
+            }
+            let mut inner = self.inner.lock();
+            if !inner.destroyed {
+                let newer = std::mem::replace(&mut inner.pending, pending);
+                inner.pending.extend(newer);
+                inner.dir_exists = dir_exists;
+                if chunk.is_some() {
+                    inner.round_first = chunk;
+                }
+            }
+            drop(inner);
+            // Retention's deletions still happen: they are what frees space.
+            delete_segments(&mut files, dir, &to_delete)?;
+            return Err(write_refused(e));
         }
         for (seg, _) in &written {
             if let Some((s, i)) = files.open.get(seg) {
@@ -470,15 +501,7 @@ impl Flush for StreamLog {
         if let Some(newest) = files.open.keys().max().copied() {
             files.open.retain(|k, _| *k == newest);
         }
-        for seg in &to_delete {
-            files.open.remove(seg);
-            for name in [seg_name(*seg), idx_name(*seg)] {
-                match fs::remove_file(dir.join(name)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                }
-            }
-        }
+        delete_segments(&mut files, dir, &to_delete)?;
         drop(files);
         if !written.is_empty() {
             {
@@ -497,6 +520,20 @@ impl Flush for StreamLog {
         }
         Ok(())
     }
+}
+
+/// Removes the files of the segments retention dropped.
+fn delete_segments(files: &mut Files, dir: &Path, segs: &[u64]) -> std::io::Result<()> {
+    for seg in segs {
+        files.open.remove(seg);
+        for name in [seg_name(*seg), idx_name(*seg)] {
+            match fs::remove_file(dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
