@@ -135,6 +135,11 @@ function table(cols, rows, rowFn) {
 }
 function td(v, cls) { return h('td', cls ? { class: cls } : {}, v); }
 function link(href, text) { return h('a', { href, text }); }
+// A row's Delete button: DELETE `path`, then `okText`.
+function delBtn(cls, path, okText, label) {
+  return h('button', { class: cls, type: 'button', text: label || 'Delete',
+    onclick: () => act(() => api('DELETE', path), okText) });
+}
 
 async function vhostSelect(name) {
   const vhosts = await api('GET', '/vhosts?columns=name');
@@ -292,6 +297,37 @@ function publishForm(vhost, exchange, fixedKey) {
   return form;
 }
 
+// ---- bindings (the queue and exchange pages) ----
+// A binding's path under /api/bindings/{vhost}: e/{source}/q|e/{destination}.
+function bindingPath(vhost, b) {
+  return '/bindings/' + enc(vhost) + '/e/' + enc(b.source) + '/' + (b.destination_type === 'queue' ? 'q' : 'e')
+    + '/' + enc(b.destination);
+}
+
+function unbindButton(vhost, b) {
+  return delBtn('unbind', bindingPath(vhost, b) + '/' + enc(b.properties_key), 'Binding removed', 'Unbind');
+}
+
+// The add-binding form: `fixed` holds this page's end of the binding (source, or destination and
+// its type), `fields` the inputs naming the other end.
+function bindingForm(vhost, fixed, fields) {
+  const form = h('form', { id: 'add-binding', class: 'box' }, fields,
+    h('label', {}, 'Routing key ', h('input', { name: 'routing_key' })),
+    h('label', {}, 'Arguments (JSON) ', h('textarea', { name: 'arguments', rows: 2 })),
+    h('button', { type: 'submit', text: 'Bind' }));
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const v = formValues(form);
+    const b = Object.assign({ source: v.source, destination: v.destination, destination_type: v.destination_type }, fixed);
+    act(async () => {
+      await api('POST', bindingPath(vhost, b),
+        { routing_key: v.routing_key, arguments: parseJsonField(v.arguments, 'Arguments') });
+      form.reset();
+    }, 'Binding added');
+  });
+  return form;
+}
+
 async function pageExchange(main, vhost, name) {
   const data = h('div');
   const del = h('button', {
@@ -301,18 +337,26 @@ async function pageExchange(main, vhost, name) {
       location.hash = '#/exchanges';
     }, 'Exchange deleted'),
   });
+  const isDefault = name === 'amq.default';
+  // The default exchange's bindings are implicit: nothing to add or remove there.
+  const bindForm = isDefault ? null : bindingForm(vhost, { source: name }, [
+    h('label', {}, 'To ', h('select', { name: 'destination_type' },
+      h('option', { value: 'queue', text: 'queue' }), h('option', { value: 'exchange', text: 'exchange' }))),
+    h('label', {}, 'Name ', h('input', { name: 'destination', required: true }))]);
   main.append(h('h1', {}, 'Exchange ', h('b', { text: name }), ' in ', h('b', { text: vhost })), data,
+    isDefault ? null : h('h2', { text: 'Add binding from this exchange' }), bindForm,
     h('h2', { text: 'Publish message' }), publishForm(vhost, name),
-    name === 'amq.default' ? null : h('h2', { text: 'Delete' }), name === 'amq.default' ? null : del);
+    isDefault ? null : h('h2', { text: 'Delete' }), isDefault ? null : del);
   return async () => {
     const x = await api('GET', '/exchanges/' + enc(vhost) + '/' + enc(name));
-    const bs = name === 'amq.default' ? [] : await api('GET', '/exchanges/' + enc(vhost) + '/' + enc(name) + '/bindings/source');
+    const bs = isDefault ? [] : await api('GET', '/exchanges/' + enc(vhost) + '/' + enc(name) + '/bindings/source');
     data.replaceChildren(
       h('p', {}, 'Type ', h('b', { text: x.type }), ', durable ', h('b', { text: String(x.durable) }),
         ', publish in ', h('b', { text: fmtRate(x, 'publish_in') || '0.0/s' })),
       h('h2', { text: 'Bindings (this exchange is the source)' }),
-      table(['To', 'Type', 'Routing key'], bs, (b) =>
-        h('tr', {}, td(b.destination), td(b.destination_type), td(b.routing_key))));
+      table(['To', 'Type', 'Routing key', 'Arguments', ''], bs, (b) =>
+        h('tr', { 'data-name': b.destination, 'data-key': b.routing_key }, td(b.destination), td(b.destination_type),
+          td(b.routing_key), td(JSON.stringify(b.arguments || {})), h('td', {}, unbindButton(vhost, b)))));
   };
 }
 
@@ -381,7 +425,10 @@ async function pageQueue(main, vhost, name) {
       onclick: () => act(() => api('DELETE', base + '/contents'), 'Queue purged') }), ' ',
     h('button', { id: 'delete-queue', type: 'button', text: 'Delete queue',
       onclick: () => act(async () => { await api('DELETE', base); location.hash = '#/queues'; }, 'Queue deleted') }));
+  const bindForm = bindingForm(vhost, { destination: name, destination_type: 'queue' },
+    h('label', {}, 'From exchange ', h('input', { name: 'source', required: true })));
   main.append(h('h1', {}, 'Queue ', h('b', { text: name }), ' in ', h('b', { text: vhost })), data,
+    h('h2', { text: 'Add binding to this queue' }), bindForm,
     h('h2', { text: 'Get messages' }), getForm,
     h('h2', { text: 'Publish message (default exchange, routing key = queue name)' }), publishForm(vhost, 'amq.default', name),
     h('h2', { text: 'Purge and delete' }), buttons);
@@ -395,7 +442,11 @@ async function pageQueue(main, vhost, name) {
           td(fmtRate(x, 'publish'), 'num'), td(fmtRate(x, 'deliver_get'), 'num'),
           td(JSON.stringify(x.arguments || {})))),
       h('h2', { text: 'Bindings' }),
-      table(['From', 'Routing key'], bs, (b) => h('tr', {}, td(b.source || '(default exchange)'), td(b.routing_key))));
+      table(['From', 'Routing key', 'Arguments', ''], bs, (b) =>
+        h('tr', { 'data-name': b.source, 'data-key': b.routing_key }, td(b.source || '(default exchange)'),
+          td(b.routing_key), td(JSON.stringify(b.arguments || {})),
+          // The default exchange's binding is implicit (it cannot be removed).
+          h('td', {}, b.source ? unbindButton(vhost, b) : null))));
   };
 }
 
@@ -512,8 +563,6 @@ async function pageAdmin(main) {
     h('h2', { text: 'Add / update a policy' }), policyForm,
     h('h2', { text: 'Set a virtual host limit' }), limitForm,
     h('h2', { text: 'Definitions' }), h('div', { class: 'box' }, exportBtn, exported), importForm);
-  const delBtn = (cls, path, okText) => h('button', { class: cls, type: 'button', text: 'Delete',
-    onclick: () => act(() => api('DELETE', path), okText) });
   return async () => {
     const [users, vhosts, perms, policies, limits] = await Promise.all([
       api('GET', '/users'), api('GET', '/vhosts'), api('GET', '/permissions'), api('GET', '/policies'),
