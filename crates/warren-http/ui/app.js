@@ -516,21 +516,24 @@ async function pageAdmin(main) {
       });
     }, 'Policy saved');
   });
-  const limitForm = h('form', { id: 'set-limit', class: 'box' },
+  // Topic permissions: per (user, vhost, exchange), as RabbitMQ's user page.
+  const topicForm = h('form', { id: 'set-topic-permission', class: 'box' },
+    h('label', {}, 'User ', h('input', { name: 'user', required: true })),
     h('label', {}, 'Virtual host ', await vhostSelect()),
-    h('label', {}, 'Limit ', h('select', { name: 'limit' },
-      ['max-connections', 'max-queues'].map((t) => h('option', { value: t, text: t })))),
-    h('label', {}, 'Value ', h('input', { name: 'value', required: true, size: 6 })),
-    h('button', { type: 'submit', text: 'Set limit' }));
-  limitForm.addEventListener('submit', (ev) => {
+    h('label', {}, 'Exchange ', h('input', { name: 'exchange', value: 'amq.topic', required: true })),
+    h('label', {}, 'Write regexp ', h('input', { name: 'write', value: '.*' })),
+    h('label', {}, 'Read regexp ', h('input', { name: 'read', value: '.*' })),
+    h('button', { type: 'submit', text: 'Set topic permission' }));
+  topicForm.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    const v = formValues(limitForm);
-    act(async () => {
-      const value = Number(v.value);
-      if (!Number.isInteger(value)) throw new Error('The limit must be a whole number');
-      await api('PUT', '/vhost-limits/' + enc(v.vhost) + '/' + enc(v.limit), { value });
-    }, 'Limit set');
+    const v = formValues(topicForm);
+    act(() => api('PUT', '/topic-permissions/' + enc(v.vhost) + '/' + enc(v.user),
+      { exchange: v.exchange, write: v.write, read: v.read }), 'Topic permission set');
   });
+  const vhostLimitForm = limitForm('set-limit', 'Virtual host', await vhostSelect(),
+    ['max-connections', 'max-queues'], '/vhost-limits/');
+  const userLimitForm = limitForm('set-user-limit', 'User', h('input', { name: 'user', required: true }),
+    ['max-connections', 'max-channels'], '/user-limits/');
   // Definitions: export shows (and offers to save) GET /api/definitions; import POSTs pasted
   // or loaded JSON, as RabbitMQ's "Import definitions".
   const exported = h('textarea', { id: 'definitions-export', rows: 6, readonly: true });
@@ -560,17 +563,15 @@ async function pageAdmin(main) {
     h('h2', { text: 'Add / update a user' }), userForm,
     h('h2', { text: 'Add a virtual host' }), vhostForm,
     h('h2', { text: 'Set permission' }), permForm,
+    h('h2', { text: 'Set topic permission' }), topicForm,
     h('h2', { text: 'Add / update a policy' }), policyForm,
-    h('h2', { text: 'Set a virtual host limit' }), limitForm,
+    h('h2', { text: 'Set a virtual host limit' }), vhostLimitForm,
+    h('h2', { text: 'Set a user limit' }), userLimitForm,
     h('h2', { text: 'Definitions' }), h('div', { class: 'box' }, exportBtn, exported), importForm);
   return async () => {
-    const [users, vhosts, perms, policies, limits] = await Promise.all([
-      api('GET', '/users'), api('GET', '/vhosts'), api('GET', '/permissions'), api('GET', '/policies'),
-      api('GET', '/vhost-limits')]);
-    const limitRows = [];
-    for (const l of limits) {
-      for (const [name, value] of Object.entries(l.value || {})) limitRows.push({ vhost: l.vhost, name, value });
-    }
+    const [users, vhosts, perms, topicPerms, policies, vhostLimits, userLimits] = await Promise.all([
+      api('GET', '/users'), api('GET', '/vhosts'), api('GET', '/permissions'), api('GET', '/topic-permissions'),
+      api('GET', '/policies'), api('GET', '/vhost-limits'), api('GET', '/user-limits')]);
     data.replaceChildren(
       h('h2', { text: 'Users' }),
       table(['Name', 'Tags', ''], users, (u) => h('tr', { 'data-name': u.name }, td(u.name),
@@ -584,16 +585,55 @@ async function pageAdmin(main) {
       table(['User', 'Virtual host', 'Configure', 'Write', 'Read', ''], perms, (p) => h('tr', {}, td(p.user), td(p.vhost),
         td(p.configure), td(p.write), td(p.read),
         h('td', {}, delBtn('delete-permission', '/permissions/' + enc(p.vhost) + '/' + enc(p.user), 'Permission cleared')))),
+      h('h2', { text: 'Topic permissions' }),
+      // DELETE clears all of the user's topic permissions in the vhost, as in RabbitMQ.
+      table(['User', 'Virtual host', 'Exchange', 'Write', 'Read', ''], topicPerms, (p) =>
+        h('tr', { 'data-name': p.vhost + '/' + p.user + '/' + p.exchange }, td(p.user), td(p.vhost),
+          td(p.exchange), td(p.write), td(p.read),
+          h('td', {}, delBtn('delete-topic-permission', '/topic-permissions/' + enc(p.vhost) + '/' + enc(p.user),
+            'Topic permissions cleared')))),
       h('h2', { text: 'Policies' }),
       table(['Virtual host', 'Name', 'Pattern', 'Apply to', 'Definition', 'Priority', ''], policies, (p) =>
         h('tr', { 'data-name': p.name }, td(p.vhost), td(p.name), td(p.pattern), td(p['apply-to']),
           td(JSON.stringify(p.definition)), td(num(p.priority), 'num'),
           h('td', {}, delBtn('delete-policy', '/policies/' + enc(p.vhost) + '/' + enc(p.name), 'Policy deleted')))),
       h('h2', { text: 'Virtual host limits' }),
-      table(['Virtual host', 'Limit', 'Value', ''], limitRows, (l) =>
-        h('tr', { 'data-name': l.vhost + '/' + l.name }, td(l.vhost), td(l.name), td(num(l.value), 'num'),
-          h('td', {}, delBtn('delete-limit', '/vhost-limits/' + enc(l.vhost) + '/' + enc(l.name), 'Limit cleared')))));
+      limitTable('Virtual host', vhostLimits, 'vhost', 'delete-limit', '/vhost-limits/'),
+      h('h2', { text: 'User limits' }),
+      limitTable('User', userLimits, 'user', 'delete-user-limit', '/user-limits/'));
   };
+}
+
+// A "set a limit" form of vhost or user limits: `owner` is the field naming the vhost or user,
+// `base` the API path the limit is PUT under (base + owner + '/' + limit name).
+function limitForm(id, ownerLabel, owner, names, base) {
+  const form = h('form', { id, class: 'box' },
+    h('label', {}, ownerLabel + ' ', owner),
+    h('label', {}, 'Limit ', h('select', { name: 'limit' }, names.map((t) => h('option', { value: t, text: t })))),
+    h('label', {}, 'Value ', h('input', { name: 'value', required: true, size: 6 })),
+    h('button', { type: 'submit', text: 'Set limit' }));
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const v = formValues(form);
+    act(async () => {
+      const value = Number(v.value);
+      if (!Number.isInteger(value)) throw new Error('The limit must be a whole number');
+      await api('PUT', base + enc(v[owner.name]) + '/' + enc(v.limit), { value });
+    }, 'Limit set');
+  });
+  return form;
+}
+
+// The table of /api/vhost-limits or /api/user-limits (`[{<key>: owner, value: {name: n}}]`),
+// one row per limit.
+function limitTable(ownerLabel, limits, key, cls, base) {
+  const rows = [];
+  for (const l of limits) {
+    for (const [name, value] of Object.entries(l.value || {})) rows.push({ owner: l[key], name, value });
+  }
+  return table([ownerLabel, 'Limit', 'Value', ''], rows, (l) =>
+    h('tr', { 'data-name': l.owner + '/' + l.name }, td(l.owner), td(l.name), td(num(l.value), 'num'),
+      h('td', {}, delBtn(cls, base + enc(l.owner) + '/' + enc(l.name), 'Limit cleared'))));
 }
 
 // ---- router ----
