@@ -6,10 +6,12 @@ chromium these tests FAIL with the install hint, unless env WARREN_SKIP_UI=1 is 
 WARREN_UI_SCREENSHOTS=DIR the main pages are saved there as PNG files.
 """
 
+import base64
 import json
 import os
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pika
@@ -122,6 +124,56 @@ def submit_form(drv, form_id, fields):
             el.clear()
             el.send_keys(value)
     form.find_element("css selector", "button[type='submit']").click()
+
+
+def api(ui_url, method, path, body=None):
+    """The management API as guest (a path other than the UI's own to check what it did)."""
+    req = urllib.request.Request(
+        ui_url + "api" + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={
+            "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode(),
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(req) as r:
+        text = r.read()
+    return json.loads(text) if text else None
+
+
+def user_params(amqp_url, user, password, vhost="/"):
+    u = pika.URLParameters(amqp_url)
+    return pika.ConnectionParameters(
+        host=u.host,
+        port=u.port,
+        virtual_host=vhost,
+        credentials=pika.PlainCredentials(user, password),
+        socket_timeout=5,
+    )
+
+
+def add_user_from_ui(drv, ui_url, user, password):
+    """On the admin page: a user with all permissions on vhost `/`, through the UI's forms."""
+    submit_form(drv, "add-user", {"name": user, "password": password, "tags": ""})
+    visible(drv, f"tr[data-name='{user}']")
+    submit_form(drv, "set-permission", {"user": user, "vhost": "/"})
+    path = "/permissions/%2F/" + urllib.parse.quote(user, safe="")
+
+    def has_permission(_d):
+        try:
+            return api(ui_url, "GET", path)["write"] == ".*"
+        except urllib.error.HTTPError:
+            return False
+
+    wait_for(drv, has_permission, "permission set from the UI")
+
+
+def delete_user(ui_url, user):
+    try:
+        api(ui_url, "DELETE", "/users/" + urllib.parse.quote(user, safe=""))
+    except urllib.error.HTTPError:
+        pass
 
 
 def queue_exists(conn, name):
@@ -400,3 +452,154 @@ def test_definitions_import_export_and_vhost_limits(browser, ui_url, amqp_url, u
     with pytest.raises(pika.exceptions.AMQPConnectionError):
         pika.BlockingConnection(params)
     shot(browser, "admin-definitions")
+
+
+def test_admin_topic_permission_set_and_cleared(browser, ui_url, amqp_url, uniq):
+    user = uniq("ui-topic-user")
+    login(browser, ui_url)
+    visible(browser, "#total-queues")
+    goto(browser, ui_url, "#/admin")
+    try:
+        add_user_from_ui(browser, ui_url, user, "s3cret")
+        submit_form(
+            browser,
+            "set-topic-permission",
+            {"user": user, "vhost": "/", "exchange": "amq.topic", "write": r"^allowed\.", "read": ".*"},
+        )
+        row = f"tr[data-name='//{user}/amq.topic']"  # vhost/user/exchange
+        visible(browser, row)
+        assert [p for p in api(ui_url, "GET", "/topic-permissions") if p["user"] == user] == [
+            {"user": user, "vhost": "/", "exchange": "amq.topic", "write": r"^allowed\.", "read": ".*"}
+        ]
+
+        # Enforced: the user may publish to amq.topic with a matching routing key only.
+        c = pika.BlockingConnection(user_params(amqp_url, user, "s3cret"))
+        ch = c.channel()
+        ch.confirm_delivery()
+        ch.basic_publish("amq.topic", "allowed.x", b"ok")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.basic_publish("amq.topic", "forbidden.x", b"no")
+        assert e.value.reply_code == 403
+        assert e.value.reply_text == (
+            f"ACCESS_REFUSED - access to topic 'forbidden.x' in exchange 'amq.topic' in vhost '/'"
+            f" refused for user '{user}'"
+        )
+
+        # Cleared from the UI: gone from the API, and the routing key is allowed again.
+        click(browser, f"{row} .delete-topic-permission")
+        wait_for(browser, lambda d: text_of(d, row) is None, "topic permission row gone")
+        assert [p for p in api(ui_url, "GET", "/topic-permissions") if p["user"] == user] == []
+        ch = c.channel()
+        ch.confirm_delivery()
+        ch.basic_publish("amq.topic", "forbidden.x", b"now allowed")
+        c.close()
+    finally:
+        delete_user(ui_url, user)
+
+
+def test_admin_user_limit_set_and_cleared(browser, ui_url, amqp_url, uniq):
+    user = uniq("ui-limit-user")
+    params = user_params(amqp_url, user, "s3cret")
+    login(browser, ui_url)
+    visible(browser, "#total-queues")
+    goto(browser, ui_url, "#/admin")
+    opened = []
+    try:
+        add_user_from_ui(browser, ui_url, user, "s3cret")
+        submit_form(browser, "set-user-limit", {"user": user, "limit": "max-connections", "value": "1"})
+        row = f"tr[data-name='{user}/max-connections']"
+        visible(browser, row)
+        assert [x for x in api(ui_url, "GET", "/user-limits") if x["user"] == user] == [
+            {"user": user, "value": {"max-connections": 1}}
+        ]
+
+        # Enforced: the user's second connection is refused.
+        opened.append(pika.BlockingConnection(params))
+        with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as e:
+            opened.append(pika.BlockingConnection(params))
+        assert (
+            f"NOT_ALLOWED - Connection refused for user '{user}': user connection limit (1) is reached"
+            in str(e.value)
+        )
+
+        # Cleared from the UI: gone from the API, and a second connection opens.
+        click(browser, f"{row} .delete-user-limit")
+        wait_for(browser, lambda d: text_of(d, row) is None, "user limit row gone")
+        assert [x for x in api(ui_url, "GET", "/user-limits") if x["user"] == user] == []
+        opened.append(pika.BlockingConnection(params))
+    finally:
+        for c in opened:
+            if c.is_open:
+                c.close()
+        delete_user(ui_url, user)
+
+
+def test_bindings_added_and_removed_from_ui(browser, ui_url, connect, uniq):
+    ex = uniq("ui-bind-ex")
+    dest_ex = uniq("ui-bind-dest")
+    q = uniq("ui-bind-q")
+    conn = connect()
+    ch = conn.channel()
+    ch.exchange_declare(ex, "topic")
+    ch.exchange_declare(dest_ex, "fanout")
+    ch.queue_declare(q)
+    ch.confirm_delivery()
+
+    def routes(key):
+        """Publishes to `ex` (mandatory, confirmed); True when it reached `q`."""
+        try:
+            ch.basic_publish(ex, key, key.encode(), mandatory=True)
+        except pika.exceptions.UnroutableError:
+            assert ch.queue_declare(q, passive=True).method.message_count == 0
+            return False
+        method, _p, body = ch.basic_get(q, auto_ack=True)
+        assert method is not None and body == key.encode()
+        return True
+
+    try:
+        login(browser, ui_url)
+        visible(browser, "#total-queues")
+        assert not routes("ui.a")
+
+        # From the queue's page: bind it to `ex` with a wildcard key, then unbind.
+        goto(browser, ui_url, f"#/queues/%2F/{q}")
+        submit_form(browser, "add-binding", {"source": ex, "routing_key": "ui.*"})
+        row = f"tr[data-name='{ex}'][data-key='ui.*']"
+        visible(browser, row)
+        assert routes("ui.a")
+        assert not routes("other.a")
+        click(browser, f"{row} .unbind")
+        wait_for(browser, lambda d: text_of(d, row) is None, "binding gone from the queue page")
+        assert not routes("ui.a")
+        # The default exchange's implicit binding is listed, without an unbind button.
+        assert text_of(browser, "tr[data-name='']").startswith("(default exchange)")
+        assert text_of(browser, "tr[data-name=''] .unbind") is None
+
+        # From the exchange's page: to the queue, and to another exchange.
+        goto(browser, ui_url, f"#/exchanges/%2F/{ex}")
+        submit_form(
+            browser, "add-binding", {"destination_type": "queue", "destination": q, "routing_key": "ui.#"}
+        )
+        row = f"tr[data-name='{q}'][data-key='ui.#']"
+        visible(browser, row)
+        submit_form(
+            browser,
+            "add-binding",
+            {"destination_type": "exchange", "destination": dest_ex, "routing_key": "to-ex.*"},
+        )
+        ex_row = f"tr[data-name='{dest_ex}'][data-key='to-ex.*']"
+        visible(browser, ex_row)
+        assert "exchange" in text_of(browser, ex_row)
+        sources = api(ui_url, "GET", "/exchanges/%2F/" + urllib.parse.quote(dest_ex) + "/bindings/destination")
+        assert [(b["source"], b["routing_key"]) for b in sources] == [(ex, "to-ex.*")]
+        assert routes("ui.a.b")
+        click(browser, f"{row} .unbind")
+        wait_for(browser, lambda d: text_of(d, row) is None, "binding gone from the exchange page")
+        assert not routes("ui.a.b")
+        click(browser, f"{ex_row} .unbind")
+        wait_for(browser, lambda d: text_of(d, ex_row) is None, "exchange binding gone")
+        assert api(ui_url, "GET", "/exchanges/%2F/" + urllib.parse.quote(dest_ex) + "/bindings/destination") == []
+    finally:
+        ch.queue_delete(q)
+        ch.exchange_delete(ex)
+        ch.exchange_delete(dest_ex)

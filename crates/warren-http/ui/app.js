@@ -135,6 +135,11 @@ function table(cols, rows, rowFn) {
 }
 function td(v, cls) { return h('td', cls ? { class: cls } : {}, v); }
 function link(href, text) { return h('a', { href, text }); }
+// A row's Delete button: DELETE `path`, then `okText`.
+function delBtn(cls, path, okText, label) {
+  return h('button', { class: cls, type: 'button', text: label || 'Delete',
+    onclick: () => act(() => api('DELETE', path), okText) });
+}
 
 async function vhostSelect(name) {
   const vhosts = await api('GET', '/vhosts?columns=name');
@@ -292,6 +297,37 @@ function publishForm(vhost, exchange, fixedKey) {
   return form;
 }
 
+// ---- bindings (the queue and exchange pages) ----
+// A binding's path under /api/bindings/{vhost}: e/{source}/q|e/{destination}.
+function bindingPath(vhost, b) {
+  return '/bindings/' + enc(vhost) + '/e/' + enc(b.source) + '/' + (b.destination_type === 'queue' ? 'q' : 'e')
+    + '/' + enc(b.destination);
+}
+
+function unbindButton(vhost, b) {
+  return delBtn('unbind', bindingPath(vhost, b) + '/' + enc(b.properties_key), 'Binding removed', 'Unbind');
+}
+
+// The add-binding form: `fixed` holds this page's end of the binding (source, or destination and
+// its type), `fields` the inputs naming the other end.
+function bindingForm(vhost, fixed, fields) {
+  const form = h('form', { id: 'add-binding', class: 'box' }, fields,
+    h('label', {}, 'Routing key ', h('input', { name: 'routing_key' })),
+    h('label', {}, 'Arguments (JSON) ', h('textarea', { name: 'arguments', rows: 2 })),
+    h('button', { type: 'submit', text: 'Bind' }));
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const v = formValues(form);
+    const b = Object.assign({ source: v.source, destination: v.destination, destination_type: v.destination_type }, fixed);
+    act(async () => {
+      await api('POST', bindingPath(vhost, b),
+        { routing_key: v.routing_key, arguments: parseJsonField(v.arguments, 'Arguments') });
+      form.reset();
+    }, 'Binding added');
+  });
+  return form;
+}
+
 async function pageExchange(main, vhost, name) {
   const data = h('div');
   const del = h('button', {
@@ -301,18 +337,26 @@ async function pageExchange(main, vhost, name) {
       location.hash = '#/exchanges';
     }, 'Exchange deleted'),
   });
+  const isDefault = name === 'amq.default';
+  // The default exchange's bindings are implicit: nothing to add or remove there.
+  const bindForm = isDefault ? null : bindingForm(vhost, { source: name }, [
+    h('label', {}, 'To ', h('select', { name: 'destination_type' },
+      h('option', { value: 'queue', text: 'queue' }), h('option', { value: 'exchange', text: 'exchange' }))),
+    h('label', {}, 'Name ', h('input', { name: 'destination', required: true }))]);
   main.append(h('h1', {}, 'Exchange ', h('b', { text: name }), ' in ', h('b', { text: vhost })), data,
+    isDefault ? null : h('h2', { text: 'Add binding from this exchange' }), bindForm,
     h('h2', { text: 'Publish message' }), publishForm(vhost, name),
-    name === 'amq.default' ? null : h('h2', { text: 'Delete' }), name === 'amq.default' ? null : del);
+    isDefault ? null : h('h2', { text: 'Delete' }), isDefault ? null : del);
   return async () => {
     const x = await api('GET', '/exchanges/' + enc(vhost) + '/' + enc(name));
-    const bs = name === 'amq.default' ? [] : await api('GET', '/exchanges/' + enc(vhost) + '/' + enc(name) + '/bindings/source');
+    const bs = isDefault ? [] : await api('GET', '/exchanges/' + enc(vhost) + '/' + enc(name) + '/bindings/source');
     data.replaceChildren(
       h('p', {}, 'Type ', h('b', { text: x.type }), ', durable ', h('b', { text: String(x.durable) }),
         ', publish in ', h('b', { text: fmtRate(x, 'publish_in') || '0.0/s' })),
       h('h2', { text: 'Bindings (this exchange is the source)' }),
-      table(['To', 'Type', 'Routing key'], bs, (b) =>
-        h('tr', {}, td(b.destination), td(b.destination_type), td(b.routing_key))));
+      table(['To', 'Type', 'Routing key', 'Arguments', ''], bs, (b) =>
+        h('tr', { 'data-name': b.destination, 'data-key': b.routing_key }, td(b.destination), td(b.destination_type),
+          td(b.routing_key), td(JSON.stringify(b.arguments || {})), h('td', {}, unbindButton(vhost, b)))));
   };
 }
 
@@ -381,7 +425,10 @@ async function pageQueue(main, vhost, name) {
       onclick: () => act(() => api('DELETE', base + '/contents'), 'Queue purged') }), ' ',
     h('button', { id: 'delete-queue', type: 'button', text: 'Delete queue',
       onclick: () => act(async () => { await api('DELETE', base); location.hash = '#/queues'; }, 'Queue deleted') }));
+  const bindForm = bindingForm(vhost, { destination: name, destination_type: 'queue' },
+    h('label', {}, 'From exchange ', h('input', { name: 'source', required: true })));
   main.append(h('h1', {}, 'Queue ', h('b', { text: name }), ' in ', h('b', { text: vhost })), data,
+    h('h2', { text: 'Add binding to this queue' }), bindForm,
     h('h2', { text: 'Get messages' }), getForm,
     h('h2', { text: 'Publish message (default exchange, routing key = queue name)' }), publishForm(vhost, 'amq.default', name),
     h('h2', { text: 'Purge and delete' }), buttons);
@@ -395,7 +442,11 @@ async function pageQueue(main, vhost, name) {
           td(fmtRate(x, 'publish'), 'num'), td(fmtRate(x, 'deliver_get'), 'num'),
           td(JSON.stringify(x.arguments || {})))),
       h('h2', { text: 'Bindings' }),
-      table(['From', 'Routing key'], bs, (b) => h('tr', {}, td(b.source || '(default exchange)'), td(b.routing_key))));
+      table(['From', 'Routing key', 'Arguments', ''], bs, (b) =>
+        h('tr', { 'data-name': b.source, 'data-key': b.routing_key }, td(b.source || '(default exchange)'),
+          td(b.routing_key), td(JSON.stringify(b.arguments || {})),
+          // The default exchange's binding is implicit (it cannot be removed).
+          h('td', {}, b.source ? unbindButton(vhost, b) : null))));
   };
 }
 
@@ -465,21 +516,24 @@ async function pageAdmin(main) {
       });
     }, 'Policy saved');
   });
-  const limitForm = h('form', { id: 'set-limit', class: 'box' },
+  // Topic permissions: per (user, vhost, exchange), as RabbitMQ's user page.
+  const topicForm = h('form', { id: 'set-topic-permission', class: 'box' },
+    h('label', {}, 'User ', h('input', { name: 'user', required: true })),
     h('label', {}, 'Virtual host ', await vhostSelect()),
-    h('label', {}, 'Limit ', h('select', { name: 'limit' },
-      ['max-connections', 'max-queues'].map((t) => h('option', { value: t, text: t })))),
-    h('label', {}, 'Value ', h('input', { name: 'value', required: true, size: 6 })),
-    h('button', { type: 'submit', text: 'Set limit' }));
-  limitForm.addEventListener('submit', (ev) => {
+    h('label', {}, 'Exchange ', h('input', { name: 'exchange', value: 'amq.topic', required: true })),
+    h('label', {}, 'Write regexp ', h('input', { name: 'write', value: '.*' })),
+    h('label', {}, 'Read regexp ', h('input', { name: 'read', value: '.*' })),
+    h('button', { type: 'submit', text: 'Set topic permission' }));
+  topicForm.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    const v = formValues(limitForm);
-    act(async () => {
-      const value = Number(v.value);
-      if (!Number.isInteger(value)) throw new Error('The limit must be a whole number');
-      await api('PUT', '/vhost-limits/' + enc(v.vhost) + '/' + enc(v.limit), { value });
-    }, 'Limit set');
+    const v = formValues(topicForm);
+    act(() => api('PUT', '/topic-permissions/' + enc(v.vhost) + '/' + enc(v.user),
+      { exchange: v.exchange, write: v.write, read: v.read }), 'Topic permission set');
   });
+  const vhostLimitForm = limitForm('set-limit', 'Virtual host', await vhostSelect(),
+    ['max-connections', 'max-queues'], '/vhost-limits/');
+  const userLimitForm = limitForm('set-user-limit', 'User', h('input', { name: 'user', required: true }),
+    ['max-connections', 'max-channels'], '/user-limits/');
   // Definitions: export shows (and offers to save) GET /api/definitions; import POSTs pasted
   // or loaded JSON, as RabbitMQ's "Import definitions".
   const exported = h('textarea', { id: 'definitions-export', rows: 6, readonly: true });
@@ -509,19 +563,15 @@ async function pageAdmin(main) {
     h('h2', { text: 'Add / update a user' }), userForm,
     h('h2', { text: 'Add a virtual host' }), vhostForm,
     h('h2', { text: 'Set permission' }), permForm,
+    h('h2', { text: 'Set topic permission' }), topicForm,
     h('h2', { text: 'Add / update a policy' }), policyForm,
-    h('h2', { text: 'Set a virtual host limit' }), limitForm,
+    h('h2', { text: 'Set a virtual host limit' }), vhostLimitForm,
+    h('h2', { text: 'Set a user limit' }), userLimitForm,
     h('h2', { text: 'Definitions' }), h('div', { class: 'box' }, exportBtn, exported), importForm);
-  const delBtn = (cls, path, okText) => h('button', { class: cls, type: 'button', text: 'Delete',
-    onclick: () => act(() => api('DELETE', path), okText) });
   return async () => {
-    const [users, vhosts, perms, policies, limits] = await Promise.all([
-      api('GET', '/users'), api('GET', '/vhosts'), api('GET', '/permissions'), api('GET', '/policies'),
-      api('GET', '/vhost-limits')]);
-    const limitRows = [];
-    for (const l of limits) {
-      for (const [name, value] of Object.entries(l.value || {})) limitRows.push({ vhost: l.vhost, name, value });
-    }
+    const [users, vhosts, perms, topicPerms, policies, vhostLimits, userLimits] = await Promise.all([
+      api('GET', '/users'), api('GET', '/vhosts'), api('GET', '/permissions'), api('GET', '/topic-permissions'),
+      api('GET', '/policies'), api('GET', '/vhost-limits'), api('GET', '/user-limits')]);
     data.replaceChildren(
       h('h2', { text: 'Users' }),
       table(['Name', 'Tags', ''], users, (u) => h('tr', { 'data-name': u.name }, td(u.name),
@@ -535,16 +585,55 @@ async function pageAdmin(main) {
       table(['User', 'Virtual host', 'Configure', 'Write', 'Read', ''], perms, (p) => h('tr', {}, td(p.user), td(p.vhost),
         td(p.configure), td(p.write), td(p.read),
         h('td', {}, delBtn('delete-permission', '/permissions/' + enc(p.vhost) + '/' + enc(p.user), 'Permission cleared')))),
+      h('h2', { text: 'Topic permissions' }),
+      // DELETE clears all of the user's topic permissions in the vhost, as in RabbitMQ.
+      table(['User', 'Virtual host', 'Exchange', 'Write', 'Read', ''], topicPerms, (p) =>
+        h('tr', { 'data-name': p.vhost + '/' + p.user + '/' + p.exchange }, td(p.user), td(p.vhost),
+          td(p.exchange), td(p.write), td(p.read),
+          h('td', {}, delBtn('delete-topic-permission', '/topic-permissions/' + enc(p.vhost) + '/' + enc(p.user),
+            'Topic permissions cleared')))),
       h('h2', { text: 'Policies' }),
       table(['Virtual host', 'Name', 'Pattern', 'Apply to', 'Definition', 'Priority', ''], policies, (p) =>
         h('tr', { 'data-name': p.name }, td(p.vhost), td(p.name), td(p.pattern), td(p['apply-to']),
           td(JSON.stringify(p.definition)), td(num(p.priority), 'num'),
           h('td', {}, delBtn('delete-policy', '/policies/' + enc(p.vhost) + '/' + enc(p.name), 'Policy deleted')))),
       h('h2', { text: 'Virtual host limits' }),
-      table(['Virtual host', 'Limit', 'Value', ''], limitRows, (l) =>
-        h('tr', { 'data-name': l.vhost + '/' + l.name }, td(l.vhost), td(l.name), td(num(l.value), 'num'),
-          h('td', {}, delBtn('delete-limit', '/vhost-limits/' + enc(l.vhost) + '/' + enc(l.name), 'Limit cleared')))));
+      limitTable('Virtual host', vhostLimits, 'vhost', 'delete-limit', '/vhost-limits/'),
+      h('h2', { text: 'User limits' }),
+      limitTable('User', userLimits, 'user', 'delete-user-limit', '/user-limits/'));
   };
+}
+
+// A "set a limit" form of vhost or user limits: `owner` is the field naming the vhost or user,
+// `base` the API path the limit is PUT under (base + owner + '/' + limit name).
+function limitForm(id, ownerLabel, owner, names, base) {
+  const form = h('form', { id, class: 'box' },
+    h('label', {}, ownerLabel + ' ', owner),
+    h('label', {}, 'Limit ', h('select', { name: 'limit' }, names.map((t) => h('option', { value: t, text: t })))),
+    h('label', {}, 'Value ', h('input', { name: 'value', required: true, size: 6 })),
+    h('button', { type: 'submit', text: 'Set limit' }));
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const v = formValues(form);
+    act(async () => {
+      const value = Number(v.value);
+      if (!Number.isInteger(value)) throw new Error('The limit must be a whole number');
+      await api('PUT', base + enc(v[owner.name]) + '/' + enc(v.limit), { value });
+    }, 'Limit set');
+  });
+  return form;
+}
+
+// The table of /api/vhost-limits or /api/user-limits (`[{<key>: owner, value: {name: n}}]`),
+// one row per limit.
+function limitTable(ownerLabel, limits, key, cls, base) {
+  const rows = [];
+  for (const l of limits) {
+    for (const [name, value] of Object.entries(l.value || {})) rows.push({ owner: l[key], name, value });
+  }
+  return table([ownerLabel, 'Limit', 'Value', ''], rows, (l) =>
+    h('tr', { 'data-name': l.owner + '/' + l.name }, td(l.owner), td(l.name), td(num(l.value), 'num'),
+      h('td', {}, delBtn(cls, base + enc(l.owner) + '/' + enc(l.name), 'Limit cleared'))));
 }
 
 // ---- router ----
