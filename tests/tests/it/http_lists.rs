@@ -97,11 +97,15 @@ async fn queue_list_keeps_every_field_and_counts() {
             "exclusive_consumer_tag",
             "head_message_timestamp",
             "message_bytes",
+            "message_bytes_paged_out",
+            "message_bytes_ram",
             "message_bytes_ready",
             "message_bytes_unacknowledged",
             "message_stats",
             "messages",
             "messages_details",
+            "messages_paged_out",
+            "messages_ram",
             "messages_ready",
             "messages_ready_details",
             "messages_unacknowledged",
@@ -119,6 +123,13 @@ async fn queue_list_keeps_every_field_and_counts() {
     assert_eq!(q["messages"], json!(2));
     assert_eq!(q["messages_ready"], json!(2));
     assert_eq!(q["message_bytes"], json!(4));
+    assert_eq!(
+        q["messages_ram"],
+        json!(2),
+        "nothing paged on a broker without a data dir"
+    );
+    assert_eq!(q["messages_paged_out"], json!(0));
+    assert_eq!(q["message_bytes_ram"], json!(4));
     assert_eq!(q["messages_details"], json!({"rate": 0.0}));
     assert_eq!(q["consumer_details"], json!([]));
     assert_eq!(q["message_stats"]["publish"], json!(2));

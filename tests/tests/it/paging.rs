@@ -363,3 +363,113 @@ async fn a_failed_page_read_is_counted_and_loses_nothing_else() {
     assert_eq!(consume_all(&och, "other", 10).await.len(), 10);
     b.stop().await;
 }
+
+/// Spill stores (`<data>/vhosts/<vhost>/transient/`) with segment files in them, recursively.
+fn spill_segments(data: &std::path::Path) -> usize {
+    fn walk(p: &std::path::Path, in_spill: bool, n: &mut usize) {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        for e in rd.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                walk(&path, in_spill || name == "transient", n);
+            } else if in_spill && name.starts_with("msgs.") {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(data, false, &mut n);
+    n
+}
+
+/// A non-durable queue pages its backlog too (to a spill store that nothing recovers):
+/// beyond `storage.queue_memory_messages` the messages are on disk only (the management API's
+/// `messages_paged_out`), they come back in order, persistent ones are confirmed without
+/// waiting for disk, and after a restart the queue and its spill files are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_durable_queue_pages_its_backlog_and_forgets_it_at_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = TestBroker::start_durable_with(dir.path(), config()).await;
+    let (_c, ch) = b.channel().await;
+    ch.queue_declare("burst".into(), Default::default(), FieldTable::default())
+        .await
+        .expect("declare");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for i in 0..3000 {
+        let props = BasicProperties::default().with_delivery_mode(if i % 2 == 0 { 1 } else { 2 });
+        ch.basic_publish(
+            "".into(),
+            "burst".into(),
+            BasicPublishOptions::default(),
+            &body(i),
+            props,
+        )
+        .await
+        .expect("publish");
+    }
+    assert!(
+        ch.wait_for_confirms().await.expect("confirms").is_empty(),
+        "all acked"
+    );
+    let q = b.api().get("/api/queues/%2F/burst").await.json;
+    assert_eq!(q["messages"], serde_json::json!(3000), "{q}");
+    let paged = q["messages_paged_out"]
+        .as_u64()
+        .expect("messages_paged_out");
+    assert!(
+        paged >= 2800,
+        "all but the in-memory limit (100) are on disk only: {paged} paged out"
+    );
+    assert_eq!(
+        q["messages_ram"].as_u64(),
+        Some(3000 - paged),
+        "the rest is in memory"
+    );
+    assert!(
+        warren_tests::eventually(std::time::Duration::from_secs(5), || spill_segments(
+            dir.path()
+        ) > 0)
+        .await,
+        "the backlog is in spill files"
+    );
+    let got = consume_all(&ch, "burst", 3000).await;
+    let expected: Vec<Vec<u8>> = (0..3000).map(body).collect();
+    assert!(got == expected, "every message once, in publish order");
+    let q = b.api().get("/api/queues/%2F/burst").await.json;
+    assert_eq!(q["messages_paged_out"], serde_json::json!(0), "{q}");
+
+    // A second backlog, then a restart: a non-durable queue and its spill files are gone.
+    fill(&ch, "burst", 0, 1000).await;
+    assert!(
+        warren_tests::eventually(std::time::Duration::from_secs(5), || spill_segments(
+            dir.path()
+        ) > 0)
+        .await,
+        "the second backlog is in spill files"
+    );
+    drop((_c, ch));
+    b.stop().await;
+    let b = TestBroker::start_durable_with(dir.path(), config()).await;
+    assert_eq!(
+        spill_segments(dir.path()),
+        0,
+        "spill files removed at startup"
+    );
+    let (_c, ch) = b.channel().await;
+    let err = ch
+        .queue_declare(
+            "burst".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("a non-durable queue does not survive a restart");
+    assert!(err.to_string().contains("NOT_FOUND"), "{err}");
+    b.stop().await;
+}

@@ -362,6 +362,10 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     fn ready_bytes(&self) -> u64 {
         0
     }
+    /// Ready messages (and their body bytes) that are on disk only: the paged backlog.
+    fn paged_out(&self) -> (u64, u64) {
+        (0, 0)
+    }
     /// Its consumers, as the management API lists them.
     fn consumers(&self) -> Vec<ConsumerInfo>;
     /// A stream's size, offsets and consumers (none for other types); what management and
@@ -410,6 +414,9 @@ pub enum Backing {
     Store(crate::store::StoreRef),
     /// The log of a stream.
     Stream(Arc<crate::store::stream::StreamLog>),
+    /// A non-durable classic queue's spill store: its backlog beyond the in-memory limit
+    /// (nothing of it survives a restart).
+    Spill(crate::store::StoreRef),
 }
 
 /// Creates a queue of the type its arguments name, on `backing`.
@@ -423,7 +430,7 @@ pub fn create(info: QueueInfo, backing: Backing, services: &Services, now: Milli
                 crate::store::stream::StreamLog::memory(crate::store::stream::DEFAULT_SEGMENT_SIZE);
             stream::StreamQueue::create(info, log, services, now)
         }
-        (_, Backing::Store(store)) => {
+        (_, Backing::Store(store) | Backing::Spill(store)) => {
             classic::ClassicQueue::create(info, Some(store), services, now)
         }
         (_, _) => classic::ClassicQueue::create(info, None, services, now),

@@ -57,6 +57,12 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug {
     /// in-memory limit; the rest come from [`MessageStore::take_recovered_tail`]).
     fn take_recovered(&self) -> Vec<Recovered>;
 
+    /// Whether what is appended survives a restart (false for a spill store, which only holds
+    /// a non-durable queue's paged backlog): a queue writes its in-memory persistent messages
+    /// only to a store that persists, and confirms wait for no sync round otherwise.
+    fn persists(&self) -> bool {
+        true
+    }
     /// Ready messages a queue on this store keeps in memory before paging the rest to disk
     /// (0: this store does not page).
     fn paging_limit(&self) -> usize {

@@ -82,6 +82,8 @@ pub struct SegmentStore {
     recovered_tail: Mutex<Option<(TailCursor, u64, u64)>>,
     /// Most messages a recovered queue keeps in memory (0 = all); the rest stay on disk.
     memory_limit: usize,
+    /// A spill store ([`SegmentStore::spill`]).
+    volatile: bool,
 }
 
 impl std::fmt::Debug for SegmentStore {
@@ -126,6 +128,30 @@ impl SegmentStore {
         segment_size: u64,
         memory_limit: usize,
     ) -> Arc<Self> {
+        Self::empty(dir, syncer, segment_size, memory_limit, false)
+    }
+
+    /// A spill store in `dir` for a non-durable queue's backlog beyond its in-memory limit:
+    /// every message is recorded as transient, nothing is fsynced, acks and deliveries are
+    /// counted in memory only (whole segments are still deleted once all their messages are
+    /// gone), and it does not persist ([`MessageStore::persists`]). Its directory is removed
+    /// at the next start.
+    pub fn spill(
+        dir: &Path,
+        syncer: Arc<Syncer>,
+        segment_size: u64,
+        memory_limit: usize,
+    ) -> Arc<Self> {
+        Self::empty(dir, syncer, segment_size, memory_limit, true)
+    }
+
+    fn empty(
+        dir: &Path,
+        syncer: Arc<Syncer>,
+        segment_size: u64,
+        memory_limit: usize,
+        volatile: bool,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             dir: dir.to_path_buf(),
             segment_size,
@@ -136,6 +162,7 @@ impl SegmentStore {
             recovered: Mutex::new(Vec::new()),
             recovered_tail: Mutex::new(None),
             memory_limit,
+            volatile,
         })
     }
 
@@ -276,6 +303,7 @@ impl SegmentStore {
             recovered: Mutex::new(recovered),
             recovered_tail: Mutex::new(tail),
             memory_limit,
+            volatile: false,
         }))
     }
 
@@ -441,16 +469,26 @@ impl SegmentStore {
         let Some(seg) = Self::segment_of(&inner, id) else {
             return;
         };
-        Self::push(&mut inner, seg, FileKind::Acks, |b| {
-            record::put_record(b, k, &[&id.to_be_bytes()])
-        });
+        if self.volatile {
+            // Never recovered: only the count of live messages matters.
+            if k != kind::ACK {
+                return;
+            }
+        } else {
+            Self::push(&mut inner, seg, FileKind::Acks, |b| {
+                record::put_record(b, k, &[&id.to_be_bytes()])
+            });
+        }
         if k == kind::ACK {
             let live = inner.live.entry(seg).or_insert(1);
             *live = live.saturating_sub(1);
             let live = *live;
             if live == 0 && seg != inner.head {
                 Self::retire(&mut inner, seg);
-            } else if seg != inner.head && Self::worth_compacting(&inner, seg, live) {
+            } else if !self.volatile
+                && seg != inner.head
+                && Self::worth_compacting(&inner, seg, live)
+            {
                 inner.to_compact.push(seg);
             }
         }
@@ -505,7 +543,15 @@ impl SegmentStore {
 
 impl MessageStore for SegmentStore {
     fn append(&self, id: u64, message: &Message, expires: u64) -> u64 {
+        if self.volatile {
+            self.append_kind(id, message, kind::TRANSIENT, expires);
+            return 0;
+        }
         self.append_kind(id, message, kind::MESSAGE, expires)
+    }
+
+    fn persists(&self) -> bool {
+        !self.volatile
     }
 
     fn paging_limit(&self) -> usize {
@@ -677,8 +723,8 @@ impl Flush for SegmentStore {
         }
         if !dir_exists && !pending.is_empty() {
             let made = fs::create_dir_all(&self.dir).and_then(|()| match self.dir.parent() {
-                Some(parent) => File::open(parent)?.sync_all(),
-                None => Ok(()),
+                Some(parent) if !self.volatile => File::open(parent)?.sync_all(),
+                _ => Ok(()),
             });
             if let Err(e) = made {
                 self.inner.lock().dir_exists = false;
@@ -739,6 +785,11 @@ impl Flush for SegmentStore {
             return Err(write_refused(e));
         }
         let touched: Vec<(u32, FileKind)> = touched.into_iter().map(|(k, _)| k).collect();
+        if self.volatile {
+            // Nothing of a spill store is recovered: no fsync.
+            self.delete_segments(&mut files, &to_delete)?;
+            return Ok(());
+        }
         for key in &touched {
             if let Some(f) = files.get(key) {
                 f.sync_data()?;

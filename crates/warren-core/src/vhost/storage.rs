@@ -1,6 +1,9 @@
 //! Where a vhost keeps durable queues' messages, recovery of those stores, and the snapshot
 //! of the vhost's durable metadata (for the metadata log's compaction).
 //!
+//! A non-durable classic queue gets a spill store under `<vhost dir>/transient/` for its backlog
+//! beyond the in-memory limit; that directory is removed at startup.
+//!
 //! Each durable queue incarnation has its own directory under `<vhost dir>/queues/`, named
 //! when the queue is declared (the name is part of the logged command) and created by the
 //! store's first flush in the sync thread, so a declaration touches no disk on the event loop.
@@ -42,8 +45,18 @@ impl Storage {
         self.dir.join("queues")
     }
 
-    /// The store directories present now (startup).
+    /// Where non-durable queues keep their spill stores (removed at startup).
+    fn spill_dir(&self) -> PathBuf {
+        self.dir.join("transient")
+    }
+
+    /// The store directories present now (startup). Spill stores of the previous run are
+    /// removed: nothing of a non-durable queue survives a restart.
     pub(super) fn existing_dirs(&self) -> std::io::Result<HashSet<String>> {
+        match std::fs::remove_dir_all(self.spill_dir()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let dir = self.queues_dir();
         std::fs::create_dir_all(&dir)?;
         let mut out = HashSet::new();
@@ -99,6 +112,20 @@ impl VHost {
             Some(store) => Backing::Store(store),
             None => Backing::None,
         })
+    }
+
+    /// The spill store of a new non-durable classic queue `name` (none without a data dir, or
+    /// with paging off): nothing touches the disk until its backlog pages out.
+    pub(super) fn spill_for(&self, name: &str) -> Backing {
+        match &self.storage {
+            Some(s) if s.memory_limit > 0 => Backing::Spill(SegmentStore::spill(
+                &s.spill_dir().join(new_store_dir(name)),
+                s.syncer.clone(),
+                s.segment_size,
+                s.memory_limit,
+            )),
+            _ => Backing::None,
+        }
     }
 
     /// A message store in `store_dir`, recovering at most `memory_limit` messages into memory

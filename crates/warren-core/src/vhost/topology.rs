@@ -514,10 +514,12 @@ impl VHost {
             // (`stream-max-segment-size-bytes`), as it is set when the stream is made.
             self.backing_for(&d.store_dir, &applied.args)
                 .map_err(|e| AmqpError::internal(format!("cannot open queue store: {e}")))?
+        } else if args.kind == QueueKind::Classic && !replay {
+            self.spill_for(&d.name)
         } else {
             Backing::None
         };
-        let on_disk = !matches!(backing, Backing::None);
+        let on_disk = matches!(backing, Backing::Store(_) | Backing::Stream(_));
         let name: Arc<str> = d.name.as_str().into();
         let info = QueueInfo {
             name: name.clone(),

@@ -170,6 +170,15 @@ impl Serialize for QueueJson<'_> {
         m.serialize_entry("message_bytes", &ready_bytes)?;
         m.serialize_entry("message_bytes_ready", &ready_bytes)?;
         m.serialize_entry("message_bytes_unacknowledged", &0)?;
+        // RabbitMQ's split of the backlog between memory and disk (classic queues page).
+        let (paged, paged_bytes) = q.paged_out();
+        m.serialize_entry("messages_paged_out", &paged)?;
+        m.serialize_entry("message_bytes_paged_out", &paged_bytes)?;
+        m.serialize_entry("messages_ram", &(ready + unacked).saturating_sub(paged))?;
+        m.serialize_entry(
+            "message_bytes_ram",
+            &ready_bytes.saturating_sub(paged_bytes),
+        )?;
         m.serialize_entry("consumers", &consumers)?;
         m.serialize_entry("consumer_utilisation", &utilisation)?;
         m.serialize_entry("consumer_capacity", &utilisation)?;

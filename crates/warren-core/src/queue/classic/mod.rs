@@ -73,7 +73,8 @@ struct State {
 #[derive(Debug)]
 pub struct ClassicQueue {
     info: QueueInfo,
-    /// Where persistent messages of a durable queue are stored (none: not persisted).
+    /// Where persistent messages of a durable queue are stored, or a non-durable queue's
+    /// spill store for its paged backlog (`persists()` false); none: nothing on disk.
     store: Option<StoreRef>,
     services: Services,
     /// The keys of its messages, when it deduplicates (`x-message-deduplication`).
@@ -278,6 +279,11 @@ impl Queue for ClassicQueue {
         self.state.lock().tail.read_errors
     }
 
+    fn paged_out(&self) -> (u64, u64) {
+        let st = self.state.lock();
+        (st.tail.count, st.tail.bytes)
+    }
+
     fn publish(&self, msg: Arc<Message>, now: Millis) -> Enqueued {
         let mut dead = Vec::new();
         let result = {
@@ -324,7 +330,11 @@ impl Queue for ClassicQueue {
                     None => {
                         let mut m = QueuedMessage::new(seq, msg, 0);
                         let mut epoch = 0;
-                        if let Some(s) = self.store.as_ref().filter(|_| m.msg.persistent) {
+                        if let Some(s) = self
+                            .store
+                            .as_ref()
+                            .filter(|s| m.msg.persistent && s.persists())
+                        {
                             // On disk the expiry is absolute (wall clock), so the TTL keeps
                             // counting across a restart.
                             epoch = s.append(seq, &m.msg, self.services.clock.to_wall(expires_at));

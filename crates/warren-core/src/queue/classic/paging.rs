@@ -1,6 +1,7 @@
 //! The on-disk part of a long backlog (paging).
 //!
-//! A durable queue keeps at most its store's paging limit of ready messages in memory; beyond
+//! A queue with a store (a durable queue's, or the spill store a non-durable queue gets on a
+//! broker with a data dir) keeps at most its store's paging limit of ready messages in memory; beyond
 //! that, new messages are only appended to the store and counted here. When the in-memory part
 //! falls below half the limit, the queue asks the pager thread for the next batch and goes on
 //! serving from memory; the batch arrives in [`ClassicQueue::paged`]. A failed read is logged
@@ -98,7 +99,7 @@ impl ClassicQueue {
             st.tail.cursor = s.append_position();
         }
         let expires = self.services.clock.to_wall(expires_at);
-        let epoch = if msg.persistent {
+        let epoch = if msg.persistent && s.persists() {
             s.append(seq, msg, expires)
         } else {
             s.append_transient(seq, msg, expires);
