@@ -38,6 +38,12 @@ async fn export(app: &axum::Router) -> Option<Value> {
         o.remove("rabbit_version");
         o.remove("product_version");
         o.remove("product_name");
+        // Entries come in no set order (neither RabbitMQ's nor Warren's export promise one).
+        for list in o.values_mut() {
+            if let Value::Array(items) = list {
+                items.sort_by_cached_key(|i| i.to_string());
+            }
+        }
     }
     Some(v)
 }
