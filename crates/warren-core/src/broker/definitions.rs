@@ -117,10 +117,35 @@ fn table(o: &Map<String, Value>) -> FieldTable {
     t
 }
 
+/// A table key an AMQP field table cannot hold (longer than a short string's 255 bytes), at any
+/// depth of `o`.
+fn overlong_key(o: &Map<String, Value>) -> Option<&str> {
+    fn in_value(v: &Value) -> Option<&str> {
+        match v {
+            Value::Object(o) => overlong_key(o),
+            Value::Array(a) => a.iter().find_map(in_value),
+            _ => None,
+        }
+    }
+    o.iter().find_map(|(k, v)| {
+        if k.len() > 255 {
+            Some(k.as_str())
+        } else {
+            in_value(v)
+        }
+    })
+}
+
 fn arguments(o: &Map<String, Value>, place: &str) -> Result<FieldTable, String> {
     match o.get("arguments") {
         None | Some(Value::Null) => Ok(FieldTable::default()),
-        Some(Value::Object(a)) => Ok(table(a)),
+        Some(Value::Object(a)) => match overlong_key(a) {
+            Some(k) => Err(format!(
+                "{place}.arguments: key longer than 255 bytes ({} bytes)",
+                k.len()
+            )),
+            None => Ok(table(a)),
+        },
         Some(_) => Err(format!("{place}.arguments: expected an object")),
     }
 }
@@ -548,6 +573,24 @@ pub fn load(path: &std::path::Path) -> Result<Definitions, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlong_argument_keys_are_refused_not_a_panic() {
+        // Found by the definitions fuzz target: a key over 255 bytes panicked in ShortString.
+        let long = "k".repeat(256);
+        let text = format!(
+            r#"{{"queues": [{{"name": "q", "vhost": "/", "durable": true, "arguments": {{"{long}": 1}}}}]}}"#
+        );
+        let e = parse(&text).expect_err("overlong key");
+        assert_eq!(
+            e,
+            "queues[0].arguments: key longer than 255 bytes (256 bytes)"
+        );
+        let text = format!(
+            r#"{{"exchanges": [{{"name": "x", "vhost": "/", "type": "direct", "arguments": {{"a": [{{"{long}": 1}}]}}}}]}}"#
+        );
+        assert!(parse(&text).is_err());
+    }
 
     #[test]
     fn malformed_files_name_the_place() {
