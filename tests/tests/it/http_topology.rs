@@ -888,3 +888,56 @@ async fn stream_queue_shows_its_type_and_refuses_get_and_purge() {
     assert_eq!(api.get("/api/queues/%2F/t.s").await.status, 200);
     b.stop().await;
 }
+
+/// Found by the definitions fuzz target: a JSON key longer than an AMQP short string (255
+/// bytes) in `arguments` or publish `headers` is a 400, not a panic, over HTTP and in a
+/// definitions import; the broker goes on.
+#[tokio::test]
+async fn overlong_table_keys_are_400_not_a_panic() {
+    let b = TestBroker::start().await;
+    let api = b.api();
+    let long = "k".repeat(256);
+    let r = api
+        .put(
+            "/api/queues/%2F/longkey",
+            &json!({"durable": false, "arguments": {long.clone(): 1}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        r.json["reason"],
+        json!("arguments: key longer than 255 bytes (256 bytes)")
+    );
+    let r = api
+        .post(
+            "/api/exchanges/%2F/amq.default/publish",
+            &json!({"routing_key": "q", "payload": "x", "payload_encoding": "string",
+                    "properties": {"headers": {"a": {long.clone(): 1}}}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = api
+        .post(
+            "/api/definitions",
+            &json!({"queues": [{"name": "q", "vhost": "/", "durable": true,
+                                 "auto_delete": false, "arguments": {long: 1}}]}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    // Still serving: a normal declare works.
+    let r = api
+        .put("/api/queues/%2F/fine", &json!({"durable": false}))
+        .await;
+    assert!(r.status == 201 || r.status == 204, "{}", r.text);
+    let (_c, ch) = b.channel().await;
+    ch.queue_declare(
+        "fine".into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("the queue made over HTTP");
+}

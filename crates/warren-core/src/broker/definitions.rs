@@ -118,8 +118,9 @@ fn table(o: &Map<String, Value>) -> FieldTable {
 }
 
 /// A table key an AMQP field table cannot hold (longer than a short string's 255 bytes), at any
-/// depth of `o`.
-fn overlong_key(o: &Map<String, Value>) -> Option<&str> {
+/// depth of `o`. Every JSON-to-table conversion (definitions, the HTTP API) checks it first:
+/// building the table would panic.
+pub fn overlong_key(o: &Map<String, Value>) -> Option<&str> {
     fn in_value(v: &Value) -> Option<&str> {
         match v {
             Value::Object(o) => overlong_key(o),

@@ -123,14 +123,27 @@ pub(crate) fn string(m: &Map<String, Value>, key: &str) -> ApiResult<Option<Stri
 pub(crate) fn arguments(m: &Map<String, Value>) -> ApiResult<FieldTable> {
     match m.get("arguments") {
         None | Some(Value::Null) => Ok(FieldTable::default()),
-        Some(Value::Object(o)) => Ok(table(o)),
+        Some(Value::Object(o)) => checked_table(o, "arguments"),
         // RabbitMQ's forms send an empty list for no arguments.
         Some(Value::Array(a)) if a.is_empty() => Ok(FieldTable::default()),
         Some(_) => Err(ApiError::bad_request("arguments must be an object")),
     }
 }
 
-/// A JSON object as an AMQP table, typed as RabbitMQ's management plugin types them.
+/// [`table`] of a request's `field`, refused (400) when a key is longer than an AMQP short
+/// string can be.
+pub(crate) fn checked_table(o: &Map<String, Value>, field: &str) -> ApiResult<FieldTable> {
+    match warren_core::broker::definitions::overlong_key(o) {
+        Some(k) => Err(ApiError::bad_request(format!(
+            "{field}: key longer than 255 bytes ({} bytes)",
+            k.len()
+        ))),
+        None => Ok(table(o)),
+    }
+}
+
+/// A JSON object as an AMQP table, typed as RabbitMQ's management plugin types them. Keys
+/// must be at most 255 bytes ([`checked_table`] for request bodies).
 pub(crate) fn table(o: &Map<String, Value>) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in o {

@@ -299,7 +299,7 @@ fn properties(m: &Map<String, Value>) -> ApiResult<AMQPProperties> {
         props = props.with_content_encoding(v);
     }
     if let Some(Value::Object(h)) = p.get("headers") {
-        props = props.with_headers(common::table(h));
+        props = props.with_headers(common::checked_table(h, "headers")?);
     }
     if let Some(v) = int("delivery_mode")? {
         props = props.with_delivery_mode(u8::try_from(v).unwrap_or(1));
