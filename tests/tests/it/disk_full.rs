@@ -14,7 +14,7 @@ use lapin::BasicProperties;
 use lapin::{Confirmation, PublisherConfirm};
 use warren_tests::TestBroker;
 
-use super::flow::{mount_tmpfs, running_as_root};
+use super::flow::{mount_tmpfs, running_as_root, TmpfsGuard};
 
 const BODY: usize = 32 * 1024;
 
@@ -133,17 +133,39 @@ async fn fill(ch: &lapin::Channel, q: &str) -> Published {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_disk_confirms_only_what_is_stored_and_loses_nothing() {
-    let Some((dir, _guard)) = mount_tmpfs(8) else {
+/// An 8 MiB tmpfs with the data dir's path in it and a 2 MiB file of another process
+/// (`filler`; removing it is "space returns"). None where a tmpfs cannot be mounted (not root).
+struct Disk {
+    // Fields drop in order: unmount first, then remove the mount point.
+    _guard: TmpfsGuard,
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    filler: std::path::PathBuf,
+}
+
+fn small_disk() -> Option<Disk> {
+    let Some((dir, guard)) = mount_tmpfs(8) else {
         assert!(!running_as_root(), "root could not mount a tmpfs");
         tracing::warn!("skipped: mounting a tmpfs needs root (as in CI)");
-        return;
+        return None;
     };
     let data = dir.path().join("data");
-    // Another process's file: removing it later is "space returns".
     let filler = dir.path().join("filler");
     std::fs::write(&filler, vec![7u8; 2 << 20]).expect("filler");
+    Some(Disk {
+        _dir: dir,
+        _guard: guard,
+        data,
+        filler,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_confirms_only_what_is_stored_and_loses_nothing() {
+    let Some(disk) = small_disk() else {
+        return;
+    };
+    let (data, filler) = (disk.data.clone(), disk.filler.clone());
 
     let b = TestBroker::start_durable_with(&data, config()).await;
     let (pc, ch) = b.channel().await;
@@ -322,14 +344,10 @@ async fn full_disk_confirms_only_what_is_stored_and_loses_nothing() {
 /// order, also after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_stream_keeps_offsets_consecutive() {
-    let Some((dir, _guard)) = mount_tmpfs(8) else {
-        assert!(!running_as_root(), "root could not mount a tmpfs");
-        tracing::warn!("skipped: mounting a tmpfs needs root (as in CI)");
+    let Some(disk) = small_disk() else {
         return;
     };
-    let data = dir.path().join("data");
-    let filler = dir.path().join("filler");
-    std::fs::write(&filler, vec![7u8; 2 << 20]).expect("filler");
+    let (data, filler) = (disk.data.clone(), disk.filler.clone());
     let b = TestBroker::start_durable_with(&data, config()).await;
     let (pc, ch) = b.channel().await;
     let mut args = FieldTable::default();

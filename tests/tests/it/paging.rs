@@ -19,6 +19,30 @@ fn body(i: u32) -> Vec<u8> {
     format!("message {i:05}").into_bytes()
 }
 
+/// Publishes `n` messages to `q` with confirms, every `every`-th one transient, the rest
+/// persistent; waits until all are confirmed.
+async fn publish_mixed(ch: &lapin::Channel, q: &str, n: u32, every: u32) {
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for i in 0..n {
+        let mode = if i % every == 0 { 1 } else { 2 };
+        ch.basic_publish(
+            "".into(),
+            q.into(),
+            BasicPublishOptions::default(),
+            &body(i),
+            BasicProperties::default().with_delivery_mode(mode),
+        )
+        .await
+        .expect("publish");
+    }
+    assert!(
+        ch.wait_for_confirms().await.expect("confirms").is_empty(),
+        "all acked"
+    );
+}
+
 async fn consume_all(ch: &lapin::Channel, q: &str, n: u32) -> Vec<Vec<u8>> {
     ch.basic_qos(50, BasicQosOptions::default())
         .await
@@ -63,26 +87,8 @@ async fn long_backlog_pages_to_disk_and_comes_back_in_order() {
     ch.queue_declare("long".into(), durable, FieldTable::default())
         .await
         .expect("declare");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    for i in 0..2000 {
-        // Persistent and transient messages mixed: both page, and keep their order.
-        let props = BasicProperties::default().with_delivery_mode(if i % 3 == 0 { 1 } else { 2 });
-        ch.basic_publish(
-            "".into(),
-            "long".into(),
-            BasicPublishOptions::default(),
-            &body(i),
-            props,
-        )
-        .await
-        .expect("publish");
-    }
-    assert!(
-        ch.wait_for_confirms().await.expect("confirms").is_empty(),
-        "all acked"
-    );
+    // Persistent and transient messages mixed: both page, and keep their order.
+    publish_mixed(&ch, "long", 2000, 3).await;
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
@@ -395,25 +401,7 @@ async fn non_durable_queue_pages_its_backlog_and_forgets_it_at_restart() {
     ch.queue_declare("burst".into(), Default::default(), FieldTable::default())
         .await
         .expect("declare");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    for i in 0..3000 {
-        let props = BasicProperties::default().with_delivery_mode(if i % 2 == 0 { 1 } else { 2 });
-        ch.basic_publish(
-            "".into(),
-            "burst".into(),
-            BasicPublishOptions::default(),
-            &body(i),
-            props,
-        )
-        .await
-        .expect("publish");
-    }
-    assert!(
-        ch.wait_for_confirms().await.expect("confirms").is_empty(),
-        "all acked"
-    );
+    publish_mixed(&ch, "burst", 3000, 2).await;
     let q = b.api().get("/api/queues/%2F/burst").await.json;
     assert_eq!(q["messages"], serde_json::json!(3000), "{q}");
     let paged = q["messages_paged_out"]
