@@ -6,7 +6,7 @@
 //! come back.
 
 mod common;
-use common::{connect, free_port, start};
+use common::{connect, finish, free_port, start_ready};
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
@@ -330,7 +330,7 @@ async fn confirmed_messages_survive_kill_9() {
     let mut acked = BTreeSet::new();
     let mut next_seq = 0u64;
 
-    let mut child = start(dir.path(), port);
+    let mut child = start_ready(dir.path(), port).await;
     {
         let c = connect(port).await;
         let ch = c.create_channel().await.expect("channel");
@@ -386,9 +386,9 @@ async fn confirmed_messages_survive_kill_9() {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         child.kill().expect("SIGKILL");
         let _ = child.wait();
-        let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), churner).await;
-        child = start(dir.path(), port);
+        finish(publisher).await;
+        finish(churner).await;
+        child = start_ready(dir.path(), port).await;
     }
 
     // Drain everything and check.

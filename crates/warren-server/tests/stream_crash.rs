@@ -5,7 +5,7 @@
 //! must go on after the last restart.
 
 mod common;
-use common::{connect, free_port, start};
+use common::{connect, finish, free_port, start_ready};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -100,7 +100,15 @@ async fn read_all(port: u16) -> Vec<(i64, u64)> {
         .await
         .expect("consume");
     let mut out = Vec::new();
+    // Nothing publishes any more, so the stream has an end; the bound turns a broker that
+    // delivers without end into a failure, not a hung CI run.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(2), k.next()).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still delivering after 120 s ({} so far)",
+            out.len()
+        );
         let d = d.expect("delivery");
         let offset = match d
             .properties
@@ -124,7 +132,7 @@ async fn confirmed_stream_messages_survive_kill_9_at_their_offsets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let confirmed = Arc::new(Mutex::new(BTreeSet::new()));
-    let mut child = start(dir.path(), port);
+    let mut child = start_ready(dir.path(), port).await;
     {
         let c = connect(port).await;
         let ch = c.create_channel().await.expect("channel");
@@ -154,8 +162,8 @@ async fn confirmed_stream_messages_survive_kill_9_at_their_offsets() {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         child.kill().expect("SIGKILL");
         let _ = child.wait();
-        let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
-        child = start(dir.path(), port);
+        finish(publisher).await;
+        child = start_ready(dir.path(), port).await;
     }
 
     let found = read_all(port).await;
